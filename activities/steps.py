@@ -15,8 +15,8 @@ from temporalio.exceptions import ApplicationError
 
 from activities.names import RUN_STEP, STEP_ATTEMPT_FAILED_SIGNAL, WORKER_LOST
 from schemas.run import RunStepInput, StepAttemptFailed, StepResult
-from steps.base import StepContext, StepError, StepExecutor
-from steps.registry import execute_step
+from steps.base import StepContext, StepError
+from steps.registry import Executors, execute_step
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class StepActivities:
 
     def __init__(
         self,
-        executors: dict[str, StepExecutor],  # type: ignore[type-arg]
+        executors: Executors,
         work_root: Path,
         client: Client | None = None,
     ) -> None:
@@ -97,7 +97,9 @@ class StepActivities:
             compensation=input.compensation,
         )
         try:
-            handle = self._client.get_workflow_handle(info.workflow_id, run_id=info.workflow_run_id)
+            handle = self._client.get_workflow_handle(
+                info.workflow_id or "", run_id=info.workflow_run_id
+            )
             await handle.signal(STEP_ATTEMPT_FAILED_SIGNAL, signal)
         except Exception:  # visibility only: never turn a step failure into another failure
             log.warning("could not report retry of step %s", input.step.id, exc_info=True)

@@ -24,17 +24,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from temporalio import activity, workflow  # noqa: E402
-from temporalio.client import Client  # noqa: E402
-from temporalio.common import RetryPolicy  # noqa: E402
-from temporalio.worker import Worker  # noqa: E402
+from temporalio import activity, workflow
+from temporalio.client import Client
+from temporalio.common import RetryPolicy
+from temporalio.worker import Worker
 
-from pipeline_service.temporal.dev_server import start_dev_server  # noqa: E402
-from pipeline_service.temporal.worker import build_worker  # noqa: E402
-from schemas.loading import validate_pipeline  # noqa: E402
-from schemas.run import RunContext, RunInput  # noqa: E402
-from steps.engines.duckdb import DuckDBEngine  # noqa: E402
-from workflows.pipeline_run import PipelineRunWorkflow  # noqa: E402
+from pipeline_service.temporal.dev_server import start_dev_server
+from pipeline_service.temporal.worker import build_worker
+from schemas.loading import validate_pipeline
+from schemas.run import RunContext, RunInput
+from steps.engines.duckdb import DuckDBEngine
+from workflows.pipeline_run import PipelineRunWorkflow
 
 
 @activity.defn(name="bare_noop")
@@ -83,7 +83,9 @@ async def measure(
         await start_one()
         single.append(time.perf_counter() - began)
     began = time.perf_counter()
-    outcomes = await asyncio.gather(*(start_one() for _ in range(concurrent)), return_exceptions=True)
+    outcomes = await asyncio.gather(
+        *(start_one() for _ in range(concurrent)), return_exceptions=True
+    )
     burst = time.perf_counter() - began
     failed = sum(isinstance(o, BaseException) for o in outcomes)
     for o in outcomes:

@@ -91,8 +91,9 @@ def _load_source(
             [],
         )
     if name and definition.name != name:
-        definition = validate_pipeline({**definition.model_dump(mode="json"), "name": name},
-                                       source_dir=source_dir)
+        definition = validate_pipeline(
+            {**definition.model_dump(mode="json"), "name": name}, source_dir=source_dir
+        )
     return definition, source_dir
 
 

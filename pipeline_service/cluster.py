@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.api.workflowservice.v1 import ResetStickyTaskQueueRequest
-from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.common import SearchAttributeKey, TypedSearchAttributes, WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
@@ -32,7 +32,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.names import STATE_QUERY, WORKER_LOST
 from pipeline_service.progress import ProgressView
 from pipeline_service.temporal.client import TASK_QUEUE
-from pipeline_service.temporal.dev_server import DevServer, start_dev_server
+from pipeline_service.temporal.dev_server import start_dev_server
 from pipeline_service.temporal.worker import build_worker
 from schemas.pipeline import PipelineDefinition
 from schemas.run import DEFAULT_TENANT, RunContext, RunInput, RunState, RunStatus, RunSummary
@@ -260,7 +260,9 @@ class PipelineCluster:
                 activity_id=pending.activity_id,
             )
             error = ApplicationError(
-                "the worker running this attempt stopped", pending.attempt, type=WORKER_LOST,
+                "the worker running this attempt stopped",
+                pending.attempt,
+                type=WORKER_LOST,
                 non_retryable=True,
             )
             with contextlib.suppress(RPCError):  # it may have just finished or timed out

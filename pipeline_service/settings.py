@@ -60,7 +60,5 @@ class RunSettings(BaseSettings):
 def load_run_settings(config_file: Path | None, **cli_values: Any) -> RunSettings:
     """Merge command-line values (None = not given) over env vars over the YAML config file."""
     given = {key: value for key, value in cli_values.items() if value is not None}
-    settings_cls = type(
-        "RunSettingsWithFile", (RunSettings,), {"_config_file": config_file}
-    )
+    settings_cls = type("RunSettingsWithFile", (RunSettings,), {"_config_file": config_file})
     return settings_cls(**given)

@@ -44,9 +44,7 @@ def parse_duration(value: Any) -> Any:
         if text.startswith("p"):
             return value  # ISO 8601: pydantic parses it
         if text and _DURATION_PART.sub("", text) == "":
-            seconds = sum(
-                float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(text)
-            )
+            seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(text))
             return timedelta(seconds=seconds)
     raise ValueError(
         f"invalid duration {value!r}: use a number of seconds or e.g. '30s', '5m', '1h30m', 'PT5M'"
@@ -93,7 +91,7 @@ class ParamType(StrEnum):
 
 
 class ParamSpec(StrictModel):
-    """A typed pipeline parameter. `default: None` with `required: true` must be supplied per run."""
+    """A typed pipeline parameter; one with `required: true` and no default is given per run."""
 
     type: ParamType = ParamType.STRING
     default: str | int | float | bool | date | None = None

@@ -194,11 +194,29 @@ def _signal_group(group: int, signum: int) -> None:
 
 
 def _group_alive(group: int) -> bool:
+    """Whether any process of the group still runs (zombies waiting to be reaped do not)."""
     try:
         os.killpg(group, 0)
     except (ProcessLookupError, PermissionError):
         return False
-    return True
+    if not os.path.isdir("/proc"):
+        return True
+    # Killed members are reparented to init and linger as zombies until it reaps them,
+    # which can take a while; only members that can still act count.
+    with os.scandir("/proc") as entries:
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(os.path.join(entry.path, "stat"), "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue  # exited meanwhile
+            # pid (comm) state ppid pgrp ...; comm may contain spaces and parentheses.
+            fields = stat[stat.rindex(b")") + 2 :].split()
+            if len(fields) > 2 and int(fields[2]) == group and fields[0] != b"Z":
+                return True
+    return False
 
 
 def _context_document(ctx: StepContext, inputs: dict[str, str]) -> dict[str, Any]:

@@ -14,9 +14,7 @@ from pipeline_service.temporal.dev_server import DevServer, start_dev_server
 @pytest.fixture(scope="session")
 async def dev_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[DevServer]:
     state = tmp_path_factory.mktemp("temporal")
-    server, client = await start_dev_server(
-        state / "temporal.db", state / "temporal.log", ui=False
-    )
+    server, client = await start_dev_server(state / "temporal.db", state / "temporal.log", ui=False)
     server.client = client  # type: ignore[attr-defined]
     yield server
     server.stop()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy as TemporalRetryPolicy
@@ -52,7 +52,7 @@ class PipelineRunWorkflow:
         self._input = input
         self._status = RunStatus.RUNNING
         self._started_at = workflow.now()
-        self._finished_at = None
+        self._finished_at: datetime | None = None
         self._error: str | None = None
         self._states = {
             step.id: StepState(step_id=step.id, type=step.type) for step in input.pipeline.steps
@@ -166,7 +166,7 @@ class PipelineRunWorkflow:
         while True:
             activity_id = step.id if execution == 1 else f"{step.id}#{execution}"
             try:
-                return await workflow.execute_activity(
+                result: StepResult = await workflow.execute_activity(
                     RUN_STEP,
                     RunStepInput(
                         step=step,
@@ -187,6 +187,7 @@ class PipelineRunWorkflow:
                         non_retryable_error_types=[*retry.non_retryable_errors, WORKER_LOST],
                     ),
                 )
+                return result
             except ActivityError as err:
                 cause = err.cause
                 if not (isinstance(cause, ApplicationError) and cause.type == WORKER_LOST):

@@ -59,9 +59,7 @@ def quote_identifier(name: str) -> str:
     """Quote a possibly qualified name (`table`, `schema.table`, `db.schema.table`)."""
     parts = name.split(".")
     if not 1 <= len(parts) <= 3 or any(not part or "\x00" in part for part in parts):
-        raise StepError(
-            f"invalid table name {name!r}", error_type="SqlError", retryable=False
-        )
+        raise StepError(f"invalid table name {name!r}", error_type="SqlError", retryable=False)
     return ".".join('"' + part.replace('"', '""') + '"' for part in parts)
 
 

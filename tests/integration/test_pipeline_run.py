@@ -23,7 +23,15 @@ from activities.names import STATE_QUERY
 from activities.steps import StepActivities
 from schemas.loading import validate_pipeline
 from schemas.pipeline import NoopStep
-from schemas.run import RunContext, RunInput, RunState, RunStatus, RunSummary, StepResult, StepStatus
+from schemas.run import (
+    RunContext,
+    RunInput,
+    RunState,
+    RunStatus,
+    RunSummary,
+    StepResult,
+    StepStatus,
+)
 from steps.base import StepContext, StepError
 from workflows.pipeline_run import PIPELINE_FAILED, PipelineRunWorkflow
 
@@ -151,9 +159,7 @@ async def test_max_parallelism_one_serialises_branches(harness: Harness) -> None
 
 async def test_retries_then_success_shows_retrying(harness: Harness) -> None:
     harness.executor.behaviors["flaky"] = Behavior(fail_times=2)
-    definition = pipeline(
-        [{"id": "flaky", "retry": {"max_attempts": 3, "initial_interval": "1s"}}]
-    )
+    definition = pipeline([{"id": "flaky", "retry": {"max_attempts": 3, "initial_interval": "1s"}}])
     handle = await harness.start(definition)
     seen = set()
     while True:
