@@ -207,4 +207,15 @@ def _settings_problem(error: Any) -> str:
 
 
 def main() -> None:
-    app()
+    """Entry point: expected problems exit 2 with a message; the unexpected get one line too."""
+    try:
+        app()
+    except Exception as exc:  # the last boundary: a user sees a message, not a stack trace
+        if os.environ.get("LAMINAR_DEBUG"):
+            raise
+        errors.print(
+            f"[bold red]laminar: internal error:[/] {type(exc).__name__}: {exc}\n"
+            "  (set LAMINAR_DEBUG=1 for the traceback)",
+            highlight=False,
+        )
+        sys.exit(3)

@@ -25,7 +25,12 @@ from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.api.workflowservice.v1 import ResetStickyTaskQueueRequest
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
-from temporalio.common import SearchAttributeKey, TypedSearchAttributes, WorkflowIDConflictPolicy
+from temporalio.common import (
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+)
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -238,7 +243,10 @@ class PipelineCluster:
             execution_timeout=self.pipeline.timeout,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             search_attributes=TypedSearchAttributes(
-                [TENANT_KEY.value_set(DEFAULT_TENANT), PIPELINE_KEY.value_set(self.pipeline.name)]
+                [
+                    SearchAttributePair(TENANT_KEY, DEFAULT_TENANT),
+                    SearchAttributePair(PIPELINE_KEY, self.pipeline.name),
+                ]
             ),
             memo={"tenant": DEFAULT_TENANT, "pipeline": self.pipeline.name},
         )

@@ -22,6 +22,7 @@ from schemas.pipeline import PythonStep
 from schemas.templating import render_text
 from steps.base import StepContext, StepError, StepResult
 from steps.engines.duckdb import DuckDBEngine
+from steps.process import die_with_parent
 
 LOG_NAME = "step.log"
 CONTEXT_NAME = "laminar_context.json"
@@ -157,6 +158,7 @@ class PythonScriptExecutor:
             stdout=log,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # its own process group: the whole tree can be signalled
+            preexec_fn=die_with_parent(),
         )
         group = process.pid
         waiting = asyncio.ensure_future(process.wait())

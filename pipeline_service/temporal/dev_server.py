@@ -17,6 +17,7 @@ from pathlib import Path
 from temporalio.client import Client
 
 from pipeline_service.temporal.client import connect
+from steps.process import die_with_parent
 
 SEARCH_ATTRIBUTES = {"LaminarTenant": "Keyword", "LaminarPipeline": "Keyword"}
 
@@ -75,6 +76,8 @@ async def start_dev_server(
 ) -> tuple[DevServer, Client]:
     """Start `temporal server start-dev` on a SQLite file and wait until it answers."""
     binary = temporal_binary()
+    pid_file = db_file.with_name(db_file.name + ".pid")
+    stop_stale_server(pid_file, db_file)
     port = port or free_port()
     cmd = [
         str(binary), "server", "start-dev",
@@ -100,7 +103,9 @@ async def start_dev_server(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # our Ctrl-C is ours to handle; we stop it in order
+            preexec_fn=die_with_parent(signal.SIGTERM),
         )
+    pid_file.write_text(str(process.pid))
     server = DevServer(process, f"127.0.0.1:{port}", ui_url, log_file)
     try:
         client = await _wait_until_serving(server, startup_timeout)
@@ -108,6 +113,25 @@ async def start_dev_server(
         server.stop()
         raise
     return server, client
+
+
+def stop_stale_server(pid_file: Path, db_file: Path, timeout: float = 10.0) -> None:
+    """Stop a server a crashed run left on this database: two servers on one SQLite file
+    would corrupt it."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return
+    if str(db_file).encode() not in cmdline:
+        return  # the pid was reused by something else
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGKILL)
 
 
 async def _wait_until_serving(server: DevServer, timeout: float) -> Client:
