@@ -18,15 +18,15 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from temporalio import activity, workflow
+from bare_chain import BareChainWorkflow, bare_noop
 from temporalio.client import Client
-from temporalio.common import RetryPolicy
 from temporalio.worker import Worker
 
 from pipeline_service.temporal.dev_server import start_dev_server
@@ -35,27 +35,6 @@ from schemas.loading import validate_pipeline
 from schemas.run import RunContext, RunInput
 from steps.engines.duckdb import DuckDBEngine
 from workflows.pipeline_run import PipelineRunWorkflow
-
-
-@activity.defn(name="bare_noop")
-async def bare_noop(index: int) -> int:
-    return index
-
-
-@workflow.defn(name="BareChainWorkflow")
-class BareChainWorkflow:
-    """The reference: the same chain as plain Temporal code, nothing else."""
-
-    @workflow.run
-    async def run(self, steps: int) -> int:
-        for i in range(steps):
-            await workflow.execute_activity(
-                bare_noop,
-                i,
-                start_to_close_timeout=timedelta(hours=1),
-                retry_policy=RetryPolicy(maximum_attempts=3),
-            )
-        return steps
 
 
 def chain_pipeline(steps: int) -> Any:

@@ -28,8 +28,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-errors = Console(stderr=True)
+console = Console(soft_wrap=True)
+errors = Console(stderr=True, soft_wrap=True)
 
 EXIT_RUN_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -151,6 +151,8 @@ def run(
     ui: Annotated[bool | None, typer.Option("--ui/--no-ui", help="Serve the Temporal UI.")] = None,
 ) -> None:
     """Run a pipeline on an embedded stack (Temporal dev server + worker), resuming if needed."""
+    from pydantic_settings import SettingsError
+
     from pipeline_service.cluster import ClusterError, ClusterOptions, run_cluster
     from pipeline_service.settings import default_state_root, load_run_settings
     from pipeline_service.temporal.dev_server import DevServerError
@@ -171,6 +173,8 @@ def run(
         )
     except ValidationError as exc:
         raise _fail("bad settings:", [_settings_problem(e) for e in exc.errors()]) from None
+    except SettingsError as exc:  # e.g. LAMINAR_PARAMS that is not JSON
+        raise _fail("bad settings:", [str(exc)]) from None
     if pipeline is None and settings.sql is None and settings.sql_file is None:
         settings.sql = os.environ.get("LAMINAR_SQL")
     overrides: dict[str, Any] = {**settings.params, **_parse_params(param or [])}

@@ -12,9 +12,11 @@ import asyncio
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import shutil
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,6 +50,7 @@ STATE_FILE = "laminar-state.json"
 LOCK_FILE = "laminar.lock"
 TEMPORAL_DB = "temporal.db"
 WAREHOUSE = "warehouse.duckdb"
+LAMINAR_LOG = "logs/laminar.log"
 OWNED = (STATE_FILE, TEMPORAL_DB, WAREHOUSE, "work", "logs")
 """What `--force` removes: only files Laminar itself created, never the whole directory."""
 
@@ -139,6 +142,26 @@ def state_dir_lock(state_dir: Path):  # type: ignore[no-untyped-def]
         yield
 
 
+@contextlib.contextmanager
+def log_to_file(path: Path) -> Iterator[None]:
+    """Send Python logging (the Temporal worker's and ours) to `path` while the run lasts.
+
+    Unconfigured, logging prints warnings with their stack traces on stderr: every failed step
+    attempt would show the user the worker's "Completing activity as failed" traceback. The
+    step's error is in the run's summary; the details stay in this file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
 class PipelineCluster:
     """Runs one pipeline on an embedded stack; `run()` returns the process exit code."""
 
@@ -159,7 +182,8 @@ class PipelineCluster:
     async def run(self) -> int:
         with state_dir_lock(self.options.state_dir):
             state = claim_state_dir(self.options.state_dir, self.pipeline.name, self.options.force)
-            return await self._run(state)
+            with log_to_file(self.options.state_dir / LAMINAR_LOG):
+                return await self._run(state)
 
     async def _run(self, state: ClusterState) -> int:
         state_dir = self.options.state_dir
@@ -174,6 +198,7 @@ class PipelineCluster:
         try:
             self.console.print(f"[bold]laminar[/] pipeline [cyan]{self.pipeline.name}[/]")
             self.console.print(f"  state dir   {state_dir}")
+            self.console.print(f"  log         {state_dir / LAMINAR_LOG}")
             self.console.print(f"  temporal    {server.address}")
             if server.ui_url:
                 self.console.print(f"  temporal ui {server.ui_url}")

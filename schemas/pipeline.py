@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    model_validator,
 )
 
 STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$"
@@ -78,8 +79,18 @@ class RetryPolicy(StrictModel):
     max_attempts: int = Field(3, ge=1, le=100)
     initial_interval: PositiveDuration = timedelta(seconds=1)
     backoff_coefficient: float = Field(2.0, ge=1.0, le=100.0)
-    maximum_interval: PositiveDuration = timedelta(minutes=1)
+    maximum_interval: PositiveDuration | None = None
+    """Cap on the wait between attempts; default: 100 x initial_interval (as Temporal's)."""
     non_retryable_errors: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _cap_not_below_start(self) -> RetryPolicy:
+        if self.maximum_interval is not None and self.maximum_interval < self.initial_interval:
+            raise ValueError(
+                f"maximum_interval ({self.maximum_interval.total_seconds():g}s) must not be "
+                f"less than initial_interval ({self.initial_interval.total_seconds():g}s)"
+            )
+        return self
 
 
 class ParamType(StrEnum):

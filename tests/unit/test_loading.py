@@ -757,3 +757,20 @@ def test_yaml_shorthand_params() -> None:
     }
     assert pipeline.params["f"].required
     assert yaml.safe_load("d: 2024-01-02")["d"] == date(2024, 1, 2)
+
+
+def test_retry_cap_below_initial_interval_is_refused(source_dir: Path) -> None:
+    step = {
+        "id": "a",
+        "type": "sql",
+        "sql": "select 1",
+        "retry": {"initial_interval": "1h", "maximum_interval": "1m"},
+    }
+    problems = problems_in(steps_doc(step), source_dir)
+    assert has(problems, "steps[0].retry", "must not be less than initial_interval")
+
+
+def test_retry_cap_defaults_to_none_so_long_initial_intervals_work(source_dir: Path) -> None:
+    step = {"id": "a", "type": "sql", "sql": "select 1", "retry": {"initial_interval": "1h"}}
+    pipeline = validate_pipeline(steps_doc(step), source_dir=source_dir)
+    assert pipeline.steps[0].retry.maximum_interval is None

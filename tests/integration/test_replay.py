@@ -1,0 +1,82 @@
+"""Replay saved PipelineRunWorkflow histories: a workflow change that would break runs in flight
+fails here (a non-determinism error) instead of in production. Histories that are missing are
+recorded from live runs when LAMINAR_RECORD_HISTORIES=1 (commit them)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import Client, WorkflowFailureError, WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from tests.integration.test_pipeline_run import (
+    Behavior,
+    ScriptedExecutor,
+    pipeline,
+    run_input,
+    worker_for,
+)
+from workflows.pipeline_run import PipelineRunWorkflow
+
+HISTORIES = Path(__file__).resolve().parent.parent / "histories"
+
+SCENARIOS: dict[str, tuple[dict[str, Behavior], list[dict[str, Any]], dict[str, Any]]] = {
+    # parallel branches, a retried step, a join
+    "diamond_with_retry": (
+        {"b": Behavior(fail_times=1), "c": Behavior(sleep=0.2)},
+        [
+            {"id": "a"},
+            {"id": "b", "depends_on": ["a"], "retry": {"initial_interval": 0.2}},
+            {"id": "c", "depends_on": ["a"]},
+            {"id": "d", "depends_on": ["b", "c"]},
+        ],
+        {},
+    ),
+    # a failure that skips downstream and compensates finished steps
+    "failure_with_compensation": (
+        {"boom": Behavior(fail_times=9, retryable=False)},
+        [
+            {"id": "a", "compensate": {"id": "undo_a", "type": "noop"}},
+            {"id": "b", "depends_on": ["a"], "compensate": {"id": "undo_b", "type": "noop"}},
+            {"id": "boom", "depends_on": ["b"]},
+            {"id": "after", "depends_on": ["boom"]},
+        ],
+        {"on_failure": "compensate"},
+    ),
+}
+
+
+async def _record(client: Client, tmp_path: Path, name: str) -> None:
+    behaviors, steps, extra = SCENARIOS[name]
+    executor = ScriptedExecutor(behaviors=dict(behaviors))
+    queue = f"record-{uuid.uuid4()}"
+    run_id = f"test/{name}"
+    async with worker_for(client, executor, tmp_path, queue):
+        handle = await client.start_workflow(
+            PipelineRunWorkflow.run,
+            run_input(pipeline(steps, **extra), run_id),
+            id=f"{run_id}/{uuid.uuid4()}",
+            task_queue=queue,
+        )
+        with contextlib.suppress(WorkflowFailureError):
+            await handle.result()
+    history = await handle.fetch_history()
+    (HISTORIES / f"{name}.json").write_text(history.to_json())
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+async def test_replay_saved_history(name: str, client: Client, tmp_path: Path) -> None:
+    path = HISTORIES / f"{name}.json"
+    if not path.exists():
+        if not os.environ.get("LAMINAR_RECORD_HISTORIES"):
+            pytest.fail(f"{path} is missing: record it with LAMINAR_RECORD_HISTORIES=1")
+        await _record(client, tmp_path, name)
+    replayer = Replayer(workflows=[PipelineRunWorkflow], data_converter=pydantic_data_converter)
+    history = WorkflowHistory.from_json(name, path.read_text())
+    await replayer.replay_workflow(history)
