@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from rich.console import Console
 from temporalio.api.common.v1 import WorkflowExecution
@@ -205,7 +206,9 @@ class PipelineCluster:
             handle = await self._start_or_resume(client, state)
             ui_link = ""
             if server.ui_url:
-                ui_link = f"{server.ui_url}/namespaces/default/workflows/{handle.id}"
+                ui_link = (
+                    f"{server.ui_url}/namespaces/default/workflows/{quote(handle.id, safe='')}"
+                )
             self.console.print(f"  run         {handle.id}  {ui_link}")
             worker = build_worker(
                 client,

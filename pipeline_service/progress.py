@@ -37,11 +37,9 @@ def _detail(step: StepState) -> str:
         return step.error.splitlines()[0][:120] if step.error.strip() else step.error
     if step.result is None:
         return ""
-    parts = []
     if step.result.rows_affected is not None:
-        parts.append(f"{step.result.rows_affected} rows")
-    parts += [f"{k}={v}" for k, v in step.result.outputs.items() if not isinstance(v, dict | list)]
-    return ", ".join(parts)[:160]
+        return f"{step.result.rows_affected} rows"
+    return ""
 
 
 def render_table(state: RunState) -> Table:
@@ -113,5 +111,7 @@ class ProgressView:
             line += f": {summary.error}"
         self.console.print(line)
         for step in summary.steps:
-            for key, value in (step.result.outputs if step.result else {}).items():
-                self.console.print(f"  {step.step_id}.{key} = {value}", highlight=False)
+            outputs = step.result.outputs if step.result else {}
+            for key, value in outputs.items():
+                if key != "statements":
+                    self.console.print(f"  {step.step_id}.{key} = {value}", highlight=False)
