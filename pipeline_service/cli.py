@@ -154,7 +154,11 @@ def run(
     from pydantic_settings import SettingsError
 
     from pipeline_service.cluster import ClusterError, ClusterOptions, run_cluster
-    from pipeline_service.settings import default_state_root, load_run_settings
+    from pipeline_service.settings import (
+        ConfigFileError,
+        default_state_root,
+        load_run_settings,
+    )
     from pipeline_service.temporal.dev_server import DevServerError
 
     if config is not None and not config.is_file():
@@ -173,6 +177,8 @@ def run(
         )
     except ValidationError as exc:
         raise _fail("bad settings:", [_settings_problem(e) for e in exc.errors()]) from None
+    except ConfigFileError as exc:
+        raise _fail(str(exc), []) from None
     except SettingsError as exc:  # e.g. LAMINAR_PARAMS that is not JSON
         raise _fail("bad settings:", [str(exc)]) from None
     if pipeline is None and settings.sql is None and settings.sql_file is None:

@@ -7,13 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import platformdirs
+import yaml
 from pydantic import Field
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    YamlConfigSettingsSource,
-)
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def default_state_root() -> Path:
@@ -41,23 +37,23 @@ class RunSettings(BaseSettings):
     shutdown_grace: timedelta = timedelta(seconds=5)
     """How long running steps get to finish on Ctrl-C before they are cancelled."""
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if settings_cls.model_config.get("yaml_file"):
-            sources.append(YamlConfigSettingsSource(settings_cls))
-        return tuple(sources)
+
+class ConfigFileError(ValueError):
+    """The --config file cannot be read or is not a mapping."""
 
 
 def load_run_settings(config_file: Path | None, **cli_values: Any) -> RunSettings:
     """Merge command-line values (None = not given) over env vars over the YAML config file."""
     given = {key: value for key, value in cli_values.items() if value is not None}
-    settings_cls = type("RunSettingsWithFile", (RunSettings,), {"_config_file": config_file})
-    return settings_cls(**given)
+    settings = RunSettings(**given)
+    if config_file is None:
+        return settings
+    try:
+        from_file = yaml.safe_load(config_file.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigFileError(f"cannot read config file {config_file}: {exc}") from exc
+    if not isinstance(from_file, dict):
+        raise ConfigFileError(f"config file {config_file} must be a YAML mapping of options")
+    # Fields set explicitly (command line or environment) win over the file.
+    explicit = {name: getattr(settings, name) for name in settings.model_fields_set}
+    return RunSettings(**{**from_file, **explicit})
