@@ -102,13 +102,7 @@ async def run_both(
 
     async def laminar_run() -> Any:
         run_id = f"default/bench_chain/{uuid.uuid4()}"
-        context = RunContext(
-            pipeline=definition.name,
-            run_id=run_id,
-            logical_date=now,
-            data_interval_start=now,
-            data_interval_end=now,
-        )
+        context = RunContext.manual(definition.name, run_id, now)
         return await client.execute_workflow(
             PipelineRunWorkflow.run,
             RunInput(pipeline=definition, context=context, source_dir=str(root)),

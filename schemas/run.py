@@ -74,6 +74,25 @@ class RunContext(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     """Resolved values (defaults merged with the run's overrides, coerced to declared types)."""
 
+    @classmethod
+    def manual(
+        cls,
+        pipeline: str,
+        run_id: str,
+        logical_date: datetime,
+        params: dict[str, Any] | None = None,
+    ) -> RunContext:
+        """A run started by hand: its data interval is the instant of its logical date."""
+        return cls(
+            pipeline=pipeline,
+            run_id=run_id,
+            trigger=Trigger.MANUAL,
+            logical_date=logical_date,
+            data_interval_start=logical_date,
+            data_interval_end=logical_date,
+            params=params or {},
+        )
+
 
 class RunInput(BaseModel):
     """The one input of PipelineRunWorkflow. The definition is fixed for the run's lifetime."""

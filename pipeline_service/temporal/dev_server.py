@@ -13,11 +13,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from temporalio.client import Client
-
-from pipeline_service.temporal.client import connect
 from steps.process import die_with_parent
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
 
 SEARCH_ATTRIBUTES = {"LaminarTenant": "Keyword", "LaminarPipeline": "Keyword"}
 
@@ -75,6 +76,20 @@ async def start_dev_server(
     port: int | None = None,
 ) -> tuple[DevServer, Client]:
     """Start `temporal server start-dev` on a SQLite file and wait until it answers."""
+    server = spawn_dev_server(db_file, log_file, ui=ui, port=port)
+    try:
+        client = await wait_until_serving(server, startup_timeout)
+    except BaseException:
+        server.stop()
+        raise
+    return server, client
+
+
+def spawn_dev_server(
+    db_file: Path, log_file: Path, *, ui: bool = True, port: int | None = None
+) -> DevServer:
+    """Launch the server process without waiting for it (nor importing the Temporal SDK), so
+    `laminar run` can do its other start-up work while the server boots."""
     binary = temporal_binary()
     pid_file = db_file.with_name(db_file.name + ".pid")
     stop_stale_server(pid_file, db_file)
@@ -106,13 +121,7 @@ async def start_dev_server(
             preexec_fn=die_with_parent(signal.SIGTERM),
         )
     pid_file.write_text(str(process.pid))
-    server = DevServer(process, f"127.0.0.1:{port}", ui_url, log_file)
-    try:
-        client = await _wait_until_serving(server, startup_timeout)
-    except BaseException:
-        server.stop()
-        raise
-    return server, client
+    return DevServer(process, f"127.0.0.1:{port}", ui_url, log_file)
 
 
 def stop_stale_server(pid_file: Path, db_file: Path, timeout: float = 10.0) -> None:
@@ -134,7 +143,10 @@ def stop_stale_server(pid_file: Path, db_file: Path, timeout: float = 10.0) -> N
             os.kill(pid, signal.SIGKILL)
 
 
-async def _wait_until_serving(server: DevServer, timeout: float) -> Client:
+async def wait_until_serving(server: DevServer, timeout: float) -> Client:
+    """A connected client once the server answers health checks; DevServerError if it dies."""
+    from pipeline_service.temporal.client import connect  # the SDK import takes ~0.3 s
+
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
     while time.monotonic() < deadline:

@@ -296,20 +296,17 @@ def test_state_dir_and_params_from_environment(cli: Cli, tmp_path: Path) -> None
     assert not (cli.home / ".local" / "share" / "laminar").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: --config FILE is ignored (settings.load_run_settings never sets "
-    "model_config['yaml_file'], so the YAML source is never added)",
-)
 def test_config_file(cli: Cli, tmp_path: Path) -> None:
     state = tmp_path / "config-state"
     config = tmp_path / "laminar.yaml"
     config.write_text(
-        f"state_dir: {json.dumps(str(state))}\nparams:\n  greeting: from config\nui: false\n"
+        f"state_dir: {json.dumps(str(state))}\nparams:\n  greeting: from config\nui: true\n"
     )
-    result = cli.run("run", HELLO, "--config", config)
+    result = cli.run("run", HELLO, "--config", config, "--no-ui")  # the command line wins
     assert result.code == 0, result.details
     assert_clean(result)
+    assert f"state dir   {state}" in result.stdout
+    assert "temporal ui" not in result.stdout
     assert query(state, "SELECT greeting FROM greetings") == [("from config",)]
 
 

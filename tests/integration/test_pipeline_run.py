@@ -72,13 +72,7 @@ def pipeline(steps: list[dict[str, Any]], **extra: Any) -> Any:
 
 def run_input(definition: Any, run_id: str) -> RunInput:
     now = datetime(2026, 1, 31, tzinfo=UTC)
-    context = RunContext(
-        pipeline=definition.name,
-        run_id=run_id,
-        logical_date=now,
-        data_interval_start=now,
-        data_interval_end=now,
-    )
+    context = RunContext.manual(definition.name, run_id, now)
     return RunInput(pipeline=definition, context=context, source_dir=".")
 
 
