@@ -4,6 +4,9 @@ One process starts the Temporal dev server (its SQLite file in the state dir), a
 the pipeline's run, shows progress, and stops everything in order. A run interrupted by a
 crash or Ctrl-C resumes on the next start: the workflow's history says which steps finished,
 and the attempts that died with the old worker are failed at once so they run again.
+
+This module claims the state directory and launches the server without importing the Temporal
+SDK; `cluster_run` (which does) is imported while the server boots.
 """
 
 from __future__ import annotations
@@ -12,40 +15,20 @@ import asyncio
 import contextlib
 import fcntl
 import json
-import logging
 import os
 import shutil
-import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from temporalio.api.common.v1 import WorkflowExecution
-from temporalio.api.enums.v1 import PendingActivityState
-from temporalio.api.workflowservice.v1 import ResetStickyTaskQueueRequest
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
-from temporalio.common import (
-    SearchAttributeKey,
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-)
-from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError, RPCStatusCode
+from pipeline_service.temporal.dev_server import spawn_dev_server
 
-from activities.names import STATE_QUERY, WORKER_LOST
-from pipeline_service.progress import ProgressView
-from pipeline_service.temporal.client import TASK_QUEUE
-from pipeline_service.temporal.dev_server import start_dev_server
-from pipeline_service.temporal.worker import build_worker
-from schemas.pipeline import PipelineDefinition
-from schemas.run import DEFAULT_TENANT, RunContext, RunInput, RunState, RunStatus, RunSummary
-from steps.engines.duckdb import DuckDBEngine
-from workflows.pipeline_run import PipelineRunWorkflow
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from schemas.pipeline import PipelineDefinition
 
 STATE_FILE = "laminar-state.json"
 LOCK_FILE = "laminar.lock"
@@ -55,24 +38,9 @@ LAMINAR_LOG = "logs/laminar.log"
 OWNED = (STATE_FILE, TEMPORAL_DB, WAREHOUSE, "work", "logs")
 """What `--force` removes: only files Laminar itself created, never the whole directory."""
 
-TENANT_KEY = SearchAttributeKey.for_keyword("LaminarTenant")
-PIPELINE_KEY = SearchAttributeKey.for_keyword("LaminarPipeline")
-
 
 class ClusterError(Exception):
     """A problem `laminar run` reports as a message (exit code 2), not a stack trace."""
-
-
-@dataclass
-class ClusterOptions:
-    state_dir: Path
-    force: bool = False
-    once: bool = True
-    parallelism: int | None = None
-    params: dict[str, Any] = field(default_factory=dict)
-    ui: bool = True
-    startup_timeout: timedelta = timedelta(seconds=30)
-    shutdown_grace: timedelta = timedelta(seconds=5)
 
 
 @dataclass
@@ -124,7 +92,7 @@ def claim_state_dir(state_dir: Path, pipeline: str, force: bool) -> ClusterState
 
 
 @contextlib.contextmanager
-def state_dir_lock(state_dir: Path):  # type: ignore[no-untyped-def]
+def state_dir_lock(state_dir: Path) -> Iterator[None]:
     """Only one `laminar run` per state directory at a time."""
     state_dir.mkdir(parents=True, exist_ok=True)
     with (state_dir / LOCK_FILE).open("a+") as lock:
@@ -143,238 +111,16 @@ def state_dir_lock(state_dir: Path):  # type: ignore[no-untyped-def]
         yield
 
 
-@contextlib.contextmanager
-def log_to_file(path: Path) -> Iterator[None]:
-    """Send Python logging (the Temporal worker's and ours) to `path` while the run lasts.
-
-    Unconfigured, logging prints warnings with their stack traces on stderr: every failed step
-    attempt would show the user the worker's "Completing activity as failed" traceback. The
-    step's error is in the run's summary; the details stay in this file.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        yield
-    finally:
-        root.removeHandler(handler)
-        handler.close()
-
-
-class PipelineCluster:
-    """Runs one pipeline on an embedded stack; `run()` returns the process exit code."""
-
-    def __init__(
-        self,
-        pipeline: PipelineDefinition,
-        source_dir: Path,
-        options: ClusterOptions,
-        console: Console | None = None,
-    ) -> None:
-        self.pipeline = pipeline
-        self.source_dir = source_dir
-        self.options = options
-        self.console = console or Console()
-        self._stop = asyncio.Event()
-        self._stop_signal: int | None = None
-
-    async def run(self) -> int:
-        with state_dir_lock(self.options.state_dir):
-            state = claim_state_dir(self.options.state_dir, self.pipeline.name, self.options.force)
-            with log_to_file(self.options.state_dir / LAMINAR_LOG):
-                return await self._run(state)
-
-    async def _run(self, state: ClusterState) -> int:
-        state_dir = self.options.state_dir
-        self._install_signal_handlers()
-        server, client = await start_dev_server(
-            state_dir / TEMPORAL_DB,
-            state_dir / "logs" / "temporal.log",
-            ui=self.options.ui,
-            startup_timeout=self.options.startup_timeout.total_seconds(),
-        )
-        engine = DuckDBEngine(state_dir / WAREHOUSE)
-        try:
-            self.console.print(f"[bold]laminar[/] pipeline [cyan]{self.pipeline.name}[/]")
-            self.console.print(f"  state dir   {state_dir}")
-            self.console.print(f"  log         {state_dir / LAMINAR_LOG}")
-            self.console.print(f"  temporal    {server.address}")
-            if server.ui_url:
-                self.console.print(f"  temporal ui {server.ui_url}")
-            handle = await self._start_or_resume(client, state)
-            ui_link = ""
-            if server.ui_url:
-                ui_link = (
-                    f"{server.ui_url}/namespaces/default/workflows/{quote(handle.id, safe='')}"
-                )
-            self.console.print(f"  run         {handle.id}  {ui_link}")
-            worker = build_worker(
-                client,
-                task_queue=TASK_QUEUE,
-                engine=engine,
-                work_root=state_dir / "work",
-                graceful_shutdown=self.options.shutdown_grace,
-                sticky_timeout=timedelta(seconds=1),
-            )
-            async with worker:
-                return await self._follow(handle)
-        finally:
-            engine.close()
-            server.stop()
-
-    async def _start_or_resume(self, client: Client, state: ClusterState) -> WorkflowHandle:
-        if state.current_run:
-            handle = client.get_workflow_handle(state.current_run)
-            try:
-                description = await handle.describe()
-            except RPCError as exc:
-                if exc.status != RPCStatusCode.NOT_FOUND:
-                    raise
-                description = None
-            if description is not None and description.status == WorkflowExecutionStatus.RUNNING:
-                await self._recover_orphans(client, handle)
-                self.console.print(f"[yellow]resuming[/] run {handle.id}")
-                return handle
-            if description is None and state.logical_date:
-                # Crashed between recording the run and starting it: start it now.
-                return await self._start(client, state, datetime.fromisoformat(state.logical_date))
-        logical_date = datetime.now(UTC).replace(microsecond=0)
-        return await self._start(client, state, logical_date)
-
-    async def _start(
-        self, client: Client, state: ClusterState, logical_date: datetime
-    ) -> WorkflowHandle:
-        run_id = f"{DEFAULT_TENANT}/{self.pipeline.name}/manual__{logical_date.isoformat()}"
-        # Record the run before starting it, so a crash in between still resumes it.
-        state.current_run, state.logical_date = run_id, logical_date.isoformat()
-        state.write(self.options.state_dir)
-        context = RunContext(
-            pipeline=self.pipeline.name,
-            run_id=run_id,
-            logical_date=logical_date,
-            data_interval_start=logical_date,
-            data_interval_end=logical_date,
-            params=self.options.params,
-        )
-        return await client.start_workflow(
-            PipelineRunWorkflow.run,
-            RunInput(
-                pipeline=self.pipeline,
-                context=context,
-                source_dir=str(self.source_dir),
-                max_parallelism=self.options.parallelism,
-            ),
-            id=run_id,
-            task_queue=TASK_QUEUE,
-            execution_timeout=self.pipeline.timeout,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(TENANT_KEY, DEFAULT_TENANT),
-                    SearchAttributePair(PIPELINE_KEY, self.pipeline.name),
-                ]
-            ),
-            memo={"tenant": DEFAULT_TENANT, "pipeline": self.pipeline.name},
-        )
-
-    async def _recover_orphans(self, client: Client, handle: WorkflowHandle) -> None:
-        """Fail the attempts that died with the previous worker, so they run again now.
-
-        Without this Temporal only notices at the attempt's heartbeat or start-to-close timeout.
-        The failure type WORKER_LOST makes the workflow reschedule the step without spending a
-        retry. Clearing the sticky queue saves waiting out the dead worker's sticky timeout.
-        """
-        description = await handle.describe()
-        for pending in description.raw_description.pending_activities:
-            if pending.state != PendingActivityState.PENDING_ACTIVITY_STATE_STARTED:
-                continue
-            activity = client.get_async_activity_handle(
-                workflow_id=handle.id,
-                run_id=description.run_id,
-                activity_id=pending.activity_id,
-            )
-            error = ApplicationError(
-                "the worker running this attempt stopped",
-                pending.attempt,
-                type=WORKER_LOST,
-                non_retryable=True,
-            )
-            with contextlib.suppress(RPCError):  # it may have just finished or timed out
-                await activity.fail(error)
-                self.console.print(
-                    f"[yellow]step {pending.activity_id.split('#')[0]} was interrupted; "
-                    f"running it again[/]"
-                )
-        with contextlib.suppress(RPCError):
-            await client.workflow_service.reset_sticky_task_queue(
-                ResetStickyTaskQueueRequest(
-                    namespace=client.namespace,
-                    execution=WorkflowExecution(workflow_id=handle.id, run_id=description.run_id),
-                )
-            )
-
-    async def _follow(self, handle: WorkflowHandle) -> int:
-        """Show progress until the run ends or we are asked to stop; return the exit code."""
-        result_task = asyncio.ensure_future(handle.result())
-        stop_task = asyncio.ensure_future(self._stop.wait())
-        view = ProgressView(self.console, self.pipeline)
-        with view:
-            while not (result_task.done() or stop_task.done()):
-                with contextlib.suppress(RPCError, asyncio.TimeoutError):
-                    view.update(
-                        await asyncio.wait_for(
-                            handle.query(STATE_QUERY, result_type=RunState), timeout=2
-                        )
-                    )
-                await asyncio.wait(
-                    {result_task, stop_task}, timeout=0.25, return_when=asyncio.FIRST_COMPLETED
-                )
-            if stop_task.done() and not result_task.done():
-                result_task.cancel()
-                name = signal.Signals(self._stop_signal or signal.SIGINT).name
-                self.console.print(
-                    f"[yellow]{name}: stopping; run {handle.id} will resume on the next "
-                    f"`laminar run` with this state dir[/]"
-                )
-                return 128 + (self._stop_signal or signal.SIGINT)
-            stop_task.cancel()
-            summary = await self._final_summary(handle, result_task)
-            view.finish(summary)
-        return 0 if summary.status == RunStatus.SUCCEEDED else 1
-
-    async def _final_summary(self, handle: WorkflowHandle, result: asyncio.Future) -> RunSummary:
-        try:
-            value = result.result()
-            return value if isinstance(value, RunSummary) else RunSummary.model_validate(value)
-        except WorkflowFailureError as exc:
-            cause = exc.cause
-            if isinstance(cause, ApplicationError) and cause.details:
-                return RunSummary.model_validate(cause.details[0])
-            description = await handle.describe()
-            status = {
-                WorkflowExecutionStatus.TIMED_OUT: RunStatus.TIMED_OUT,
-                WorkflowExecutionStatus.CANCELED: RunStatus.CANCELLED,
-                WorkflowExecutionStatus.TERMINATED: RunStatus.CANCELLED,
-            }.get(description.status or WorkflowExecutionStatus.FAILED, RunStatus.FAILED)
-            return RunSummary(
-                run_id=handle.id,
-                pipeline=self.pipeline.name,
-                status=status,
-                steps=[],
-                error=str(cause or exc),
-            )
-
-    def _install_signal_handlers(self) -> None:
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-
-            def handler(signum: int = signum) -> None:
-                self._stop_signal = signum
-                self._stop.set()
-
-            loop.add_signal_handler(signum, handler)
+@dataclass
+class ClusterOptions:
+    state_dir: Path
+    force: bool = False
+    once: bool = True
+    parallelism: int | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    ui: bool = True
+    startup_timeout: timedelta = timedelta(seconds=30)
+    shutdown_grace: timedelta = timedelta(seconds=5)
 
 
 def run_cluster(
@@ -383,4 +129,18 @@ def run_cluster(
     options: ClusterOptions,
     console: Console | None = None,
 ) -> int:
-    return asyncio.run(PipelineCluster(pipeline, source_dir, options, console).run())
+    """Claim the state dir, launch the server, run; the exit code of `laminar run`."""
+    with state_dir_lock(options.state_dir):
+        state = claim_state_dir(options.state_dir, pipeline.name, options.force)
+        server = spawn_dev_server(
+            options.state_dir / TEMPORAL_DB,
+            options.state_dir / "logs" / "temporal.log",
+            ui=options.ui,
+        )
+        try:
+            from pipeline_service.cluster_run import PipelineCluster  # the SDK loads meanwhile
+
+            cluster = PipelineCluster(pipeline, source_dir, options, console)
+            return asyncio.run(cluster.run(state, server))
+        finally:
+            server.stop()

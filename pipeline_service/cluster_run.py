@@ -1,0 +1,268 @@
+"""The running part of `laminar run`: server client, worker, start or resume, progress.
+
+One process starts the Temporal dev server (its SQLite file in the state dir), a worker, and
+the pipeline's run, shows progress, and stops everything in order. A run interrupted by a
+crash or Ctrl-C resumes on the next start: the workflow's history says which steps finished,
+and the attempts that died with the old worker are failed at once so they run again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import quote
+
+from rich.console import Console
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.enums.v1 import PendingActivityState
+from temporalio.api.workflowservice.v1 import ResetStickyTaskQueueRequest
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
+from temporalio.common import (
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+)
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.names import STATE_QUERY, WORKER_LOST
+from pipeline_service.cluster import WAREHOUSE, ClusterOptions, ClusterState
+from pipeline_service.progress import ProgressView
+from pipeline_service.temporal.client import TASK_QUEUE
+from pipeline_service.temporal.dev_server import DevServer, wait_until_serving
+from pipeline_service.temporal.worker import build_worker
+from schemas.pipeline import PipelineDefinition
+from schemas.run import DEFAULT_TENANT, RunContext, RunInput, RunState, RunStatus, RunSummary
+from steps.engines.duckdb import DuckDBEngine
+from workflows.pipeline_run import PipelineRunWorkflow
+
+LAMINAR_LOG = "logs/laminar.log"
+
+TENANT_KEY = SearchAttributeKey.for_keyword("LaminarTenant")
+PIPELINE_KEY = SearchAttributeKey.for_keyword("LaminarPipeline")
+
+
+@contextlib.contextmanager
+def log_to_file(path: Path) -> Iterator[None]:
+    """Send Python logging (the Temporal worker's and ours) to `path` while the run lasts.
+
+    Unconfigured, logging prints warnings with their stack traces on stderr: every failed step
+    attempt would show the user the worker's "Completing activity as failed" traceback. The
+    step's error is in the run's summary; the details stay in this file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+class PipelineCluster:
+    """Runs one pipeline on an embedded stack; `run()` returns the process exit code."""
+
+    def __init__(
+        self,
+        pipeline: PipelineDefinition,
+        source_dir: Path,
+        options: ClusterOptions,
+        console: Console | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.source_dir = source_dir
+        self.options = options
+        self.console = console or Console()
+        self._stop = asyncio.Event()
+        self._stop_signal: int | None = None
+
+    async def run(self, state: ClusterState, server: DevServer) -> int:
+        """Run (or resume) the pipeline on `server`, already launched on the state dir."""
+        with log_to_file(self.options.state_dir / LAMINAR_LOG):
+            return await self._run(state, server)
+
+    async def _run(self, state: ClusterState, server: DevServer) -> int:
+        state_dir = self.options.state_dir
+        self._install_signal_handlers()
+        client = await wait_until_serving(server, self.options.startup_timeout.total_seconds())
+        engine = DuckDBEngine(state_dir / WAREHOUSE)
+        try:
+            self.console.print(f"[bold]laminar[/] pipeline [cyan]{self.pipeline.name}[/]")
+            self.console.print(f"  state dir   {state_dir}")
+            self.console.print(f"  log         {state_dir / LAMINAR_LOG}")
+            self.console.print(f"  temporal    {server.address}")
+            if server.ui_url:
+                self.console.print(f"  temporal ui {server.ui_url}")
+            handle = await self._start_or_resume(client, state)
+            ui_link = ""
+            if server.ui_url:
+                ui_link = (
+                    f"{server.ui_url}/namespaces/default/workflows/{quote(handle.id, safe='')}"
+                )
+            self.console.print(f"  run         {handle.id}  {ui_link}")
+            worker = build_worker(
+                client,
+                task_queue=TASK_QUEUE,
+                engine=engine,
+                work_root=state_dir / "work",
+                graceful_shutdown=self.options.shutdown_grace,
+                sticky_timeout=timedelta(seconds=1),
+            )
+            async with worker:
+                return await self._follow(handle)
+        finally:
+            engine.close()
+
+    async def _start_or_resume(self, client: Client, state: ClusterState) -> WorkflowHandle:
+        if state.current_run:
+            handle = client.get_workflow_handle(state.current_run)
+            try:
+                description = await handle.describe()
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.NOT_FOUND:
+                    raise
+                description = None
+            if description is not None and description.status == WorkflowExecutionStatus.RUNNING:
+                await self._recover_orphans(client, handle)
+                self.console.print(f"[yellow]resuming[/] run {handle.id}")
+                return handle
+            if description is None and state.logical_date:
+                # Crashed between recording the run and starting it: start it now.
+                return await self._start(client, state, datetime.fromisoformat(state.logical_date))
+        logical_date = datetime.now(UTC).replace(microsecond=0)
+        return await self._start(client, state, logical_date)
+
+    async def _start(
+        self, client: Client, state: ClusterState, logical_date: datetime
+    ) -> WorkflowHandle:
+        run_id = f"{DEFAULT_TENANT}/{self.pipeline.name}/manual__{logical_date.isoformat()}"
+        # Record the run before starting it, so a crash in between still resumes it.
+        state.current_run, state.logical_date = run_id, logical_date.isoformat()
+        state.write(self.options.state_dir)
+        context = RunContext.manual(self.pipeline.name, run_id, logical_date, self.options.params)
+        return await client.start_workflow(
+            PipelineRunWorkflow.run,
+            RunInput(
+                pipeline=self.pipeline,
+                context=context,
+                source_dir=str(self.source_dir),
+                max_parallelism=self.options.parallelism,
+            ),
+            id=run_id,
+            task_queue=TASK_QUEUE,
+            execution_timeout=self.pipeline.timeout,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(TENANT_KEY, DEFAULT_TENANT),
+                    SearchAttributePair(PIPELINE_KEY, self.pipeline.name),
+                ]
+            ),
+            memo={"tenant": DEFAULT_TENANT, "pipeline": self.pipeline.name},
+        )
+
+    async def _recover_orphans(self, client: Client, handle: WorkflowHandle) -> None:
+        """Fail the attempts that died with the previous worker, so they run again now.
+
+        Without this Temporal only notices at the attempt's heartbeat or start-to-close timeout.
+        The failure type WORKER_LOST makes the workflow reschedule the step without spending a
+        retry. Clearing the sticky queue saves waiting out the dead worker's sticky timeout.
+        """
+        description = await handle.describe()
+        for pending in description.raw_description.pending_activities:
+            if pending.state != PendingActivityState.PENDING_ACTIVITY_STATE_STARTED:
+                continue
+            activity = client.get_async_activity_handle(
+                workflow_id=handle.id,
+                run_id=description.run_id,
+                activity_id=pending.activity_id,
+            )
+            error = ApplicationError(
+                "the worker running this attempt stopped",
+                pending.attempt,
+                type=WORKER_LOST,
+                non_retryable=True,
+            )
+            with contextlib.suppress(RPCError):  # it may have just finished or timed out
+                await activity.fail(error)
+                self.console.print(
+                    f"[yellow]step {pending.activity_id.split('#')[0]} was interrupted; "
+                    f"running it again[/]"
+                )
+        with contextlib.suppress(RPCError):
+            await client.workflow_service.reset_sticky_task_queue(
+                ResetStickyTaskQueueRequest(
+                    namespace=client.namespace,
+                    execution=WorkflowExecution(workflow_id=handle.id, run_id=description.run_id),
+                )
+            )
+
+    async def _follow(self, handle: WorkflowHandle) -> int:
+        """Show progress until the run ends or we are asked to stop; return the exit code."""
+        result_task = asyncio.ensure_future(handle.result())
+        stop_task = asyncio.ensure_future(self._stop.wait())
+        view = ProgressView(self.console, self.pipeline)
+        with view:
+            while not (result_task.done() or stop_task.done()):
+                with contextlib.suppress(RPCError, asyncio.TimeoutError):
+                    view.update(
+                        await asyncio.wait_for(
+                            handle.query(STATE_QUERY, result_type=RunState), timeout=2
+                        )
+                    )
+                await asyncio.wait(
+                    {result_task, stop_task}, timeout=0.25, return_when=asyncio.FIRST_COMPLETED
+                )
+            if stop_task.done() and not result_task.done():
+                result_task.cancel()
+                name = signal.Signals(self._stop_signal or signal.SIGINT).name
+                self.console.print(
+                    f"[yellow]{name}: stopping; run {handle.id} will resume on the next "
+                    f"`laminar run` with this state dir[/]"
+                )
+                return 128 + (self._stop_signal or signal.SIGINT)
+            stop_task.cancel()
+            summary = await self._final_summary(handle, result_task)
+            view.finish(summary)
+        return 0 if summary.status == RunStatus.SUCCEEDED else 1
+
+    async def _final_summary(self, handle: WorkflowHandle, result: asyncio.Future) -> RunSummary:
+        try:
+            value = result.result()
+            return value if isinstance(value, RunSummary) else RunSummary.model_validate(value)
+        except WorkflowFailureError as exc:
+            cause = exc.cause
+            if isinstance(cause, ApplicationError) and cause.details:
+                return RunSummary.model_validate(cause.details[0])
+            description = await handle.describe()
+            status = {
+                WorkflowExecutionStatus.TIMED_OUT: RunStatus.TIMED_OUT,
+                WorkflowExecutionStatus.CANCELED: RunStatus.CANCELLED,
+                WorkflowExecutionStatus.TERMINATED: RunStatus.CANCELLED,
+            }.get(description.status or WorkflowExecutionStatus.FAILED, RunStatus.FAILED)
+            return RunSummary(
+                run_id=handle.id,
+                pipeline=self.pipeline.name,
+                status=status,
+                steps=[],
+                error=str(cause or exc),
+            )
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+
+            def handler(signum: int = signum) -> None:
+                self._stop_signal = signum
+                self._stop.set()
+
+            loop.add_signal_handler(signum, handler)
