@@ -22,6 +22,7 @@ STATUS_STYLE = {
     StepStatus.COMPENSATING: "yellow",
     StepStatus.COMPENSATED: "blue",
     StepStatus.COMPENSATION_FAILED: "bold red",
+    StepStatus.CANCELLED: "magenta",
 }
 
 

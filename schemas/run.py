@@ -37,6 +37,7 @@ class StepStatus(StrEnum):
     COMPENSATING = "COMPENSATING"
     COMPENSATED = "COMPENSATED"
     COMPENSATION_FAILED = "COMPENSATION_FAILED"
+    CANCELLED = "CANCELLED"
 
 
 STEP_ACTIVE = frozenset({StepStatus.RUNNING, StepStatus.RETRYING, StepStatus.COMPENSATING})
@@ -47,6 +48,7 @@ STEP_FINISHED = frozenset(
         StepStatus.SKIPPED,
         StepStatus.COMPENSATED,
         StepStatus.COMPENSATION_FAILED,
+        StepStatus.CANCELLED,
     }
 )
 

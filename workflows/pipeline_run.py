@@ -79,8 +79,7 @@ class PipelineRunWorkflow:
                 for task in sorted(done, key=lambda t: list(graph).index(running[t])):
                     self._finish(graph, running.pop(task), task)
         except asyncio.CancelledError:
-            self._status = RunStatus.CANCELLED
-            self._finished_at = workflow.now()
+            await self._cancel(running)
             raise
 
         failed = [s for s, st in self._states.items() if st.status == StepStatus.FAILED]
@@ -114,6 +113,19 @@ class PipelineRunWorkflow:
             state.status = active if signal.compensation else StepStatus.RETRYING
             state.attempt = signal.attempt + 1
             state.error = signal.error
+
+    async def _cancel(self, running: dict[asyncio.Task[StepResult], str]) -> None:
+        """The run was cancelled: cancel running steps and wait for them to acknowledge."""
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        for state in self._states.values():
+            if state.status in (StepStatus.RUNNING, StepStatus.RETRYING):
+                state.status, state.finished_at = StepStatus.CANCELLED, workflow.now()
+            elif state.status == StepStatus.PENDING:
+                state.status, state.error = StepStatus.SKIPPED, "run cancelled"
+        self._status = RunStatus.CANCELLED
+        self._finished_at = workflow.now()
 
     def _mark_started(self, step_id: str) -> None:
         state = self._states[step_id]

@@ -302,3 +302,26 @@ async def test_lost_worker_reschedules_without_spending_a_retry(
     assert summary.status == RunStatus.SUCCEEDED
     assert [c[0] for c in executor.calls] == ["long", "long"]
     assert summary.step("long").attempt == 1
+
+
+async def test_cancelling_a_run_cancels_its_running_steps(harness: Harness) -> None:
+    harness.executor.behaviors["slow"] = Behavior(sleep=60)
+    definition = pipeline(
+        [{"id": "slow", "heartbeat_timeout": "1s"}, {"id": "later", "depends_on": ["slow"]}]
+    )
+    handle = await harness.start(definition)
+    while not harness.executor.calls:
+        await asyncio.sleep(0.05)
+    began = time.monotonic()
+    await handle.cancel()
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+    assert "cancel" in str(failure.value.cause).lower()
+    assert time.monotonic() - began < 10
+    state = await handle.query(STATE_QUERY, result_type=RunState)
+    assert state.status == RunStatus.CANCELLED
+    assert state.step("slow").status == StepStatus.CANCELLED
+    assert state.step("later").status == StepStatus.SKIPPED
+    # the activity saw the cancellation (its sleep was interrupted, so no interval recorded)
+    await asyncio.sleep(1)
+    assert "slow" not in harness.executor.intervals
