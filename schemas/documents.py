@@ -2,13 +2,16 @@
 
 Limits are enforced while the document is read, before any value is built, so a hostile
 document (a billion laughs, ten thousand nested brackets) is refused in milliseconds.
-Problems are reported as `Problem`s with the path `<document>`.
+Problems are reported as `Problem`s with the path `<document>`; `join_path` builds the paths
+of problems found deeper in a definition.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -49,6 +52,27 @@ class PipelineValidationError(Exception):
 def document_error(message: str) -> PipelineValidationError:
     """An error with one problem about the whole document."""
     return PipelineValidationError([Problem(DOCUMENT, message)])
+
+
+_PATH_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")
+
+
+def join_path(path: str, *items: str | int) -> str:
+    """`join_path("steps", 2, "env", "REGION")` -> `steps[2].env.REGION`."""
+    for item in items:
+        if isinstance(item, int):
+            path += f"[{item}]"
+        elif _PATH_KEY.fullmatch(item):
+            path = f"{path}.{item}" if path else item
+        else:
+            path += f"[{json.dumps(item)}]"
+    return path
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """` (did you mean 'x'?)` for the closest candidate, or nothing."""
+    matches = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {matches[0]!r}?)" if matches else ""
 
 
 class _LimitExceeded(Exception):

@@ -2,35 +2,33 @@
 
 Every problem a definition has is reported at once, each with its path
 (`steps[2].depends_on: unknown step 'lod'`), so the CLI and the API can show the whole list.
-Parsing within limits lives in `schemas.documents`; this module validates the parsed data.
+Parsing within limits lives in `schemas.documents`; this module validates each part of the
+parsed data, and `schemas.checks` the rules that need the whole definition.
 """
 
 from __future__ import annotations
 
 import contextlib
-import difflib
-import json
 import math
 import re
-from collections.abc import Iterable, Iterator
-from datetime import UTC, date, datetime, timedelta
-from graphlib import CycleError, TopologicalSorter
+from collections.abc import Iterable
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import sqlglot
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
-from sqlglot import exp
-from sqlglot.errors import ParseError, SqlglotError
 
+from schemas.checks import check_pipeline
 from schemas.documents import (
     DOCUMENT,
     MAX_DOCUMENT_BYTES,
     PipelineValidationError,
     Problem,
     data_limit_problem,
+    did_you_mean,
     document_error,
+    join_path,
     parse_document,
 )
 from schemas.pipeline import (
@@ -44,14 +42,6 @@ from schemas.pipeline import (
     RetryPolicy,
     SqlStep,
     Step,
-)
-from schemas.run import RunContext
-from schemas.templating import (
-    TemplateProblem,
-    check_template,
-    is_template,
-    render_sql,
-    renders_in_bounded_time,
 )
 
 __all__ = [
@@ -100,21 +90,8 @@ def load_pipeline_file(path: Path) -> PipelineDefinition:
 
 # --- paths and messages -----------------------------------------------------------------------
 
-_PATH_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")
 _STEP_MODELS: dict[str, type[BaseModel]] = {"sql": SqlStep, "python": PythonStep, "noop": NoopStep}
 _KINDS = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list"}
-
-
-def _join(path: str, *items: str | int) -> str:
-    """`_join("steps", 2, "env", "REGION")` -> `steps[2].env.REGION`."""
-    for item in items:
-        if isinstance(item, int):
-            path += f"[{item}]"
-        elif _PATH_KEY.fullmatch(item):
-            path = f"{path}.{item}" if path else item
-        else:
-            path += f"[{json.dumps(item)}]"
-    return path
 
 
 def _kind(value: Any) -> str:
@@ -136,11 +113,6 @@ def _describe(value: Any) -> str:
     return _kind(value)
 
 
-def _did_you_mean(word: str, candidates: Iterable[str]) -> str:
-    matches = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
-    return f" (did you mean {matches[0]!r}?)" if matches else ""
-
-
 def _error_problem(
     path: str, loc: Iterable[str | int], err: ErrorDetails, model: type[BaseModel] | None
 ) -> Problem:
@@ -157,7 +129,7 @@ def _error_problem(
     elif kind == "extra_forbidden":
         message = "unknown field"
         if model is not None and loc and isinstance(loc[-1], str):
-            message += _did_you_mean(loc[-1], model.model_fields)
+            message += did_you_mean(loc[-1], model.model_fields)
     elif kind == "missing":
         message = "required field is missing"
     elif kind == "value_error":
@@ -172,7 +144,7 @@ def _error_problem(
         message = f"{err['msg']}, got {_describe(value)}"
     else:
         message = err["msg"]
-    return Problem(_join(path, *loc), message)
+    return Problem(join_path(path, *loc), message)
 
 
 def _step_error_problem(path: str, err: ErrorDetails) -> Problem:
@@ -198,7 +170,6 @@ def _step_error_problem(path: str, err: ErrorDetails) -> Problem:
 # --- parameters -------------------------------------------------------------------------------
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
 _INTEGER_TEXT = re.compile(r"[+-]?\d+")
 _NUMBER_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _TRUE, _FALSE = frozenset({"true", "1", "yes"}), frozenset({"false", "0", "no"})
@@ -212,9 +183,10 @@ _TYPE_NAMES = {
 
 
 def coerce_param(value: Any, kind: ParamType, *, parse_text: bool) -> Any:
-    """`value` as the declared type; `parse_text` also accepts text (CLI `k=v`).
+    """`value` as the declared type, JSON-ready; `parse_text` also accepts text (CLI `k=v`).
 
-    Dates are accepted as ISO text either way (JSON has no date type).
+    Dates are accepted as ISO text either way and returned as `YYYY-MM-DD` text: run params
+    travel through Temporal as JSON, so steps and validation see the same value.
     """
     text = value.strip() if isinstance(value, str) else None
     numeric = isinstance(value, int | float) and not isinstance(value, bool)
@@ -240,12 +212,12 @@ def coerce_param(value: Any, kind: ParamType, *, parse_text: bool) -> Any:
         if parse is not None and parse.lower() in _TRUE | _FALSE:
             return parse.lower() in _TRUE
     if kind is ParamType.DATE:
-        if isinstance(value, date) and not isinstance(value, datetime):
-            return value
-        try:
-            return date.fromisoformat(text or "")
-        except ValueError:
-            pass
+        day = value if isinstance(value, date) and not isinstance(value, datetime) else None
+        if day is None:
+            with contextlib.suppress(ValueError):
+                day = date.fromisoformat(text or "")
+        if day is not None:
+            return day.isoformat()
     raise ValueError(f"expected {_TYPE_NAMES[kind]}, got {_describe(value)}")
 
 
@@ -257,7 +229,7 @@ def _check_params(raw: Any, problems: _Problems) -> dict[str, ParamSpec]:
         return {}  # the top-level validation reports it
     specs: dict[str, ParamSpec] = {}
     for name, value in raw.items():
-        path = _join("params", str(name))
+        path = join_path("params", str(name))
         if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
             problems.add(path, "param name must be an identifier (letters, digits and _)")
         try:
@@ -278,6 +250,27 @@ def _check_params(raw: Any, problems: _Problems) -> dict[str, ParamSpec]:
     return specs
 
 
+_PLACEHOLDERS: dict[ParamType, Any] = {
+    ParamType.STRING: "x",
+    ParamType.INTEGER: 1,
+    ParamType.NUMBER: 1.0,
+    ParamType.BOOLEAN: True,
+    ParamType.DATE: "2000-01-01",
+}
+
+
+def _validation_params(names: Iterable[str], specs: dict[str, ParamSpec]) -> dict[str, Any]:
+    """Params to render templates with while validating: defaults, else placeholders."""
+    params: dict[str, Any] = {}
+    for name in names:
+        spec = specs.get(name)
+        params[name] = _PLACEHOLDERS[spec.type] if spec else "x"
+        if spec is not None and spec.default is not None:
+            with contextlib.suppress(ValueError):  # _check_params reports it
+                params[name] = coerce_param(spec.default, spec.type, parse_text=False)
+    return params
+
+
 def resolve_params(pipeline: PipelineDefinition, overrides: dict[str, Any]) -> dict[str, Any]:
     """Declared defaults merged with a run's overrides, each coerced to its declared type.
 
@@ -287,7 +280,7 @@ def resolve_params(pipeline: PipelineDefinition, overrides: dict[str, Any]) -> d
     for name in overrides:
         if name not in pipeline.params:
             problems.add(
-                _join("params", name), f"unknown param{_did_you_mean(name, pipeline.params)}"
+                join_path("params", name), f"unknown param{did_you_mean(name, pipeline.params)}"
             )
     resolved: dict[str, Any] = {}
     for name, spec in pipeline.params.items():
@@ -295,217 +288,16 @@ def resolve_params(pipeline: PipelineDefinition, overrides: dict[str, Any]) -> d
         value = given if given is not None else spec.default
         if value is None:
             if spec.required:
-                problems.add(_join("params", name), "required param has no value")
+                problems.add(join_path("params", name), "required param has no value")
             resolved[name] = None
             continue
         try:
             resolved[name] = coerce_param(value, spec.type, parse_text=given is not None)
         except ValueError as exc:
-            problems.add(_join("params", name), str(exc))
+            problems.add(join_path("params", name), str(exc))
     if problems:
         raise PipelineValidationError(problems)
     return resolved
-
-
-# --- the step graph ---------------------------------------------------------------------------
-
-
-def _dependency_cycles(graph: dict[str, set[str]], order: dict[str, int]) -> list[list[str]]:
-    """The cycles graphlib finds, breaking each to look for more (graph: step -> its deps)."""
-    graph = {node: set(deps) for node, deps in graph.items()}
-    cycles: list[list[str]] = []
-    while len(cycles) < 20:
-        try:
-            TopologicalSorter(graph).prepare()
-            break
-        except CycleError as exc:
-            cycle: list[str] = list(exc.args[1])[:-1]
-            graph[cycle[1]].discard(cycle[0])  # cycle[0] is a dependency of cycle[1]
-            start = min(range(len(cycle)), key=lambda i: order[cycle[i]])
-            cycles.append([*cycle[start:], *cycle[:start], cycle[start]])
-    return cycles
-
-
-def _check_graph(raw_steps: list[Any], problems: _Problems) -> None:
-    """Ids, dependencies, cycles and compensations, checked on the raw mappings: they need
-    only ids and depends_on, so they run even when a step is otherwise invalid."""
-    steps = [(i, raw) for i, raw in enumerate(raw_steps) if isinstance(raw, dict)]
-    first: dict[str, int] = {}
-    for i, raw in steps:
-        step_id = raw.get("id")
-        if isinstance(step_id, str) and step_id in first:
-            problems.add(
-                f"steps[{i}].id", f"duplicate step id {step_id!r} (also steps[{first[step_id]}])"
-            )
-        elif isinstance(step_id, str):
-            first[step_id] = i
-    graph: dict[str, set[str]] = {step_id: set() for step_id in first}
-    unknown = 0
-    for i, raw in steps:
-        step_id, depends_on = raw.get("id"), raw.get("depends_on")
-        if not isinstance(step_id, str) or not isinstance(depends_on, list):
-            continue
-        for dep in depends_on:
-            if not isinstance(dep, str):
-                continue
-            if dep == step_id:
-                problems.add(f"steps[{i}].depends_on", f"step {dep!r} depends on itself")
-            elif dep in first:
-                graph[step_id].add(dep)
-            else:
-                unknown += 1  # difflib is quadratic: suggest only for the first hundred
-                hint = _did_you_mean(dep, first) if unknown <= 100 else ""
-                problems.add(f"steps[{i}].depends_on", f"unknown step {dep!r}{hint}")
-    for cycle in _dependency_cycles(graph, first):
-        problems.add("steps", "dependency cycle " + " -> ".join(cycle))
-
-    compensation_ids: dict[str, str] = {}
-    for i, raw in steps:
-        compensate, path = raw.get("compensate"), f"steps[{i}].compensate"
-        if not isinstance(compensate, dict):
-            continue
-        if compensate.get("depends_on"):
-            problems.add(
-                f"{path}.depends_on",
-                "a compensation step cannot have depends_on: it runs when its step is undone",
-            )
-        if compensate.get("compensate") is not None:
-            problems.add(f"{path}.compensate", "a compensation step cannot have its own compensate")
-        comp_id = compensate.get("id")
-        if isinstance(comp_id, str):
-            used_by = (
-                f"steps[{first[comp_id]}]" if comp_id in first else compensation_ids.get(comp_id)
-            )
-            if used_by:
-                problems.add(f"{path}.id", f"id {comp_id!r} is already used by {used_by}")
-            compensation_ids.setdefault(comp_id, path)
-
-
-# --- step contents ----------------------------------------------------------------------------
-
-_PLACEHOLDERS: dict[ParamType, Any] = {
-    ParamType.STRING: "x",
-    ParamType.INTEGER: 1,
-    ParamType.NUMBER: 1.0,
-    ParamType.BOOLEAN: True,
-    ParamType.DATE: date(2000, 1, 1),
-}
-
-
-def _validation_context(names: Iterable[str], specs: dict[str, ParamSpec]) -> RunContext:
-    """A run context to render templates with while validating: defaults, else placeholders."""
-    params: dict[str, Any] = {}
-    for name in names:
-        spec = specs.get(name)
-        params[name] = _PLACEHOLDERS[spec.type] if spec else "x"
-        if spec is not None and spec.default is not None:
-            with contextlib.suppress(ValueError):  # _check_params reports it
-                params[name] = coerce_param(spec.default, spec.type, parse_text=False)
-    moment = datetime(2000, 1, 1, tzinfo=UTC)
-    return RunContext(
-        pipeline="validation",
-        run_id="validation",
-        logical_date=moment,
-        data_interval_start=moment,
-        data_interval_end=moment + timedelta(days=1),
-        params=params,
-    )
-
-
-def _templated_fields(path: str, step: Step) -> Iterator[tuple[str, str]]:
-    if isinstance(step, SqlStep):
-        yield f"{path}.sql", step.sql
-    elif isinstance(step, PythonStep):
-        yield f"{path}.script", step.script
-        for i, arg in enumerate(step.args):
-            yield f"{path}.args[{i}]", arg
-        for key, value in step.env.items():
-            yield _join(f"{path}.env", key), value
-
-
-def _sql_problem(sql: str, context: RunContext) -> str | None:
-    # Loops, macros and repetition could take unbounded time to render on untrusted input:
-    # such templates are checked when the step runs instead.
-    if not renders_in_bounded_time(sql):
-        return None
-    try:
-        text, _ = render_sql(sql, context)
-        statements = sqlglot.parse(text, read="duckdb")
-    except TemplateProblem as exc:
-        return str(exc)
-    except ParseError as exc:
-        error = exc.errors[0] if exc.errors else {}
-        where = f" (line {error['line']}, column {error['col']})" if "line" in error else ""
-        problem = f"SQL does not parse: {error.get('description', exc)}{where}"
-        return None if _duckdb_parses(text) else problem
-    except SqlglotError as exc:
-        return None if _duckdb_parses(text) else f"SQL does not parse: {exc}"
-    except RecursionError:
-        return "SQL does not parse: nested too deeply"
-    if all(s is None or isinstance(s, exp.Semicolon) for s in statements):
-        return "contains no SQL statement"
-    return None
-
-
-def _duckdb_parses(text: str) -> bool:
-    """DuckDB's own parser, asked only when sqlglot refuses: sqlglot lags behind DuckDB's
-    grammar (it reads `WHERE range < 5` as a type), and DuckDB is the engine that runs it."""
-    import duckdb
-
-    with duckdb.connect(":memory:") as connection:
-        try:
-            connection.extract_statements(text)
-        except duckdb.Error:
-            return False
-    return True
-
-
-def _script_problem(script: str, source_dir: Path) -> str | None:
-    if is_template(script):
-        return None  # known only per run; the runner confines the rendered path
-    if Path(script).is_absolute():
-        return f"must be a path relative to the pipeline directory, got {script!r}"
-    try:
-        root = source_dir.resolve()
-        target = (root / script).resolve()  # follows symlinks: a link out is an escape too
-    except (OSError, RuntimeError, ValueError) as exc:
-        return f"cannot resolve {script!r}: {exc}"
-    if not target.is_relative_to(root):
-        return "path escapes the pipeline directory"
-    if not target.is_file():
-        return f"no such file {script!r} (relative to {root})"
-    return None
-
-
-def _check_step(
-    path: str,
-    step: Step,
-    params: frozenset[str],
-    context: RunContext,
-    source_dir: Path,
-    problems: _Problems,
-) -> None:
-    bad_templates = set()
-    for field_path, text in _templated_fields(path, step):
-        for message in check_template(text, params):
-            problems.add(field_path, message)
-            bad_templates.add(field_path)
-    sql_problem = None
-    if isinstance(step, SqlStep) and f"{path}.sql" not in bad_templates:
-        sql_problem = _sql_problem(step.sql, context)
-    if sql_problem:
-        problems.add(f"{path}.sql", sql_problem)
-    if isinstance(step, PythonStep):
-        if script_problem := _script_problem(step.script, source_dir):
-            problems.add(f"{path}.script", script_problem)
-        for i, table in enumerate(step.inputs):
-            if not _TABLE_NAME.fullmatch(table):
-                problems.add(
-                    f"{path}.inputs[{i}]",
-                    f"{table!r} is not a table name (expected name or schema.name)",
-                )
-    if step.compensate is not None:
-        _check_step(f"{path}.compensate", step.compensate, params, context, source_dir, problems)
 
 
 # --- the whole definition ---------------------------------------------------------------------
@@ -556,18 +348,16 @@ def validate_pipeline(data: Any, *, source_dir: Path) -> PipelineDefinition:
     names = (
         frozenset(str(name) for name in raw_params) if isinstance(raw_params, dict) else frozenset()
     )
-    context = _validation_context(names, specs)
     raw_steps: list[Any] = data["steps"] if isinstance(data.get("steps"), list) else []
+    steps: dict[int, Step] = {}
     for i, raw in enumerate(raw_steps):
         try:
-            step = _STEP_ADAPTER.validate_python(raw)
+            steps[i] = _STEP_ADAPTER.validate_python(raw)
         except ValidationError as exc:
             problems.extend(
                 _step_error_problem(f"steps[{i}]", err) for err in exc.errors(include_url=False)
             )
-        else:
-            _check_step(f"steps[{i}]", step, names, context, source_dir, problems)
-    _check_graph(raw_steps, problems)
+    problems.extend(check_pipeline(raw_steps, steps, _validation_params(names, specs), source_dir))
 
     if problems:
         raise PipelineValidationError(_ordered(problems))

@@ -3,7 +3,7 @@
 A pipeline is a DAG of steps. Each step type is one member of the `Step` discriminated union
 (by `type`). Structural rules live here (pydantic); rules that need the whole pipeline (unique
 ids, known dependencies, cycles, template variables, SQL parsing, script paths) live in
-`schemas.loading`, which reports every problem at once with its path.
+`schemas.checks`; `schemas.loading` runs both and reports every problem at once with its path.
 """
 
 from __future__ import annotations

@@ -74,7 +74,8 @@ class RunContext(BaseModel):
     data_interval_start: datetime
     data_interval_end: datetime
     params: dict[str, Any] = Field(default_factory=dict)
-    """Resolved values (defaults merged with the run's overrides, coerced to declared types)."""
+    """Resolved values: defaults merged with the run's overrides, coerced to the declared types
+    (JSON-native: dates are ISO `YYYY-MM-DD` text)."""
 
     @classmethod
     def manual(

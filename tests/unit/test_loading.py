@@ -22,7 +22,7 @@ from schemas.loading import (
     resolve_params,
     validate_pipeline,
 )
-from schemas.pipeline import OnFailure, PipelineDefinition, PythonStep, SqlStep
+from schemas.pipeline import OnFailure, ParamType, PipelineDefinition, PythonStep, SqlStep
 
 VALID = """
 name: daily-sales
@@ -112,7 +112,7 @@ def test_valid_pipeline_round_trips_through_json(source_dir: Path) -> None:
     pipeline = load_pipeline_text(VALID, source_dir=source_dir)
     dumped = pipeline.model_dump(mode="json")
     again = load_pipeline_text(json.dumps(dumped), source_dir=source_dir, fmt="json")
-    # JSON has no dates: a date default comes back as its ISO text (resolve_params parses it).
+    # JSON has no dates: a date default comes back as its ISO text (resolve_params checks it).
     assert again.model_dump(mode="json") == dumped
     assert again.steps == pipeline.steps
 
@@ -678,7 +678,7 @@ def test_resolve_params_merges_defaults_and_coerces_text() -> None:
         "n": 1,
         "ratio": None,
         "flag": False,
-        "day": date(2024, 1, 31),
+        "day": "2024-01-31",
         "note": None,
     }
     resolved = resolve_params(
@@ -689,7 +689,7 @@ def test_resolve_params_merges_defaults_and_coerces_text() -> None:
         "n": 42,
         "ratio": 25.0,
         "flag": True,
-        "day": date(2023, 12, 1),
+        "day": "2023-12-01",
         "note": "7",
     }
 
@@ -709,8 +709,37 @@ def test_resolve_params_accepts_typed_values_from_json() -> None:
         "n": 7,
         "ratio": 3.0,
         "flag": False,
-        "day": date(2024, 2, 29),
+        "day": "2024-02-29",
     }
+
+
+def test_resolve_params_gives_dates_as_iso_text() -> None:
+    # Run params travel through Temporal as JSON: a date is its ISO text everywhere.
+    pipeline = params_pipeline(day=date(2024, 1, 1), since={"type": "date", "default": "20240105"})
+    assert resolve_params(pipeline, {}) == {"day": "2024-01-01", "since": "2024-01-05"}
+    assert resolve_params(pipeline, {"day": " 2024-03-01 ", "since": date(2024, 2, 1)}) == {
+        "day": "2024-03-01",
+        "since": "2024-02-01",
+    }
+
+
+def test_resolved_params_are_json_serialisable() -> None:
+    pipeline = params_pipeline(
+        s="text",
+        n=1,
+        ratio=0.5,
+        flag=True,
+        day=date(2024, 1, 1),
+        unset={"type": "date"},
+    )
+    from_defaults = resolve_params(pipeline, {})
+    from_text = resolve_params(
+        pipeline, {"s": "x", "n": "2", "ratio": "1e3", "flag": "no", "day": "2024-12-31"}
+    )
+    for resolved in (from_defaults, from_text):
+        assert json.loads(json.dumps(resolved)) == resolved
+    kinds = {spec.type for spec in pipeline.params.values()}
+    assert kinds == set(ParamType)  # every param type is covered
 
 
 def test_resolve_params_reports_every_problem() -> None:
@@ -726,6 +755,20 @@ def test_resolve_params_reports_every_problem() -> None:
         "params.flag: expected a boolean (true/false/yes/no/1/0), got string 'maybe'",
         "params.day: expected a date (YYYY-MM-DD), got string '2024-02-30'",
         "params.owner: required param has no value",
+    ]
+
+
+def test_validation_renders_date_params_as_runs_see_them(tmp_path: Path) -> None:
+    # Steps get ISO text, so `.year` would fail at run time: validation says so up front.
+    params = {"d": {"type": "date", "default": "2024-01-01"}, "e": {"type": "date"}}
+    steps = [
+        {"id": "a", "type": "sql", "sql": "SELECT {{ params.d.year }}"},
+        {"id": "b", "type": "sql", "sql": "SELECT {{ params.e.year }}"},
+    ]
+    problems = problems_in(steps_doc(*steps, params=params), tmp_path)
+    assert problems == [
+        "steps[0].sql: template error: 'str object' has no attribute 'year'",
+        "steps[1].sql: template error: 'str object' has no attribute 'year'",
     ]
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import duckdb
@@ -46,9 +46,20 @@ def test_render_sql_turns_expressions_into_binds() -> None:
 
 
 def test_render_sql_datetimes_are_bound_as_datetimes() -> None:
-    _, binds = render_sql("SELECT {{ logical_date }}, {{ params.d }}", context(d=date(2024, 1, 1)))
-    assert binds == {"lam_0": datetime(2024, 1, 31, tzinfo=UTC), "lam_1": date(2024, 1, 1)}
+    _, binds = render_sql("SELECT {{ logical_date }}", context())
+    assert binds == {"lam_0": datetime(2024, 1, 31, tzinfo=UTC)}
     assert type(binds["lam_0"]) is datetime
+
+
+def test_date_params_bind_as_iso_text_that_compares_with_dates() -> None:
+    # resolve_params gives date params as ISO text (run params travel as JSON).
+    text, binds = render_sql(
+        "SELECT count(*) FROM t WHERE day = {{ params.d }}", context(d="2024-01-01")
+    )
+    assert binds == {"lam_0": "2024-01-01"}
+    with duckdb.connect(":memory:") as connection:
+        connection.execute("CREATE TABLE t AS SELECT DATE '2024-01-01' AS day")
+        assert connection.execute(text, binds).fetchall() == [(1,)]
 
 
 def test_injection_attempt_stays_a_bind_value() -> None:
