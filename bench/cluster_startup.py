@@ -40,11 +40,12 @@ def laminar() -> str:
 
 def one_run(state_dir: Path, pipeline: Path) -> tuple[float, float, int, int]:
     """(seconds to first step, total seconds, peak laminar RSS, peak tree RSS)."""
+    output = state_dir.with_suffix(".out")
     began = time.time()
     process = subprocess.Popen(
         [laminar(), "run", str(pipeline), "--once", "--no-ui", "--state-dir", str(state_dir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=output.open("wb"),
+        stderr=subprocess.STDOUT,
     )
     parent = psutil.Process(process.pid)
     peak_self = peak_tree = 0
@@ -58,7 +59,7 @@ def one_run(state_dir: Path, pipeline: Path) -> tuple[float, float, int, int]:
         time.sleep(0.02)
     total = time.time() - began
     if process.returncode != 0:
-        raise SystemExit(f"laminar run exited {process.returncode}")
+        raise SystemExit(f"laminar run exited {process.returncode}:\n{output.read_text()}")
     with duckdb.connect(str(state_dir / "warehouse.duckdb"), read_only=True) as con:
         row = con.execute("SELECT ms FROM started").fetchone()
     assert row is not None
