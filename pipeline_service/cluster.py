@@ -51,6 +51,8 @@ class ClusterState:
     created_at: str
     current_run: str | None = None
     logical_date: str | None = None
+    fingerprint: str | None = None
+    """Hash of the definition and params the current run started with."""
 
     @classmethod
     def read(cls, state_dir: Path) -> ClusterState | None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import signal
 from collections.abc import Iterator
@@ -132,8 +134,13 @@ class PipelineCluster:
                     raise
                 description = None
             if description is not None and description.status == WorkflowExecutionStatus.RUNNING:
-                await self._recover_orphans(client, handle)
                 self.console.print(f"[yellow]resuming[/] run {handle.id}")
+                if state.fingerprint and state.fingerprint != self._fingerprint():
+                    self.console.print(
+                        "[yellow]the definition or params changed since this run started: it "
+                        "finishes as it started; the changes apply to the next run[/]"
+                    )
+                await self._recover_orphans(client, handle)
                 return handle
             if description is None and state.logical_date:
                 # Crashed between recording the run and starting it: start it now.
@@ -141,12 +148,19 @@ class PipelineCluster:
         logical_date = datetime.now(UTC).replace(microsecond=0)
         return await self._start(client, state, logical_date)
 
+    def _fingerprint(self) -> str:
+        document = json.dumps(
+            [self.pipeline.model_dump(mode="json"), self.options.params], sort_keys=True
+        )
+        return hashlib.sha256(document.encode()).hexdigest()[:16]
+
     async def _start(
         self, client: Client, state: ClusterState, logical_date: datetime
     ) -> WorkflowHandle:
         run_id = f"{DEFAULT_TENANT}/{self.pipeline.name}/manual__{logical_date.isoformat()}"
         # Record the run before starting it, so a crash in between still resumes it.
         state.current_run, state.logical_date = run_id, logical_date.isoformat()
+        state.fingerprint = self._fingerprint()
         state.write(self.options.state_dir)
         context = RunContext.manual(self.pipeline.name, run_id, logical_date, self.options.params)
         return await client.start_workflow(

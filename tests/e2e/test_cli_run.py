@@ -465,10 +465,14 @@ def test_sigterm_stops_gracefully_then_resumes(cli: Cli, tmp_path: Path) -> None
     assert not temporal_servers_under(state)  # stopped in order, not left to the kernel
     assert pid_gone(interrupted_pid)  # the running step was cancelled with the worker
 
+    # An edit made while the run was stopped does not change the run in flight; it is said so.
+    pipeline_file = tmp_path / "pipeline" / "pipeline.yaml"
+    pipeline_file.write_text(pipeline_file.read_text() + "description: edited meanwhile\n")
     resumed = cli.run(*args, timeout=90)
     assert resumed.code == 0, resumed.details
     assert_clean(resumed)
     assert "resuming" in resumed.stdout, resumed.details
+    assert "the definition or params changed since this run started" in resumed.stdout
     assert "run SUCCEEDED" in resumed.stdout
     assert len(lines(files / "counter")) == 1
     assert len(lines(files / "second")) == 2
