@@ -85,6 +85,7 @@ class PipelineCluster:
         self.options = options
         self.console = console or Console()
         self._stop = asyncio.Event()
+        self._ui_url: str | None = None
         self._stop_signal: int | None = None
 
     async def run(self, state: ClusterState, server: DevServer) -> int:
@@ -104,6 +105,7 @@ class PipelineCluster:
             self.console.print(f"  temporal    {server.address}")
             if server.ui_url:
                 self.console.print(f"  temporal ui {server.ui_url}")
+                self._ui_url = server.ui_url
             handle = await self._start_or_resume(client, state)
             ui_link = ""
             if server.ui_url:
@@ -244,10 +246,16 @@ class PipelineCluster:
                     f"`laminar run` with this state dir[/]"
                 )
                 return 128 + (self._stop_signal or signal.SIGINT)
-            stop_task.cancel()
             summary = await self._final_summary(handle, result_task)
             view.finish(summary)
-        return 0 if summary.status == RunStatus.SUCCEEDED else 1
+        code = 0 if summary.status == RunStatus.SUCCEEDED else 1
+        if not self.options.once:
+            # The cluster stays up (the UI stays browsable) until asked to stop; --once exits.
+            where = f" (Temporal UI: {self._ui_url})" if self._ui_url else ""
+            self.console.print(f"serving{where}; Ctrl-C to stop, or use --once to exit after a run")
+            await stop_task
+        stop_task.cancel()
+        return code
 
     async def _final_summary(self, handle: WorkflowHandle, result: asyncio.Future) -> RunSummary:
         try:

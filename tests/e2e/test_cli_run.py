@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import time
+import urllib.request
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -180,7 +181,7 @@ def check_report(state: Path, result: Result, min_quantity: int) -> None:
 
 def test_sales_report_example(cli: Cli, tmp_path: Path) -> None:
     state = tmp_path / "state"
-    result = cli.run("run", SALES, "--once", "--no-ui", "--state-dir", state)
+    result = cli.run("run", "--once", SALES, "--no-ui", "--state-dir", state)
     assert result.code == 0, result.details
     assert_clean(result)
     assert "run SUCCEEDED" in result.stdout
@@ -194,7 +195,14 @@ def test_sales_report_min_quantity_param(cli: Cli, tmp_path: Path) -> None:
     assert expected_by_product(5) != expected_by_product(2)
     state = tmp_path / "state"
     result = cli.run(
-        "run", SALES, "--once", "--no-ui", "--state-dir", state, "--param", "min_quantity=5"
+        "run",
+        "--once",
+        SALES,
+        "--no-ui",
+        "--state-dir",
+        state,
+        "--param",
+        "min_quantity=5",
     )
     assert result.code == 0, result.details
     assert_clean(result)
@@ -204,7 +212,7 @@ def test_sales_report_min_quantity_param(cli: Cli, tmp_path: Path) -> None:
 
 def test_hello_example(cli: Cli, tmp_path: Path) -> None:
     state = tmp_path / "state"
-    result = cli.run("run", HELLO, "--once", "--no-ui", "--state-dir", state)
+    result = cli.run("run", "--once", HELLO, "--no-ui", "--state-dir", state)
     assert result.code == 0, result.details
     assert_clean(result)
     _, ds = run_id_and_ds(result)
@@ -217,17 +225,17 @@ def test_hello_example(cli: Cli, tmp_path: Path) -> None:
 
 def test_state_dir_of_another_pipeline_needs_force(cli: Cli, tmp_path: Path) -> None:
     state = tmp_path / "state"
-    first = cli.run("run", HELLO, "--no-ui", "--state-dir", state)
+    first = cli.run("run", "--once", HELLO, "--no-ui", "--state-dir", state)
     assert first.code == 0, first.details
 
-    refused = cli.run("run", SALES, "--no-ui", "--state-dir", state)
+    refused = cli.run("run", "--once", SALES, "--no-ui", "--state-dir", state)
     assert refused.code == 2, refused.details
     assert_clean(refused)
     assert "'hello'" in refused.stderr and "'sales-report'" in refused.stderr, refused.details
     assert "--force" in refused.stderr
     assert "greetings" in tables(state)  # refusing touched nothing
 
-    forced = cli.run("run", SALES, "--no-ui", "--state-dir", state, "--force")
+    forced = cli.run("run", "--once", SALES, "--no-ui", "--state-dir", state, "--force")
     assert forced.code == 0, forced.details
     assert_clean(forced)
     found = tables(state)
@@ -243,7 +251,7 @@ ANSWER = "CREATE TABLE t AS SELECT 42 AS answer"
 
 def test_inline_sql(cli: Cli, tmp_path: Path) -> None:
     state = tmp_path / "state"
-    result = cli.run("run", "--sql", ANSWER, "--no-ui", "--state-dir", state)
+    result = cli.run("run", "--once", "--sql", ANSWER, "--no-ui", "--state-dir", state)
     assert result.code == 0, result.details
     assert_clean(result)
     assert query(state, "SELECT answer FROM t") == [(42,)]
@@ -253,7 +261,7 @@ def test_sql_file(cli: Cli, tmp_path: Path) -> None:
     sql_file = tmp_path / "answer.sql"
     sql_file.write_text(ANSWER + ";\nCREATE TABLE t2 AS SELECT answer + 1 AS more FROM t;\n")
     state = tmp_path / "state"
-    result = cli.run("run", "--sql-file", sql_file, "--no-ui", "--state-dir", state)
+    result = cli.run("run", "--once", "--sql-file", sql_file, "--no-ui", "--state-dir", state)
     assert result.code == 0, result.details
     assert_clean(result)
     assert "pipeline answer" in result.stdout  # named after the file
@@ -271,7 +279,9 @@ def test_pipeline_from_stdin(cli: Cli, tmp_path: Path) -> None:
         "    sql: CREATE TABLE xs AS SELECT x * {{ params.factor }} AS y FROM 'data.csv'\n"
     )
     state = tmp_path / "state"
-    result = cli.run("run", "-", "--no-ui", "--state-dir", state, "-p", "factor=3", input=pipeline)
+    result = cli.run(
+        "run", "--once", "-", "--no-ui", "--state-dir", state, "-p", "factor=3", input=pipeline
+    )
     assert result.code == 0, result.details
     assert_clean(result)
     # Relative paths resolve against the current directory when the pipeline comes on stdin.
@@ -280,7 +290,7 @@ def test_pipeline_from_stdin(cli: Cli, tmp_path: Path) -> None:
 
 def test_sql_from_environment(cli: Cli, tmp_path: Path) -> None:
     state = tmp_path / "state"
-    result = cli.run("run", "--no-ui", "--state-dir", state, env={"LAMINAR_SQL": ANSWER})
+    result = cli.run("run", "--once", "--no-ui", "--state-dir", state, env={"LAMINAR_SQL": ANSWER})
     assert result.code == 0, result.details
     assert_clean(result)
     assert query(state, "SELECT answer FROM t") == [(42,)]
@@ -289,7 +299,7 @@ def test_sql_from_environment(cli: Cli, tmp_path: Path) -> None:
 def test_state_dir_and_params_from_environment(cli: Cli, tmp_path: Path) -> None:
     state = tmp_path / "env-state"
     env = {"LAMINAR_STATE_DIR": str(state), "LAMINAR_PARAMS": '{"greeting": "from env"}'}
-    result = cli.run("run", HELLO, "--no-ui", env=env)
+    result = cli.run("run", "--once", HELLO, "--no-ui", env=env)
     assert result.code == 0, result.details
     assert_clean(result)
     assert query(state, "SELECT greeting FROM greetings") == [("from env",)]
@@ -302,7 +312,7 @@ def test_config_file(cli: Cli, tmp_path: Path) -> None:
     config.write_text(
         f"state_dir: {json.dumps(str(state))}\nparams:\n  greeting: from config\nui: true\n"
     )
-    result = cli.run("run", HELLO, "--config", config, "--no-ui")  # the command line wins
+    result = cli.run("run", "--once", HELLO, "--config", config, "--no-ui")  # the command line wins
     assert result.code == 0, result.details
     assert_clean(result)
     assert f"state dir   {state}" in result.stdout
@@ -330,7 +340,7 @@ def test_second_run_on_a_busy_state_dir_is_refused(cli: Cli, tmp_path: Path) -> 
         f"    env: {{STARTED: {json.dumps(str(started))}, RELEASE: {json.dumps(str(release))}}}\n"
     )
     state = tmp_path / "state"
-    args = ("run", pipeline_dir / "pipeline.yaml", "--no-ui", "--state-dir", state)
+    args = ("run", "--once", pipeline_dir / "pipeline.yaml", "--no-ui", "--state-dir", state)
     first = cli.start(*args)
     wait_for(started.exists, 60, "the first run's step to start")
 
@@ -400,6 +410,7 @@ def write_resume_pipeline(tmp_path: Path, first_sleep: float) -> tuple[tuple[Any
     files.mkdir()
     args = (
         "run",
+        "--once",
         pipeline_dir / "pipeline.yaml",
         "--no-ui",
         "--state-dir",
@@ -479,12 +490,33 @@ def test_sigterm_stops_gracefully_then_resumes(cli: Cli, tmp_path: Path) -> None
     assert len(lines(files / "third")) == 1
 
 
+def test_without_once_the_cluster_keeps_serving_until_stopped(cli: Cli, tmp_path: Path) -> None:
+    """Without --once the run finishes and the cluster (its Temporal UI) stays up until Ctrl-C,
+    which then exits with the run's own status."""
+    state = tmp_path / "state"
+    running = cli.start("run", HELLO, "--state-dir", state)
+    wait_for(lambda: "Ctrl-C to stop" in running.output(), 60, "the run to finish and serve")
+    assert "run SUCCEEDED" in running.output()
+    ui = re.search(r"temporal ui (http://\S+)", running.output())
+    assert ui is not None, running.output()
+    with urllib.request.urlopen(ui.group(1), timeout=10) as page:  # the UI really is served
+        assert page.status == 200
+    assert running.proc.poll() is None
+    running.proc.send_signal(signal.SIGINT)
+    stopped = running.wait(30)
+    assert stopped.code == 0, stopped.details
+    assert_clean(stopped)
+    assert not temporal_servers_under(state)
+
+
 # --- runs that fail --------------------------------------------------------------------------
 
 
 def test_sql_step_failing_at_run_time(cli: Cli, tmp_path: Path) -> None:
     state = tmp_path / "state"
-    result = cli.run("run", "--sql", "SELECT * FROM no_such_table", "--no-ui", "--state-dir", state)
+    result = cli.run(
+        "run", "--once", "--sql", "SELECT * FROM no_such_table", "--no-ui", "--state-dir", state
+    )
     assert result.code == 1, result.details
     assert_clean(result)
     assert "run FAILED" in result.stdout, result.details
@@ -513,7 +545,12 @@ def test_python_step_exiting_non_zero(cli: Cli, tmp_path: Path) -> None:
         "    retry: {max_attempts: 2, initial_interval: 100ms}\n"
     )
     result = cli.run(
-        "run", pipeline_dir / "pipeline.yaml", "--no-ui", "--state-dir", tmp_path / "state"
+        "run",
+        "--once",
+        pipeline_dir / "pipeline.yaml",
+        "--no-ui",
+        "--state-dir",
+        tmp_path / "state",
     )
     assert result.code == 1, result.details
     assert_clean(result)

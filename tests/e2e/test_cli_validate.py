@@ -102,7 +102,7 @@ def test_run_invalid_pipeline_lists_all_problems(
     cli: Cli, bad_pipeline: Path, tmp_path: Path
 ) -> None:
     state = tmp_path / "state"
-    result = cli.run("run", bad_pipeline, "--no-ui", "--state-dir", state, timeout=30)
+    result = cli.run("run", "--once", bad_pipeline, "--no-ui", "--state-dir", state, timeout=30)
     assert result.code == 2, result.details
     assert_clean(result)
     assert "pipeline is not valid (3 problem(s))" in result.stderr
@@ -112,7 +112,7 @@ def test_run_invalid_pipeline_lists_all_problems(
 
 
 def test_run_missing_pipeline_file(cli: Cli, tmp_path: Path) -> None:
-    result = cli.run("run", tmp_path / "nope.yaml", "--no-ui", timeout=30)
+    result = cli.run("run", "--once", tmp_path / "nope.yaml", "--no-ui", timeout=30)
     assert result.code == 2, result.details
     assert_clean(result)
     assert f"no such pipeline file: {tmp_path / 'nope.yaml'}" in result.stderr
@@ -120,7 +120,7 @@ def test_run_missing_pipeline_file(cli: Cli, tmp_path: Path) -> None:
 
 def test_run_param_without_equals(cli: Cli, tmp_path: Path) -> None:
     result = cli.run(
-        "run", EXAMPLES / "hello.yaml", "--no-ui", "--state-dir", tmp_path / "state",
+        "run", "--once", EXAMPLES / "hello.yaml", "--no-ui", "--state-dir", tmp_path / "state",
         "--param", "greeting", "--param", "=oops", "--param", "greeting=ok",
         timeout=30,
     )  # fmt: skip
@@ -133,7 +133,8 @@ def test_run_param_without_equals(cli: Cli, tmp_path: Path) -> None:
 
 def test_run_unknown_and_badly_typed_params(cli: Cli, tmp_path: Path) -> None:
     result = cli.run(
-        "run", EXAMPLES / "sales_report.yaml", "--no-ui", "--state-dir", tmp_path / "state",
+        "run", "--once", EXAMPLES / "sales_report.yaml", "--no-ui",
+        "--state-dir", tmp_path / "state",
         "--param", "min_quantiy=3", "--param", "min_quantity=lots",
         timeout=30,
     )  # fmt: skip
@@ -145,7 +146,13 @@ def test_run_unknown_and_badly_typed_params(cli: Cli, tmp_path: Path) -> None:
 
 def test_run_missing_config_file(cli: Cli, tmp_path: Path) -> None:
     result = cli.run(
-        "run", EXAMPLES / "hello.yaml", "--no-ui", "--config", tmp_path / "nope.yaml", timeout=30
+        "run",
+        "--once",
+        EXAMPLES / "hello.yaml",
+        "--no-ui",
+        "--config",
+        tmp_path / "nope.yaml",
+        timeout=30,
     )
     assert result.code == 2, result.details
     assert_clean(result)
@@ -164,7 +171,7 @@ def test_run_bad_settings_from_environment(
     cli: Cli, tmp_path: Path, variable: str, value: str, problem: str
 ) -> None:
     result = cli.run(
-        "run", EXAMPLES / "hello.yaml", "--no-ui", "--state-dir", tmp_path / "state",
+        "run", "--once", EXAMPLES / "hello.yaml", "--no-ui", "--state-dir", tmp_path / "state",
         env={variable: value},
         timeout=30,
     )  # fmt: skip
@@ -188,7 +195,8 @@ def test_run_bad_config_file(cli: Cli, tmp_path: Path, text: str, problem: str) 
     config.write_text(text)
     state = tmp_path / "state"
     result = cli.run(
-        "run", EXAMPLES / "hello.yaml", "--no-ui", "--state-dir", state, "--config", config,
+        "run", "--once", EXAMPLES / "hello.yaml", "--no-ui", "--state-dir", state,
+        "--config", config,
         timeout=30,
     )  # fmt: skip
     assert result.code == 2, result.details
