@@ -20,6 +20,7 @@ from steps.registry import Executors, execute_step
 
 log = logging.getLogger(__name__)
 
+HEARTBEAT_EVERY = timedelta(seconds=5)
 _UNSAFE_PATH_CHARS = re.compile(r"[^A-Za-z0-9._\-]+")
 
 
@@ -109,7 +110,9 @@ def _start_heartbeats(timeout: timedelta | None) -> asyncio.Task[None] | None:
     """Heartbeat while the step runs, so a dead worker is noticed within the timeout."""
     if not timeout:
         return None
-    interval = max(timeout.total_seconds() / 3, 0.5)
+    # Often enough to be noticed well within the timeout, and to hear of a cancellation (which
+    # arrives with a heartbeat's response) within seconds.
+    interval = min(max(timeout.total_seconds() / 3, 0.5), HEARTBEAT_EVERY.total_seconds())
 
     async def beat() -> None:
         with contextlib.suppress(asyncio.CancelledError):

@@ -8,7 +8,7 @@ from pathlib import Path
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.steps import StepActivities
+from activities.steps import HEARTBEAT_EVERY, StepActivities
 from steps.engines.duckdb import DuckDBEngine
 from steps.registry import build_executors
 from workflows.pipeline_run import PipelineRunWorkflow
@@ -39,4 +39,8 @@ def build_worker(
         max_concurrent_activities=max_concurrent_activities,
         graceful_shutdown_timeout=graceful_shutdown,
         sticky_queue_schedule_to_start_timeout=sticky_timeout,
+        # Heartbeats carry cancellations back; the SDK's default throttle (up to 80% of the
+        # heartbeat timeout) would delay a run's cancel by tens of seconds.
+        max_heartbeat_throttle_interval=HEARTBEAT_EVERY,
+        default_heartbeat_throttle_interval=HEARTBEAT_EVERY,
     )
