@@ -26,6 +26,33 @@ from pydantic import (
 STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$"
 PIPELINE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_\-]{0,62}$"
 
+
+def _matching(pattern: str, rule: str) -> AfterValidator:
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not compiled.match(value):
+            raise ValueError(f"{value!r} is not allowed: {rule}")
+        return value
+
+    return AfterValidator(check)
+
+
+StepId = Annotated[
+    str,
+    _matching(
+        STEP_ID_PATTERN,
+        "use letters, digits, '_' and '-' (at most 64), starting with a letter or '_'",
+    ),
+]
+PipelineName = Annotated[
+    str,
+    _matching(
+        PIPELINE_NAME_PATTERN,
+        "use lowercase letters, digits, '_' and '-' (at most 63), starting with a letter or digit",
+    ),
+]
+
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -131,7 +158,7 @@ Param = Annotated[ParamSpec, BeforeValidator(_param_shorthand)]
 
 
 class StepBase(StrictModel):
-    id: str = Field(pattern=STEP_ID_PATTERN)
+    id: StepId
     description: str = ""
     depends_on: list[str] = Field(default_factory=list)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
@@ -177,7 +204,7 @@ class OnFailure(StrEnum):
 
 
 class PipelineDefinition(StrictModel):
-    name: str = Field(pattern=PIPELINE_NAME_PATTERN)
+    name: PipelineName
     description: str = ""
     params: dict[str, Param] = Field(default_factory=dict)
     steps: list[Step] = Field(min_length=1, max_length=1000)

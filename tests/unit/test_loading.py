@@ -166,7 +166,7 @@ def test_every_problem_is_reported_at_once(source_dir: Path) -> None:
         name="Bad Name",
     )
     problems = problems_in(data, source_dir)
-    assert has(problems, "name", "should match pattern")
+    assert has(problems, "name", "use lowercase letters")
     assert has(problems, "steps[0].sql", "SQL does not parse")
     assert has(problems, "steps[1].type", "unknown step type 'foo'")
     assert has(problems, "steps[2].depends_on", "unknown step 'lod'")
