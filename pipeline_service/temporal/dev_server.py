@@ -52,6 +52,8 @@ class DevServer:
     address: str
     ui_url: str | None
     log_path: Path
+    log_offset: int = 0
+    """Size of the (appended) log before this server started: its own lines come after."""
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the server (it flushes SQLite and exits), SIGKILL if it lingers."""
@@ -112,6 +114,7 @@ def spawn_dev_server(
         cmd.append("--headless")
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as log:
+        log_offset = log.tell()
         process = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
@@ -121,7 +124,7 @@ def spawn_dev_server(
             preexec_fn=die_with_parent(signal.SIGTERM),
         )
     pid_file.write_text(str(process.pid))
-    return DevServer(process, f"127.0.0.1:{port}", ui_url, log_file)
+    return DevServer(process, f"127.0.0.1:{port}", ui_url, log_file, log_offset)
 
 
 def stop_stale_server(pid_file: Path, db_file: Path, timeout: float = 10.0) -> None:
@@ -153,7 +156,8 @@ async def wait_until_serving(server: DevServer, timeout: float) -> Client:
         if server.process.poll() is not None:
             raise DevServerError(
                 f"the Temporal dev server exited with code {server.process.returncode}; "
-                f"its log ({server.log_path}) ends with:\n{_tail(server.log_path)}"
+                f"it said:\n{_startup_errors(server)}\n(full log: {server.log_path}; if the "
+                "state dir's Temporal database is damaged, --force starts afresh)"
             )
         try:
             client = await connect(server.address)
@@ -164,12 +168,18 @@ async def wait_until_serving(server: DevServer, timeout: float) -> Client:
             await asyncio.sleep(0.05)
     raise DevServerError(
         f"the Temporal dev server did not answer on {server.address} within {timeout:.0f}s "
-        f"({last_error}); its log ({server.log_path}) ends with:\n{_tail(server.log_path)}"
+        f"({last_error}); it said:\n{_startup_errors(server)}\n(full log: {server.log_path})"
     )
 
 
-def _tail(path: Path, lines: int = 15) -> str:
+def _startup_errors(server: DevServer, lines: int = 10) -> str:
+    """This start's error lines from the server log (else its last lines)."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        with server.log_path.open("rb") as log:
+            log.seek(server.log_offset)
+            text = log.read().decode(errors="replace")
     except OSError:
         return "(no log)"
+    own = text.splitlines()
+    errors = [line for line in own if line.startswith("Error:") or "level=ERROR" in line]
+    return "\n".join((errors or own)[-lines:]) or "(nothing)"

@@ -509,6 +509,19 @@ def test_without_once_the_cluster_keeps_serving_until_stopped(cli: Cli, tmp_path
     assert not temporal_servers_under(state)
 
 
+def test_damaged_temporal_database_is_a_clear_error(cli: Cli, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    assert cli.run("run", "--once", HELLO, "--no-ui", "--state-dir", state).code == 0
+    (state / "temporal.db").write_bytes(b"this is not a SQLite database" * 200)
+    result = cli.run("run", "--once", HELLO, "--no-ui", "--state-dir", state, timeout=60)
+    assert result.code == 2, result.details
+    assert_clean(result)
+    assert "the Temporal dev server exited" in result.stderr, result.details
+    assert "file is not a database" in result.stderr
+    assert "--force" in result.stderr
+    assert not temporal_servers_under(state)
+
+
 # --- runs that fail --------------------------------------------------------------------------
 
 
