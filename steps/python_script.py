@@ -151,6 +151,7 @@ class PythonScriptExecutor:
         heartbeat: Callable[..., None],
     ) -> int:
         process = await asyncio.create_subprocess_exec(
+            *die_with_parent(),  # setpriv execs the script: same pid, same process group
             *argv,
             cwd=cwd,
             env=env,
@@ -158,7 +159,6 @@ class PythonScriptExecutor:
             stdout=log,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # its own process group: the whole tree can be signalled
-            preexec_fn=die_with_parent(),
         )
         group = process.pid
         waiting = asyncio.ensure_future(process.wait())

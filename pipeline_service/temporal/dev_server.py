@@ -116,12 +116,11 @@ def spawn_dev_server(
     with log_file.open("ab") as log:
         log_offset = log.tell()
         process = subprocess.Popen(
-            cmd,
+            [*die_with_parent(signal.SIGTERM), *cmd],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # our Ctrl-C is ours to handle; we stop it in order
-            preexec_fn=die_with_parent(signal.SIGTERM),
         )
     pid_file.write_text(str(process.pid))
     return DevServer(process, f"127.0.0.1:{port}", ui_url, log_file, log_offset)
