@@ -181,13 +181,13 @@ def run(
         raise _fail(str(exc), []) from None
     except SettingsError as exc:  # e.g. LAMINAR_PARAMS that is not JSON
         raise _fail("bad settings:", [str(exc)]) from None
-    if pipeline is None and settings.sql is None and settings.sql_file is None:
-        settings.sql = os.environ.get("LAMINAR_SQL")
+    # A source named on the command line beats LAMINAR_SQL / a config file's sql or sql_file.
+    from_cli = pipeline is not None or sql is not None or sql_file is not None
+    sql_text = sql if from_cli else settings.sql
+    sql_path = sql_file if from_cli else settings.sql_file
     overrides: dict[str, Any] = {**settings.params, **_parse_params(param or [])}
     try:
-        definition, source_dir = _load_source(
-            pipeline, settings.sql, settings.sql_file, settings.name
-        )
+        definition, source_dir = _load_source(pipeline, sql_text, sql_path, settings.name)
         params = resolve_params(definition, overrides)
     except PipelineValidationError as exc:
         raise _fail(

@@ -295,6 +295,15 @@ def test_sql_from_environment(cli: Cli, tmp_path: Path) -> None:
     assert_clean(result)
     assert query(state, "SELECT answer FROM t") == [(42,)]
 
+    # A pipeline named on the command line wins over LAMINAR_SQL in the environment.
+    other = tmp_path / "other"
+    result = cli.run(
+        "run", "--once", HELLO, "--no-ui", "--state-dir", other, env={"LAMINAR_SQL": ANSWER}
+    )
+    assert result.code == 0, result.details
+    assert "pipeline hello" in result.stdout
+    assert query(other, "SELECT count(*) FROM greetings") == [(1,)]
+
 
 def test_state_dir_and_params_from_environment(cli: Cli, tmp_path: Path) -> None:
     state = tmp_path / "env-state"
