@@ -1,6 +1,7 @@
 """Benchmark: `laminar run` as a user starts it — time to the first step, total time, memory.
 
-Runs `laminar run --once --no-ui` on a small SQL pipeline in a fresh state dir, several times:
+Runs `laminar run --once --no-ui` (or `--ui`) on a small SQL pipeline in a fresh state dir,
+several times:
   - time from exec to the first step starting (the step records DuckDB's `now()`),
   - wall time of the whole command (start server, run, stop everything),
   - peak RSS of the laminar process and of its whole process tree (Temporal server included).
@@ -38,12 +39,13 @@ def laminar() -> str:
     return str(Path(sys.executable).with_name("laminar"))
 
 
-def one_run(state_dir: Path, pipeline: Path) -> tuple[float, float, int, int]:
+def one_run(state_dir: Path, pipeline: Path, ui: bool) -> tuple[float, float, int, int]:
     """(seconds to first step, total seconds, peak laminar RSS, peak tree RSS)."""
     output = state_dir.with_suffix(".out")
     began = time.time()
+    command = [laminar(), "run", str(pipeline), "--once", "--ui" if ui else "--no-ui"]
     process = subprocess.Popen(
-        [laminar(), "run", str(pipeline), "--once", "--no-ui", "--state-dir", str(state_dir)],
+        [*command, "--state-dir", str(state_dir)],
         stdout=output.open("wb"),
         stderr=subprocess.STDOUT,
     )
@@ -66,7 +68,7 @@ def one_run(state_dir: Path, pipeline: Path) -> tuple[float, float, int, int]:
     return row[0] / 1000 - began, total, peak_self, peak_tree
 
 
-def main(repeat: int) -> None:
+def main(repeat: int, ui: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         pipeline = root / "pipeline.yaml"
@@ -74,9 +76,10 @@ def main(repeat: int) -> None:
         fresh, again = [], []
         for i in range(repeat):
             state = root / f"state{i}"
-            fresh.append(one_run(state, pipeline))
-            again.append(one_run(state, pipeline))
-    print(f"\n`laminar run --once` on a 2-step SQL pipeline, {repeat} runs each (median)")
+            fresh.append(one_run(state, pipeline, ui))
+            again.append(one_run(state, pipeline, ui))
+    flags = "--once --ui" if ui else "--once --no-ui"
+    print(f"\n`laminar run {flags}` on a 2-step SQL pipeline, {repeat} runs each (median)")
     print(f"{'start':<22}{'to 1st step':>12}{'total':>9}{'laminar RSS':>13}{'tree RSS':>11}")
     for name, rows in (("fresh state dir", fresh), ("existing state dir", again)):
         first, total, own, tree = (statistics.median(col) for col in zip(*rows, strict=True))
@@ -89,4 +92,6 @@ def main(repeat: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
-    main(parser.parse_args().repeat)
+    parser.add_argument("--ui", action="store_true", help="serve the Temporal UI too")
+    arguments = parser.parse_args()
+    main(arguments.repeat, arguments.ui)
