@@ -107,9 +107,12 @@ class PythonScriptExecutor:
                 if returncode < 0
                 else f"exited with code {returncode}"
             )
+            tail = _log_tail(log_path, attempt_start)
+            last = next((line for line in reversed(tail.splitlines()) if line.strip()), "")
             raise StepError(
-                f"script {step.script} {how}; last lines of {log_path}:\n"
-                + _log_tail(log_path, attempt_start),
+                f"script {step.script} {how}: {last}\nlast lines of {log_path}:\n{tail}"
+                if last
+                else f"script {step.script} {how} (no output; log: {log_path})",
                 error_type="ScriptFailed",
                 retryable=True,
             )

@@ -531,6 +531,36 @@ def test_damaged_temporal_database_is_a_clear_error(cli: Cli, tmp_path: Path) ->
     assert not temporal_servers_under(state)
 
 
+@pytest.mark.parametrize("example", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_example_runs(cli: Cli, tmp_path: Path, example: Path) -> None:
+    result = cli.run("run", "--once", example, "--no-ui", "--state-dir", tmp_path / "state")
+    assert result.code == 0, result.details
+    assert_clean(result)
+    assert "run SUCCEEDED" in result.stdout
+
+
+def test_resilient_load_retries_then_compensates_on_failure(cli: Cli, tmp_path: Path) -> None:
+    example = EXAMPLES / "resilient_load.yaml"
+    state = tmp_path / "state"
+    ok = cli.run("run", "--once", example, "--no-ui", "--state-dir", state)
+    assert ok.code == 0, ok.details
+    assert "extract: RETRYING (attempt 3)" in ok.stdout  # the live view saw the retries
+    assert "source unavailable" in ok.stdout
+    assert "extract.attempt = 3" in ok.stdout
+    assert query(state, "SELECT count(*) FROM orders") == [(100,)]
+
+    failing = tmp_path / "failing"
+    bad = cli.run(
+        "run", "--once", example, "--no-ui", "--state-dir", failing, "-p", "fail_check=true"
+    )
+    assert bad.code == 1, bad.details
+    assert_clean(bad)
+    assert "orders failed the check" in bad.stdout
+    assert "COMPENSATED" in bad.stdout
+    tables = query(failing, "SELECT table_name FROM information_schema.tables")
+    assert ("orders",) not in tables and ("staged_orders",) not in tables
+
+
 # --- runs that fail --------------------------------------------------------------------------
 
 
