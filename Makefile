@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.laminar-installed
 EXAMPLE ?= examples/sales_report.yaml
 
-.PHONY: setup run test test-quick lint bench clean
+.PHONY: setup run test test-quick lint bench lock clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,7 @@ test-quick: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/cluster_startup.py
 
 lock:
 	$(BIN)/python -m pip install --quiet uv
