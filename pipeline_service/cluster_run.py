@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import signal
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -284,7 +285,16 @@ class PipelineCluster:
         for signum in (signal.SIGINT, signal.SIGTERM):
 
             def handler(signum: int = signum) -> None:
+                if self._stop.is_set():
+                    # Second signal: stop now. Everything is durable; the children die with us
+                    # (parent-death signal) and the next `laminar run` resumes the run.
+                    self.console.print("[red]stopping at once[/]")
+                    os._exit(128 + signum)
                 self._stop_signal = signum
                 self._stop.set()
+                self.console.print(
+                    "[yellow]stopping: running steps get a moment to finish "
+                    "(signal again to stop at once)[/]"
+                )
 
             loop.add_signal_handler(signum, handler)

@@ -561,6 +561,51 @@ def test_resilient_load_retries_then_compensates_on_failure(cli: Cli, tmp_path: 
     assert ("orders",) not in tables and ("staged_orders",) not in tables
 
 
+@pytest.mark.slow
+def test_second_ctrl_c_stops_at_once(cli: Cli, tmp_path: Path) -> None:
+    """A step that ignores SIGTERM would hold a graceful stop for its grace periods; a second
+    Ctrl-C exits at once, the step's process dies with laminar, and the run still resumes."""
+    pipeline_dir = tmp_path / "pipeline"
+    pipeline_dir.mkdir()
+    marker = tmp_path / "started"
+    (pipeline_dir / "stubborn.py").write_text(
+        "import os, pathlib, signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "path = pathlib.Path(os.environ['MARKER'])\n"
+        "runs = path.read_text().split() if path.exists() else []\n"
+        "path.write_text(' '.join([*runs, str(os.getpid())]))\n"
+        "time.sleep(60 if not runs else 0)\n"
+    )
+    (pipeline_dir / "pipeline.yaml").write_text(
+        "name: stubborn\n"
+        "steps:\n"
+        "  - id: stubborn\n"
+        "    type: python\n"
+        "    script: stubborn.py\n"
+        f"    env: {{MARKER: '{marker}'}}\n"
+    )
+    state = tmp_path / "s"
+    args = ("run", "--once", pipeline_dir / "pipeline.yaml", "--no-ui", "--state-dir", state)
+    running = cli.start(*args)
+    wait_for(marker.exists, 60, "the step to start")
+    pid = int(marker.read_text().split()[0])
+    running.proc.send_signal(signal.SIGINT)
+    wait_for(lambda: "signal again to stop at once" in running.output(), 10, "the first stop")
+    began = time.monotonic()
+    running.proc.send_signal(signal.SIGINT)
+    stopped = running.wait(10)
+    assert stopped.code == 130, stopped.details
+    assert time.monotonic() - began < 3
+    assert pid_gone(pid)
+    # the server got SIGTERM when laminar died, and shuts itself down (it takes about a second)
+    wait_for(lambda: not temporal_servers_under(state), 15, "the dev server to stop")
+
+    resumed = cli.run(*args, timeout=90)
+    assert resumed.code == 0, resumed.details
+    assert "resuming" in resumed.stdout
+    assert len(marker.read_text().split()) == 2
+
+
 # --- runs that fail --------------------------------------------------------------------------
 
 
