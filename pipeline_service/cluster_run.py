@@ -87,6 +87,7 @@ class PipelineCluster:
         self.console = console or Console()
         self._stop = asyncio.Event()
         self._ui_url: str | None = None
+        self._run_finished = False
         self._stop_signal: int | None = None
 
     async def run(self, state: ClusterState, server: DevServer) -> int:
@@ -109,10 +110,10 @@ class PipelineCluster:
                 self._ui_url = server.ui_url
             handle = await self._start_or_resume(client, state)
             ui_link = ""
-            if server.ui_url:
-                ui_link = (
-                    f"{server.ui_url}/namespaces/default/workflows/{quote(handle.id, safe='')}"
-                )
+            run = handle.run_id or handle.result_run_id or handle.first_execution_run_id
+            if server.ui_url and run:
+                workflow_path = f"{quote(handle.id, safe='')}/{run}/history"
+                ui_link = f"{server.ui_url}/namespaces/default/workflows/{workflow_path}"
             self.console.print(f"  run         {handle.id}  {ui_link}")
             worker = build_worker(
                 client,
@@ -143,6 +144,7 @@ class PipelineCluster:
                         "[yellow]the definition or params changed since this run started: it "
                         "finishes as it started; the changes apply to the next run[/]"
                     )
+                handle = client.get_workflow_handle(handle.id, run_id=description.run_id)
                 await self._recover_orphans(client, handle)
                 return handle
             if description is None and state.logical_date:
@@ -250,6 +252,7 @@ class PipelineCluster:
             summary = await self._final_summary(handle, result_task)
             view.finish(summary)
         code = 0 if summary.status == RunStatus.SUCCEEDED else 1
+        self._run_finished = True
         if not self.options.once:
             # The cluster stays up (the UI stays browsable) until asked to stop; --once exits.
             where = f" (Temporal UI: {self._ui_url})" if self._ui_url else ""
@@ -292,9 +295,10 @@ class PipelineCluster:
                     os._exit(128 + signum)
                 self._stop_signal = signum
                 self._stop.set()
-                self.console.print(
-                    "[yellow]stopping: running steps get a moment to finish "
-                    "(signal again to stop at once)[/]"
-                )
+                if not self._run_finished:
+                    self.console.print(
+                        "[yellow]stopping: running steps get a moment to finish "
+                        "(signal again to stop at once)[/]"
+                    )
 
             loop.add_signal_handler(signum, handler)
