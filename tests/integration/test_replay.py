@@ -15,7 +15,7 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from tests.integration.test_pipeline_run import (
+from tests.integration.scripted import (
     Behavior,
     ScriptedExecutor,
     pipeline,

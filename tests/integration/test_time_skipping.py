@@ -15,7 +15,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from schemas.run import RunStatus, RunSummary, StepStatus
-from tests.integration.test_pipeline_run import (
+from tests.integration.scripted import (
     Behavior,
     ScriptedExecutor,
     pipeline,
