@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 from temporalio import activity
@@ -57,17 +57,18 @@ class StepActivities:
             work_dir=work_dir,
             heartbeat=activity.heartbeat,
         )
-        started = datetime.now(UTC)
         heartbeats = _start_heartbeats(info.heartbeat_timeout)
         try:
-            result = await execute_step(self._executors, step, ctx)
+            # execute_step stamps the attempt and its start and finish times on the result.
+            return await execute_step(self._executors, step, ctx)
         except StepError as err:
             will_retry = (
                 err.retryable
                 and attempt < step.retry.max_attempts
                 and err.error_type not in step.retry.non_retryable_errors
             )
-            if will_retry:
+            # Compensation steps have no row of their own in the run state to mark RETRYING.
+            if will_retry and not input.compensation:
                 await self._report_retry(input, attempt, err)
             raise ApplicationError(
                 err.message, attempt, type=err.error_type, non_retryable=not err.retryable
@@ -82,21 +83,13 @@ class StepActivities:
         finally:
             if heartbeats is not None:
                 heartbeats.cancel()
-        return result.model_copy(
-            update={"attempt": attempt, "started_at": started, "finished_at": datetime.now(UTC)}
-        )
 
     async def _report_retry(self, input: RunStepInput, attempt: int, err: StepError) -> None:
         """Tell the workflow an attempt failed so its `state` query shows RETRYING."""
         if self._client is None:
             return
         info = activity.info()
-        signal = StepAttemptFailed(
-            step_id=input.step.id,
-            attempt=attempt,
-            error=err.message,
-            compensation=input.compensation,
-        )
+        signal = StepAttemptFailed(step_id=input.step.id, attempt=attempt, error=err.message)
         try:
             handle = self._client.get_workflow_handle(
                 info.workflow_id or "", run_id=info.workflow_run_id
@@ -107,7 +100,11 @@ class StepActivities:
 
 
 def _start_heartbeats(timeout: timedelta | None) -> asyncio.Task[None] | None:
-    """Heartbeat while the step runs, so a dead worker is noticed within the timeout."""
+    """Heartbeat while the step runs, so a dead worker is noticed within the timeout.
+
+    The one heartbeat for every step type: executors need not heartbeat to stay alive (they
+    may still call `StepContext.heartbeat` to report progress details).
+    """
     if not timeout:
         return None
     # Often enough to be noticed well within the timeout, and to hear of a cancellation (which

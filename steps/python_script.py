@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -62,12 +61,10 @@ class PythonScriptExecutor:
         engine: DuckDBEngine,
         python_executable: str = sys.executable,
         *,
-        heartbeat_interval: float = 5.0,
         terminate_grace: float = 5.0,
     ) -> None:
         self.engine = engine
         self.python_executable = python_executable
-        self.heartbeat_interval = heartbeat_interval
         self.terminate_grace = terminate_grace
 
     async def execute(self, step: PythonStep, ctx: StepContext) -> StepResult:
@@ -77,7 +74,7 @@ class PythonScriptExecutor:
         args = [render_text(arg, ctx.run) for arg in step.args]
         declared_env = {name: render_text(value, ctx.run) for name, value in step.env.items()}
 
-        inputs = await self._export_inputs(step, work_dir, ctx.heartbeat)
+        inputs = await self._export_inputs(step, work_dir)
         context_path = work_dir / CONTEXT_NAME
         context_path.write_text(json.dumps(_context_document(ctx, inputs), indent=2) + "\n")
         result_path = work_dir / RESULT_NAME
@@ -99,7 +96,7 @@ class PythonScriptExecutor:
             log.flush()
             attempt_start = log.tell()
             returncode = await self._run(
-                [self.python_executable, str(script), *args], work_dir, env, log, ctx.heartbeat
+                [self.python_executable, str(script), *args], work_dir, env, log
             )
         if returncode != 0:
             how = (
@@ -118,9 +115,7 @@ class PythonScriptExecutor:
             )
         return StepResult(outputs=_read_result(result_path), log_path=str(log_path))
 
-    async def _export_inputs(
-        self, step: PythonStep, work_dir: Path, heartbeat: Callable[..., None]
-    ) -> dict[str, str]:
+    async def _export_inputs(self, step: PythonStep, work_dir: Path) -> dict[str, str]:
         if not step.inputs:
             return {}
         directory = work_dir / INPUTS_DIR
@@ -135,13 +130,7 @@ class PythonScriptExecutor:
                 name = f"{stem}_{n}"
             used.add(name)
             path = directory / f"{name}.{step.input_format}"
-            await self.engine.run_export(
-                table,
-                path,
-                step.input_format,
-                heartbeat=heartbeat,
-                heartbeat_interval=self.heartbeat_interval,
-            )
+            await self.engine.run_export(table, path, step.input_format)
             paths[table] = str(path)
         return paths
 
@@ -151,7 +140,6 @@ class PythonScriptExecutor:
         cwd: Path,
         env: dict[str, str],
         log: BinaryIO,
-        heartbeat: Callable[..., None],
     ) -> int:
         process = await asyncio.create_subprocess_exec(
             *die_with_parent(),  # setpriv execs the script: same pid, same process group
@@ -166,11 +154,7 @@ class PythonScriptExecutor:
         group = process.pid
         waiting = asyncio.ensure_future(process.wait())
         try:
-            while True:
-                done, _ = await asyncio.wait({waiting}, timeout=self.heartbeat_interval)
-                if done:
-                    break
-                heartbeat()
+            await asyncio.wait({waiting})
         except asyncio.CancelledError:
             await self._terminate_group(group)
             await asyncio.wait({waiting}, timeout=1.0)  # let the leader be reaped

@@ -11,19 +11,12 @@ from steps.engines.duckdb import DuckDBEngine
 class SqlExecutor:
     """Runs a step's SQL script on DuckDB; relative file paths resolve in the pipeline dir."""
 
-    def __init__(self, engine: DuckDBEngine, *, heartbeat_interval: float = 5.0) -> None:
+    def __init__(self, engine: DuckDBEngine) -> None:
         self.engine = engine
-        self.heartbeat_interval = heartbeat_interval
 
     async def execute(self, step: SqlStep, ctx: StepContext) -> StepResult:
         text, binds = render_sql(step.sql, ctx.run)
-        outcome = await self.engine.run_script(
-            text,
-            binds,
-            search_path=ctx.source_dir.resolve(),
-            heartbeat=ctx.heartbeat,
-            heartbeat_interval=self.heartbeat_interval,
-        )
+        outcome = await self.engine.run_script(text, binds, search_path=ctx.source_dir.resolve())
         return StepResult(
             rows_affected=outcome.rows_affected,
             outputs={"statements": outcome.statements},

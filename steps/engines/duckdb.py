@@ -177,58 +177,32 @@ class DuckDBEngine:
     # -- async API (what executors use) -------------------------------------------------
 
     async def run_script(
-        self,
-        sql_text: str,
-        binds: dict[str, Any],
-        *,
-        search_path: Path | None = None,
-        heartbeat: Callable[[], None] | None = None,
-        heartbeat_interval: float = 5.0,
+        self, sql_text: str, binds: dict[str, Any], *, search_path: Path | None = None
     ) -> ScriptOutcome:
         """`execute_script` in a thread; cancellation interrupts it. DuckDB errors -> StepError."""
         stop = threading.Event()
         return await self.run_on_cursor(
-            lambda cur: self._execute(sql_text, binds, cur, search_path, stop),
-            stop=stop,
-            heartbeat=heartbeat,
-            heartbeat_interval=heartbeat_interval,
+            lambda cur: self._execute(sql_text, binds, cur, search_path, stop), stop=stop
         )
 
-    async def run_export(
-        self,
-        table: str,
-        path: Path,
-        fmt: ExportFormat,
-        *,
-        heartbeat: Callable[[], None] | None = None,
-        heartbeat_interval: float = 5.0,
-    ) -> int | None:
+    async def run_export(self, table: str, path: Path, fmt: ExportFormat) -> int | None:
         """`export_table` in a thread; cancellation interrupts it. DuckDB errors -> StepError."""
-        return await self.run_on_cursor(
-            lambda cur: self.export_table(table, path, fmt, cursor=cur),
-            heartbeat=heartbeat,
-            heartbeat_interval=heartbeat_interval,
-        )
+        return await self.run_on_cursor(lambda cur: self.export_table(table, path, fmt, cursor=cur))
 
     async def run_on_cursor(
         self,
         work: Callable[[duckdb.DuckDBPyConnection], T],
         *,
         stop: threading.Event | None = None,
-        heartbeat: Callable[[], None] | None = None,
-        heartbeat_interval: float = 5.0,
     ) -> T:
         """Run blocking `work` on a fresh cursor in a thread, interruptibly."""
         stop = stop or threading.Event()
         cursor = self.cursor()
         task = asyncio.ensure_future(asyncio.to_thread(work, cursor))
         try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=heartbeat_interval)
-                if done:
-                    break
-                if heartbeat is not None:
-                    heartbeat()
+            # asyncio.wait, not `await task`: a cancellation must not abandon the thread
+            # while it still uses the cursor.
+            await asyncio.wait({task})
             return task.result()
         except asyncio.CancelledError:
             stop.set()

@@ -186,9 +186,8 @@ async def test_sql_relative_paths_resolve_in_source_dir(
 async def test_cancel_interrupts_long_query(
     engine: DuckDBEngine, tmp_path: Path, source_dir: Path
 ) -> None:
-    heartbeats = Heartbeats()
-    executor = SqlExecutor(engine, heartbeat_interval=0.1)
-    ctx = make_ctx(tmp_path, source_dir, heartbeat=heartbeats)
+    executor = SqlExecutor(engine)
+    ctx = make_ctx(tmp_path, source_dir)
     task = asyncio.create_task(executor.execute(sql_step(HUGE_JOIN), ctx))
     await asyncio.sleep(0.6)
     assert not task.done()
@@ -197,7 +196,7 @@ async def test_cancel_interrupts_long_query(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert time.monotonic() - started < 2.0
-    assert heartbeats.count >= 3
+    # (heartbeats while it runs come from the run_step activity: test_run_step_activity.py)
     # The worker thread let go: the database answers at once.
     result = await executor.execute(sql_step("CREATE TABLE after AS SELECT 1 AS a"), ctx)
     assert result.rows_affected == 1
@@ -438,16 +437,6 @@ async def test_python_background_children_do_not_outlive_the_step(
     while not gone(pid) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert gone(pid)
-
-
-async def test_python_heartbeats_while_waiting(
-    engine: DuckDBEngine, tmp_path: Path, source_dir: Path
-) -> None:
-    script = write_script(source_dir, "sleepy.py", "import time\ntime.sleep(0.6)\n")
-    heartbeats = Heartbeats()
-    ctx = make_ctx(tmp_path, source_dir, heartbeat=heartbeats)
-    await PythonScriptExecutor(engine, heartbeat_interval=0.1).execute(python_step(script), ctx)
-    assert heartbeats.count >= 3
 
 
 async def test_python_script_path_escape_is_refused_at_run_time(
