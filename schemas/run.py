@@ -135,7 +135,6 @@ class StepAttemptFailed(BaseModel):
     step_id: str
     attempt: int
     error: str
-    compensation: bool = False
 
 
 class StepState(BaseModel):

@@ -64,6 +64,7 @@ class PipelineRunWorkflow:
         pipeline = input.pipeline
         graph = dag.dependencies(pipeline.steps)
         steps = {step.id: step for step in pipeline.steps}
+        position = {step_id: i for i, step_id in enumerate(graph)}
         limit = input.max_parallelism or pipeline.max_parallelism
         running: dict[asyncio.Task[StepResult], str] = {}
         try:
@@ -76,7 +77,7 @@ class PipelineRunWorkflow:
                 if not running:
                     break
                 done, _ = await workflow.wait(list(running), return_when=asyncio.FIRST_COMPLETED)
-                for task in sorted(done, key=lambda t: list(graph).index(running[t])):
+                for task in sorted(done, key=lambda t: position[running[t]]):
                     self._finish(graph, running.pop(task), task)
         except asyncio.CancelledError:
             await self._cancel(running)
@@ -101,16 +102,15 @@ class PipelineRunWorkflow:
 
     @workflow.query(name=STATE_QUERY)
     def state(self) -> RunState:
-        return RunState.model_validate(self._summary().model_dump())
+        return self._summary()
 
     @workflow.signal(name=STEP_ATTEMPT_FAILED_SIGNAL)
     def step_attempt_failed(self, signal: StepAttemptFailed) -> None:
         state = self._states.get(signal.step_id)
-        active = StepStatus.COMPENSATING if signal.compensation else StepStatus.RUNNING
-        if state is None or state.status not in (active, StepStatus.RETRYING):
+        if state is None or state.status not in (StepStatus.RUNNING, StepStatus.RETRYING):
             return  # late or duplicate: the step has already finished
         if signal.attempt >= state.attempt:
-            state.status = active if signal.compensation else StepStatus.RETRYING
+            state.status = StepStatus.RETRYING
             state.attempt = signal.attempt + 1
             state.error = signal.error
 
