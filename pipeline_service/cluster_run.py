@@ -24,7 +24,13 @@ from rich.console import Console
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.api.workflowservice.v1 import ResetStickyTaskQueueRequest
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WorkflowExecutionDescription,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+)
 from temporalio.common import (
     SearchAttributeKey,
     SearchAttributePair,
@@ -35,7 +41,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.names import STATE_QUERY, WORKER_LOST
-from pipeline_service.cluster import WAREHOUSE, ClusterOptions, ClusterState
+from pipeline_service.cluster import LAMINAR_LOG, WAREHOUSE, ClusterOptions, ClusterState
 from pipeline_service.progress import ProgressView
 from pipeline_service.temporal.client import TASK_QUEUE
 from pipeline_service.temporal.dev_server import DevServer, wait_until_serving
@@ -44,8 +50,6 @@ from schemas.pipeline import PipelineDefinition
 from schemas.run import DEFAULT_TENANT, RunContext, RunInput, RunState, RunStatus, RunSummary
 from steps.engines.duckdb import DuckDBEngine
 from workflows.pipeline_run import PipelineRunWorkflow
-
-LAMINAR_LOG = "logs/laminar.log"
 
 TENANT_KEY = SearchAttributeKey.for_keyword("LaminarTenant")
 PIPELINE_KEY = SearchAttributeKey.for_keyword("LaminarPipeline")
@@ -145,7 +149,7 @@ class PipelineCluster:
                         "finishes as it started; the changes apply to the next run[/]"
                     )
                 handle = client.get_workflow_handle(handle.id, run_id=description.run_id)
-                await self._recover_orphans(client, handle)
+                await self._recover_orphans(client, handle, description)
                 return handle
             if description is None and state.logical_date:
                 # Crashed between recording the run and starting it: start it now.
@@ -189,14 +193,15 @@ class PipelineCluster:
             memo={"tenant": DEFAULT_TENANT, "pipeline": self.pipeline.name},
         )
 
-    async def _recover_orphans(self, client: Client, handle: WorkflowHandle) -> None:
+    async def _recover_orphans(
+        self, client: Client, handle: WorkflowHandle, description: WorkflowExecutionDescription
+    ) -> None:
         """Fail the attempts that died with the previous worker, so they run again now.
 
         Without this Temporal only notices at the attempt's heartbeat or start-to-close timeout.
         The failure type WORKER_LOST makes the workflow reschedule the step without spending a
         retry. Clearing the sticky queue saves waiting out the dead worker's sticky timeout.
         """
-        description = await handle.describe()
         for pending in description.raw_description.pending_activities:
             if pending.state != PendingActivityState.PENDING_ACTIVITY_STATE_STARTED:
                 continue
