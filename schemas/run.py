@@ -22,11 +22,6 @@ class RunStatus(StrEnum):
     TIMED_OUT = "TIMED_OUT"
 
 
-RUN_FINISHED = frozenset(
-    {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.TIMED_OUT}
-)
-
-
 class StepStatus(StrEnum):
     PENDING = "PENDING"
     RUNNING = "RUNNING"
@@ -41,16 +36,7 @@ class StepStatus(StrEnum):
 
 
 STEP_ACTIVE = frozenset({StepStatus.RUNNING, StepStatus.RETRYING, StepStatus.COMPENSATING})
-STEP_FINISHED = frozenset(
-    {
-        StepStatus.SUCCEEDED,
-        StepStatus.FAILED,
-        StepStatus.SKIPPED,
-        StepStatus.COMPENSATED,
-        StepStatus.COMPENSATION_FAILED,
-        StepStatus.CANCELLED,
-    }
-)
+"""Statuses of a step with an attempt in flight."""
 
 
 class Trigger(StrEnum):

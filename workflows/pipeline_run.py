@@ -18,6 +18,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from schemas.pipeline import OnFailure, Step
     from schemas.run import (
+        STEP_ACTIVE,
         RunInput,
         RunState,
         RunStatus,
@@ -107,7 +108,7 @@ class PipelineRunWorkflow:
     @workflow.signal(name=STEP_ATTEMPT_FAILED_SIGNAL)
     def step_attempt_failed(self, signal: StepAttemptFailed) -> None:
         state = self._states.get(signal.step_id)
-        if state is None or state.status not in (StepStatus.RUNNING, StepStatus.RETRYING):
+        if state is None or state.status not in STEP_ACTIVE:
             return  # late or duplicate: the step has already finished
         if signal.attempt >= state.attempt:
             state.status = StepStatus.RETRYING
@@ -120,7 +121,7 @@ class PipelineRunWorkflow:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
         for state in self._states.values():
-            if state.status in (StepStatus.RUNNING, StepStatus.RETRYING):
+            if state.status in STEP_ACTIVE:
                 state.status, state.finished_at = StepStatus.CANCELLED, workflow.now()
             elif state.status == StepStatus.PENDING:
                 state.status, state.error = StepStatus.SKIPPED, "run cancelled"

@@ -97,18 +97,6 @@ class DuckDBEngine:
 
     # -- blocking API (run in a thread) -------------------------------------------------
 
-    def execute_script(
-        self,
-        sql_text: str,
-        binds: dict[str, Any],
-        *,
-        cursor: duckdb.DuckDBPyConnection | None = None,
-        search_path: Path | None = None,
-        stop: threading.Event | None = None,
-    ) -> int | None:
-        """Run every statement of `sql_text`; total rows written, or None if none reported."""
-        return self._execute(sql_text, binds, cursor, search_path, stop).rows_affected
-
     def _execute(
         self,
         sql_text: str,
@@ -179,7 +167,8 @@ class DuckDBEngine:
     async def run_script(
         self, sql_text: str, binds: dict[str, Any], *, search_path: Path | None = None
     ) -> ScriptOutcome:
-        """`execute_script` in a thread; cancellation interrupts it. DuckDB errors -> StepError."""
+        """Run every statement of `sql_text` in a thread, in one transaction unless the script
+        manages its own; cancellation interrupts it. DuckDB errors -> StepError."""
         stop = threading.Event()
         return await self.run_on_cursor(
             lambda cur: self._execute(sql_text, binds, cur, search_path, stop), stop=stop
