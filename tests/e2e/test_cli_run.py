@@ -329,27 +329,34 @@ def test_config_file(cli: Cli, tmp_path: Path) -> None:
     assert query(state, "SELECT greeting FROM greetings") == [("from config",)]
 
 
-def test_second_run_on_a_busy_state_dir_is_refused(cli: Cli, tmp_path: Path) -> None:
+def one_script_pipeline(
+    tmp_path: Path, name: str, script: str, step_fields: str = ""
+) -> tuple[str | Path, ...]:
+    """A pipeline of one python step running `script`; the `laminar run --once` arguments."""
     pipeline_dir = tmp_path / "pipeline"
     pipeline_dir.mkdir()
+    (pipeline_dir / f"{name}.py").write_text(script)
+    (pipeline_dir / "pipeline.yaml").write_text(
+        f"name: {name}\nsteps:\n  - id: {name}\n    type: python\n    script: {name}.py\n"
+        + step_fields
+    )
+    state = tmp_path / "state"
+    return ("run", "--once", pipeline_dir / "pipeline.yaml", "--no-ui", "--state-dir", state)
+
+
+def test_second_run_on_a_busy_state_dir_is_refused(cli: Cli, tmp_path: Path) -> None:
     release, started = tmp_path / "release", tmp_path / "started"
-    (pipeline_dir / "wait.py").write_text(
+    args = one_script_pipeline(
+        tmp_path,
+        "busy",
         "import os, pathlib, time\n"
         "pathlib.Path(os.environ['STARTED']).write_text(str(os.getpid()))\n"
         "deadline = time.monotonic() + 60\n"
         "while not pathlib.Path(os.environ['RELEASE']).exists() and time.monotonic() < deadline:\n"
-        "    time.sleep(0.05)\n"
-    )
-    (pipeline_dir / "pipeline.yaml").write_text(
-        "name: busy\n"
-        "steps:\n"
-        "  - id: wait\n"
-        "    type: python\n"
-        "    script: wait.py\n"
-        f"    env: {{STARTED: {json.dumps(str(started))}, RELEASE: {json.dumps(str(release))}}}\n"
+        "    time.sleep(0.05)\n",
+        f"    env: {{STARTED: {json.dumps(str(started))}, RELEASE: {json.dumps(str(release))}}}\n",
     )
     state = tmp_path / "state"
-    args = ("run", "--once", pipeline_dir / "pipeline.yaml", "--no-ui", "--state-dir", state)
     first = cli.start(*args)
     wait_for(started.exists, 60, "the first run's step to start")
 
@@ -565,27 +572,19 @@ def test_resilient_load_retries_then_compensates_on_failure(cli: Cli, tmp_path: 
 def test_second_ctrl_c_stops_at_once(cli: Cli, tmp_path: Path) -> None:
     """A step that ignores SIGTERM would hold a graceful stop for its grace periods; a second
     Ctrl-C exits at once, the step's process dies with laminar, and the run still resumes."""
-    pipeline_dir = tmp_path / "pipeline"
-    pipeline_dir.mkdir()
     marker = tmp_path / "started"
-    (pipeline_dir / "stubborn.py").write_text(
+    args = one_script_pipeline(
+        tmp_path,
+        "stubborn",
         "import os, pathlib, signal, sys, time\n"
         "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
         "path = pathlib.Path(os.environ['MARKER'])\n"
         "runs = path.read_text().split() if path.exists() else []\n"
         "path.write_text(' '.join([*runs, str(os.getpid())]))\n"
-        "time.sleep(60 if not runs else 0)\n"
+        "time.sleep(60 if not runs else 0)\n",
+        f"    env: {{MARKER: '{marker}'}}\n",
     )
-    (pipeline_dir / "pipeline.yaml").write_text(
-        "name: stubborn\n"
-        "steps:\n"
-        "  - id: stubborn\n"
-        "    type: python\n"
-        "    script: stubborn.py\n"
-        f"    env: {{MARKER: '{marker}'}}\n"
-    )
-    state = tmp_path / "s"
-    args = ("run", "--once", pipeline_dir / "pipeline.yaml", "--no-ui", "--state-dir", state)
+    state = tmp_path / "state"
     running = cli.start(*args)
     wait_for(marker.exists, 60, "the step to start")
     pid = int(marker.read_text().split()[0])
@@ -624,31 +623,17 @@ def test_sql_step_failing_at_run_time(cli: Cli, tmp_path: Path) -> None:
 
 
 def test_python_step_exiting_non_zero(cli: Cli, tmp_path: Path) -> None:
-    pipeline_dir = tmp_path / "pipeline"
-    pipeline_dir.mkdir()
-    (pipeline_dir / "crash.py").write_text(
+    args = one_script_pipeline(
+        tmp_path,
+        "crash",
         "import sys\n"
         "for i in range(40):\n"
         "    print(f'progress line {i}')\n"
         "print('about to give up: the input is broken', file=sys.stderr)\n"
-        "sys.exit(3)\n"
+        "sys.exit(3)\n",
+        "    retry: {max_attempts: 2, initial_interval: 100ms}\n",
     )
-    (pipeline_dir / "pipeline.yaml").write_text(
-        "name: crashes\n"
-        "steps:\n"
-        "  - id: crash\n"
-        "    type: python\n"
-        "    script: crash.py\n"
-        "    retry: {max_attempts: 2, initial_interval: 100ms}\n"
-    )
-    result = cli.run(
-        "run",
-        "--once",
-        pipeline_dir / "pipeline.yaml",
-        "--no-ui",
-        "--state-dir",
-        tmp_path / "state",
-    )
+    result = cli.run(*args)
     assert result.code == 1, result.details
     assert_clean(result)
     assert "run FAILED" in result.stdout, result.details

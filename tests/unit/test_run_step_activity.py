@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,17 +18,6 @@ from schemas.pipeline import NoopStep, PythonStep, SqlStep, Step
 from schemas.run import RunContext, RunStepInput
 from steps.engines.duckdb import DuckDBEngine
 from steps.registry import build_executors
-
-HUGE_JOIN = (
-    "SELECT count(*) FROM range(1000000000) a, range(1000000000) b WHERE a.range + b.range = -1"
-)
-
-
-@pytest.fixture
-def engine() -> Iterator[DuckDBEngine]:
-    eng = DuckDBEngine(None)
-    yield eng
-    eng.close()
 
 
 def environment(heartbeat_timeout: timedelta | None, attempt: int = 1) -> tuple[Any, list[Any]]:
@@ -53,10 +41,10 @@ def activities(engine: DuckDBEngine, tmp_path: Path) -> StepActivities:
 
 
 async def test_heartbeats_while_a_sql_step_runs_and_cancel_interrupts_it(
-    engine: DuckDBEngine, tmp_path: Path
+    engine: DuckDBEngine, tmp_path: Path, slow_query: str
 ) -> None:
     env, beats = environment(timedelta(seconds=1.5))  # heartbeat every 0.5 s
-    step = SqlStep(id="slow", type="sql", sql=HUGE_JOIN)
+    step = SqlStep(id="slow", type="sql", sql=slow_query)
     task = asyncio.create_task(
         env.run(activities(engine, tmp_path).run_step, step_input(step, tmp_path))
     )

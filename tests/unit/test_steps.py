@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import graphlib
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,16 +24,6 @@ from steps.registry import build_executors, execute_step
 from steps.sql import SqlExecutor
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-HUGE_JOIN = (
-    "SELECT count(*) FROM range(1000000000) a, range(1000000000) b WHERE a.range + b.range = -1"
-)
-
-
-@pytest.fixture
-def engine() -> Iterator[DuckDBEngine]:
-    eng = DuckDBEngine(None)
-    yield eng
-    eng.close()
 
 
 @pytest.fixture
@@ -184,11 +173,11 @@ async def test_sql_relative_paths_resolve_in_source_dir(
 
 
 async def test_cancel_interrupts_long_query(
-    engine: DuckDBEngine, tmp_path: Path, source_dir: Path
+    engine: DuckDBEngine, tmp_path: Path, source_dir: Path, slow_query: str
 ) -> None:
     executor = SqlExecutor(engine)
     ctx = make_ctx(tmp_path, source_dir)
-    task = asyncio.create_task(executor.execute(sql_step(HUGE_JOIN), ctx))
+    task = asyncio.create_task(executor.execute(sql_step(slow_query), ctx))
     await asyncio.sleep(0.6)
     assert not task.done()
     started = time.monotonic()
@@ -203,12 +192,12 @@ async def test_cancel_interrupts_long_query(
 
 
 async def test_timeout_interrupts_long_query(
-    engine: DuckDBEngine, tmp_path: Path, source_dir: Path
+    engine: DuckDBEngine, tmp_path: Path, source_dir: Path, slow_query: str
 ) -> None:
     started = time.monotonic()
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(
-            SqlExecutor(engine).execute(sql_step(HUGE_JOIN), make_ctx(tmp_path, source_dir)),
+            SqlExecutor(engine).execute(sql_step(slow_query), make_ctx(tmp_path, source_dir)),
             timeout=0.5,
         )
     assert time.monotonic() - started < 2.5
