@@ -5,8 +5,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.laminar-installed
 EXAMPLE ?= examples/sales_report.yaml
+# Flink's PyPI packages pin Python dependencies that conflict with ours: they go, without their
+# dependencies, into a tool directory of their own (only the jars, the bin scripts and the
+# pyflink Table API are used; ruamel.yaml and py4j are what that API needs to start).
+FLINK_VERSION := 2.3.0
+FLINK_DIR := .tools/flink
+FLINK_STAMP := $(FLINK_DIR)/.installed-$(FLINK_VERSION)
 
-.PHONY: setup run test test-quick lint bench lock clean
+.PHONY: setup flink run test test-quick lint bench bench-tpch lock clean
 
 setup: $(STAMP)
 
@@ -16,7 +22,18 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
 
+flink: $(FLINK_STAMP)
+
+$(FLINK_STAMP): $(STAMP)
+	rm -rf $(FLINK_DIR)
+	$(BIN)/python -m pip install --quiet --no-deps --target $(FLINK_DIR) \
+		apache-flink==$(FLINK_VERSION) apache-flink-libraries==$(FLINK_VERSION) \
+		"ruamel.yaml>=0.18.4,<0.20" py4j==0.10.9.7
+	touch $(FLINK_STAMP)
+
+# A pipeline with a Flink step needs the Flink tool dir; one without needs no Java at all.
 run: $(STAMP)
+	@if grep -Eq '^[[:space:]]*type:[[:space:]]*flink' $(EXAMPLE); then $(MAKE) --no-print-directory flink; fi
 	$(BIN)/laminar run $(EXAMPLE) --once --state-dir .laminar-state/$(notdir $(basename $(EXAMPLE)))
 
 lint: $(STAMP)
@@ -24,19 +41,25 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+test: lint $(FLINK_STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider
 
 test-quick: $(STAMP)
 	$(BIN)/pytest -q -m "not slow"
 
-bench: $(STAMP)
+bench: $(STAMP) $(FLINK_STAMP)
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/cluster_startup.py
+	$(BIN)/python bench/spark_overhead.py
+	$(BIN)/python bench/flink_overhead.py
+
+bench-tpch: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[bench]'
+	$(BIN)/python bench/tpch.py
 
 lock:
 	$(BIN)/python -m pip install --quiet uv
-	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra bench --python-version 3.11 -o requirements.lock
 
 clean:
-	rm -rf $(VENV) .laminar-state .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tools .laminar-state .pytest_cache .mypy_cache .ruff_cache

@@ -4,7 +4,8 @@ RUN_STEP = "run_step"
 """Activity: execute one step (RunStepInput -> StepResult)."""
 
 STEP_ATTEMPT_FAILED_SIGNAL = "step_attempt_failed"
-"""Signal sent by `run_step` when an attempt failed and Temporal will retry it."""
+"""Signal sent by `run_step` when an attempt failed and Temporal will retry it: only for runs
+started before the workflow drove retries itself (patch `workflow-driven-retries`)."""
 
 WORKER_LOST = "LaminarWorkerLost"
 """Failure type of an attempt whose worker stopped or died; the workflow reschedules it
@@ -12,3 +13,7 @@ without spending a retry."""
 
 STATE_QUERY = "state"
 """Query on PipelineRunWorkflow: the live RunState."""
+
+RECORD_RUN_EVENT = "record_run_event"
+"""Local activity: record one workflow task's run/step transitions (RecordRunEventsInput ->
+RecordRunEventsResult) in the service database, with their outbox rows."""

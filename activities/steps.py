@@ -6,9 +6,12 @@ import asyncio
 import contextlib
 import logging
 import re
+from collections.abc import Awaitable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+import structlog
 from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
@@ -47,6 +50,12 @@ class StepActivities:
         info = activity.info()
         step = input.step
         attempt = input.attempt_offset + info.attempt
+        progress = _Progress()
+        # Log records of this attempt (ours and the worker's) carry its step and attempt; the
+        # binding lives in this activity's task only.
+        structlog.contextvars.bind_contextvars(
+            run_id=input.context.run_id, step_id=step.id, attempt=attempt
+        )
         work_dir = self._work_root / run_dir_name(input.context.run_id) / step.id
         ctx = StepContext(
             run=input.context,
@@ -55,12 +64,14 @@ class StepActivities:
             idempotency_key=f"{input.context.run_id}/{step.id}",
             source_dir=Path(input.source_dir),
             work_dir=work_dir,
-            heartbeat=activity.heartbeat,
+            # A local activity cannot heartbeat (validation keeps local steps short).
+            heartbeat=_no_heartbeat if info.is_local else progress.report,
+            upstream=input.upstream,
         )
-        heartbeats = _start_heartbeats(info.heartbeat_timeout)
+        heartbeats = _start_heartbeats(info.heartbeat_timeout, progress)
         try:
             # execute_step stamps the attempt and its start and finish times on the result.
-            return await execute_step(self._executors, step, ctx)
+            return await _within_timeout(step.timeout, execute_step(self._executors, step, ctx))
         except StepError as err:
             will_retry = (
                 err.retryable
@@ -68,7 +79,12 @@ class StepActivities:
                 and err.error_type not in step.retry.non_retryable_errors
             )
             # Compensation steps have no row of their own in the run state to mark RETRYING.
-            if will_retry and not input.compensation:
+            # A local step's retries happen inside the workflow's task, which a signal arriving
+            # meanwhile disturbs: seen here, the step started over from attempt 1 (its failed
+            # attempts were not recorded yet). So a local step's retries do not show live.
+            # (Runs with workflow-driven retries need no signal at all: report_retries is off.)
+            report = input.report_retries and not input.compensation and not info.is_local
+            if will_retry and report:
                 await self._report_retry(input, attempt, err)
             raise ApplicationError(
                 err.message, attempt, type=err.error_type, non_retryable=not err.retryable
@@ -99,7 +115,38 @@ class StepActivities:
             log.warning("could not report retry of step %s", input.step.id, exc_info=True)
 
 
-def _start_heartbeats(timeout: timedelta | None) -> asyncio.Task[None] | None:
+def _no_heartbeat(*details: object) -> None:
+    """Progress reports of a local step go nowhere: local activities have no heartbeats."""
+
+
+async def _within_timeout(timeout: timedelta, work: Awaitable[StepResult]) -> StepResult:
+    """Enforce the step's timeout here, where the step is stopped (a script gets SIGTERM, then
+    SIGKILL after its grace), so the attempt fails only once nothing of it runs any more.
+    Temporal's start-to-close timeout is the backstop for a worker that died."""
+    try:
+        async with asyncio.timeout(timeout.total_seconds()) as deadline:
+            return await work
+    except TimeoutError:
+        if not deadline.expired():
+            raise  # the step's own TimeoutError: the registry has classified it already
+        raise StepError(
+            f"step timed out after {timeout.total_seconds():g}s", error_type="Timeout"
+        ) from None
+
+
+class _Progress:
+    """The latest progress details a step reported; every heartbeat repeats them, because a
+    heartbeat without details would replace them with nothing."""
+
+    def __init__(self) -> None:
+        self.details: tuple[Any, ...] = ()
+
+    def report(self, *details: Any) -> None:
+        self.details = details
+        activity.heartbeat(*details)
+
+
+def _start_heartbeats(timeout: timedelta | None, progress: _Progress) -> asyncio.Task[None] | None:
     """Heartbeat while the step runs, so a dead worker is noticed within the timeout.
 
     The one heartbeat for every step type: executors need not heartbeat to stay alive (they
@@ -115,6 +162,6 @@ def _start_heartbeats(timeout: timedelta | None) -> asyncio.Task[None] | None:
         with contextlib.suppress(asyncio.CancelledError):
             while True:
                 await asyncio.sleep(interval)
-                activity.heartbeat()
+                activity.heartbeat(*progress.details)
 
     return asyncio.create_task(beat())

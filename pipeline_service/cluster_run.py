@@ -12,14 +12,14 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import logging
 import os
 import signal
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+import structlog
 from rich.console import Console
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import PendingActivityState
@@ -42,37 +42,32 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.names import STATE_QUERY, WORKER_LOST
 from pipeline_service.cluster import LAMINAR_LOG, WAREHOUSE, ClusterOptions, ClusterState
+from pipeline_service.cluster_logging import JsonProgressView, cluster_logging
+from pipeline_service.cluster_remote import Checkpointer
+from pipeline_service.flink_embedded import flink_for, has_flink_steps
 from pipeline_service.progress import ProgressView
+from pipeline_service.storage.snapshot import copy_warehouse_from
 from pipeline_service.temporal.client import TASK_QUEUE
 from pipeline_service.temporal.dev_server import DevServer, wait_until_serving
 from pipeline_service.temporal.worker import build_worker
 from schemas.pipeline import PipelineDefinition
-from schemas.run import DEFAULT_TENANT, RunContext, RunInput, RunState, RunStatus, RunSummary
+from schemas.run import (
+    DEFAULT_TENANT,
+    RunContext,
+    RunInput,
+    RunState,
+    RunStatus,
+    RunSummary,
+    Trigger,
+)
 from steps.engines.duckdb import DuckDBEngine
 from workflows.pipeline_run import PipelineRunWorkflow
 
+if TYPE_CHECKING:
+    from pipeline_service.cluster_api import EmbeddedApi
+
 TENANT_KEY = SearchAttributeKey.for_keyword("LaminarTenant")
 PIPELINE_KEY = SearchAttributeKey.for_keyword("LaminarPipeline")
-
-
-@contextlib.contextmanager
-def log_to_file(path: Path) -> Iterator[None]:
-    """Send Python logging (the Temporal worker's and ours) to `path` while the run lasts.
-
-    Unconfigured, logging prints warnings with their stack traces on stderr: every failed step
-    attempt would show the user the worker's "Completing activity as failed" traceback. The
-    step's error is in the run's summary; the details stay in this file.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        yield
-    finally:
-        root.removeHandler(handler)
-        handler.close()
 
 
 class PipelineCluster:
@@ -84,27 +79,50 @@ class PipelineCluster:
         source_dir: Path,
         options: ClusterOptions,
         console: Console | None = None,
+        checkpointer: Checkpointer | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self.checkpointer = checkpointer
         self.source_dir = source_dir
         self.options = options
         self.console = console or Console()
         self._stop = asyncio.Event()
         self._ui_url: str | None = None
         self._run_finished = False
+        self._exit_code = 0
         self._stop_signal: int | None = None
+        self._api: EmbeddedApi | None = None
+        self.started = False
+        """The run was started or resumed: the state may have changed since the last snapshot."""
+
+    @property
+    def run_finished(self) -> bool:
+        """The run ended (whatever its outcome) and the server has its final state."""
+        return self._run_finished
 
     async def run(self, state: ClusterState, server: DevServer) -> int:
         """Run (or resume) the pipeline on `server`, already launched on the state dir."""
-        with log_to_file(self.options.state_dir / LAMINAR_LOG):
-            return await self._run(state, server)
+        with cluster_logging(
+            self.options.state_dir / LAMINAR_LOG,
+            self.options.log_format or "text",
+            self.options.log_level,
+            self.options.log_file,
+        ):
+            structlog.contextvars.bind_contextvars(
+                tenant=DEFAULT_TENANT, pipeline=self.pipeline.name
+            )
+            try:
+                return await self._run(state, server)
+            finally:
+                self._release_signals()
+                structlog.contextvars.clear_contextvars()
 
     async def _run(self, state: ClusterState, server: DevServer) -> int:
         state_dir = self.options.state_dir
         self._install_signal_handlers()
-        client = await wait_until_serving(server, self.options.startup_timeout.total_seconds())
-        engine = DuckDBEngine(state_dir / WAREHOUSE)
+        engine = DuckDBEngine(state_dir / WAREHOUSE)  # opens while the server boots
         try:
+            client = await wait_until_serving(server, self.options.startup_timeout.total_seconds())
             self.console.print(f"[bold]laminar[/] pipeline [cyan]{self.pipeline.name}[/]")
             self.console.print(f"  state dir   {state_dir}")
             self.console.print(f"  log         {state_dir / LAMINAR_LOG}")
@@ -112,27 +130,66 @@ class PipelineCluster:
             if server.ui_url:
                 self.console.print(f"  temporal ui {server.ui_url}")
                 self._ui_url = server.ui_url
-            handle = await self._start_or_resume(client, state)
-            ui_link = ""
-            run = handle.run_id or handle.result_run_id or handle.first_execution_run_id
-            if server.ui_url and run:
-                workflow_path = f"{quote(handle.id, safe='')}/{run}/history"
-                ui_link = f"{server.ui_url}/namespaces/default/workflows/{workflow_path}"
-            self.console.print(f"  run         {handle.id}  {ui_link}")
-            worker = build_worker(
-                client,
-                task_queue=TASK_QUEUE,
-                engine=engine,
-                work_root=state_dir / "work",
-                graceful_shutdown=self.options.shutdown_grace,
-                sticky_timeout=timedelta(seconds=1),
-            )
-            async with worker:
-                return await self._follow(handle)
+            if self.options.http_port is not None:
+                # Imported only here: FastAPI, uvicorn and SQLAlchemy cost start-up time.
+                from pipeline_service.cluster_api import start_embedded_api
+
+                self._api = await start_embedded_api(
+                    state_dir,
+                    self.pipeline,
+                    self.source_dir,
+                    client,
+                    self.options.http_port,
+                    self.options.metrics_port,
+                )
+                self.console.print(
+                    f"  api         {self._api.url}/docs  (key in {self._api.key_file})"
+                )
+                if self.options.metrics_port is not None:
+                    metrics = f"http://127.0.0.1:{self.options.metrics_port}/metrics"
+                    self.console.print(f"  metrics     {metrics}")
+            async with flink_for(self.pipeline, state_dir) as flink:
+                if has_flink_steps(self.pipeline):
+                    self.console.print(f"  flink       {flink.rest_url}")
+                worker = build_worker(
+                    client,
+                    task_queue=TASK_QUEUE,
+                    engine=engine,
+                    work_root=state_dir / "work",
+                    graceful_shutdown=self.options.shutdown_grace,
+                    sticky_timeout=timedelta(seconds=1),
+                    sessions=self._api.sessions if self._api else None,
+                    metrics=self._api.step_metrics if self._api else None,
+                    flink=flink,
+                )
+                if self.checkpointer is not None:
+                    connection = engine.cursor()
+                    self.checkpointer.start(lambda target: copy_warehouse_from(connection, target))
+                # The worker runs before the run starts, so the start can be eager: the server
+                # hands the first workflow task back in its reply instead of through a poll.
+                async with worker:
+                    handle = await self._start_or_resume(client, state)
+                    self.started = True
+                    structlog.contextvars.bind_contextvars(run_id=handle.id)
+                    ui_link = ""
+                    run = handle.run_id or handle.result_run_id or handle.first_execution_run_id
+                    if server.ui_url and run:
+                        workflow_path = f"{quote(handle.id, safe='')}/{run}/history"
+                        ui_link = f"{server.ui_url}/namespaces/default/workflows/{workflow_path}"
+                    self.console.print(f"  run         {handle.id}  {ui_link}")
+                    return await self._follow(handle)
         finally:
+            if self._api is not None:
+                await self._api.stop()
+            if self.checkpointer is not None:
+                await self.checkpointer.stop()  # before the warehouse closes under an upload
             engine.close()
 
-    async def _start_or_resume(self, client: Client, state: ClusterState) -> WorkflowHandle:
+    async def _start_or_resume(
+        self, client: Client, state: ClusterState
+    ) -> WorkflowHandle[Any, Any]:
+        if self.options.interval is not None:
+            return await self._start_or_report_dated(client, state)
         if state.current_run:
             handle = client.get_workflow_handle(state.current_run)
             try:
@@ -157,6 +214,46 @@ class PipelineCluster:
         logical_date = datetime.now(UTC).replace(microsecond=0)
         return await self._start(client, state, logical_date)
 
+    async def _start_or_report_dated(
+        self, client: Client, state: ClusterState
+    ) -> WorkflowHandle[Any, Any]:
+        """A dated run has one id per logical date: a second start resumes it while it runs and
+        reports its outcome once it has ended, never runs it twice."""
+        interval = self.options.interval
+        assert interval is not None
+        run_id = f"{DEFAULT_TENANT}/{self.pipeline.name}/{interval.logical_date.isoformat()}"
+        handle = client.get_workflow_handle(run_id)
+        try:
+            description = await handle.describe()
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
+            description = None
+        state.current_run, state.logical_date = run_id, interval.logical_date.isoformat()
+        if description is None:
+            context = RunContext(
+                pipeline=self.pipeline.name,
+                run_id=run_id,
+                trigger=Trigger.SCHEDULE,
+                logical_date=interval.logical_date,
+                data_interval_start=interval.start,
+                data_interval_end=interval.end,
+                params=self.options.params,
+            )
+            return await self._start(client, state, interval.logical_date, context)
+        handle = client.get_workflow_handle(run_id, run_id=description.run_id)
+        if description.status == WorkflowExecutionStatus.RUNNING:
+            self.console.print(f"[yellow]resuming[/] run {run_id}")
+            state.write(self.options.state_dir)
+            await self._recover_orphans(client, handle, description)
+            return handle
+        status = description.status.name if description.status else "ENDED"
+        self.console.print(
+            f"[yellow]the run for logical date {interval.logical_date.isoformat()} already "
+            f"ended ({status}); reporting it, not running it again[/]"
+        )
+        return handle
+
     def _fingerprint(self) -> str:
         document = json.dumps(
             [self.pipeline.model_dump(mode="json"), self.options.params], sort_keys=True
@@ -164,14 +261,46 @@ class PipelineCluster:
         return hashlib.sha256(document.encode()).hexdigest()[:16]
 
     async def _start(
-        self, client: Client, state: ClusterState, logical_date: datetime
-    ) -> WorkflowHandle:
+        self,
+        client: Client,
+        state: ClusterState,
+        logical_date: datetime,
+        context: RunContext | None = None,
+    ) -> WorkflowHandle[Any, Any]:
         run_id = f"{DEFAULT_TENANT}/{self.pipeline.name}/manual__{logical_date.isoformat()}"
+        if context is None:
+            context = RunContext.manual(
+                self.pipeline.name, run_id, logical_date, self.options.params
+            )
+        run_id = context.run_id
         # Record the run before starting it, so a crash in between still resumes it.
         state.current_run, state.logical_date = run_id, logical_date.isoformat()
         state.fingerprint = self._fingerprint()
         state.write(self.options.state_dir)
-        context = RunContext.manual(self.pipeline.name, run_id, logical_date, self.options.params)
+        if self._api is not None:
+            # With the service embedded, the run starts as every service run does: through
+            # the launcher, which records it (and the workflow records its progress).
+            from pipeline_service.cluster_api import ACTOR
+            from pipeline_service.launcher import LaunchRequest, launch_run
+
+            await launch_run(
+                self._api.sessions,
+                client,
+                LaunchRequest(
+                    tenant=self._api.tenant,
+                    pipeline=self.pipeline.name,
+                    actor=ACTOR,
+                    params=self.options.params,
+                    logical_date=logical_date,
+                    workflow_id=run_id,
+                    trigger=context.trigger,
+                    max_parallelism=self.options.parallelism,
+                ),
+                task_queue=TASK_QUEUE,
+                source_dir=self.source_dir,
+                eager=True,
+            )
+            return client.get_workflow_handle(run_id)
         return await client.start_workflow(
             PipelineRunWorkflow.run,
             RunInput(
@@ -184,6 +313,7 @@ class PipelineCluster:
             task_queue=TASK_QUEUE,
             execution_timeout=self.pipeline.timeout,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            request_eager_start=True,
             search_attributes=TypedSearchAttributes(
                 [
                     SearchAttributePair(TENANT_KEY, DEFAULT_TENANT),
@@ -194,7 +324,10 @@ class PipelineCluster:
         )
 
     async def _recover_orphans(
-        self, client: Client, handle: WorkflowHandle, description: WorkflowExecutionDescription
+        self,
+        client: Client,
+        handle: WorkflowHandle[Any, Any],
+        description: WorkflowExecutionDescription,
     ) -> None:
         """Fail the attempts that died with the previous worker, so they run again now.
 
@@ -230,22 +363,31 @@ class PipelineCluster:
                 )
             )
 
-    async def _follow(self, handle: WorkflowHandle) -> int:
+    async def _follow(self, handle: WorkflowHandle[Any, Any]) -> int:
         """Show progress until the run ends or we are asked to stop; return the exit code."""
         result_task = asyncio.ensure_future(handle.result())
         stop_task = asyncio.ensure_future(self._stop.wait())
-        view = ProgressView(self.console, self.pipeline)
+        view: ProgressView | JsonProgressView = (
+            JsonProgressView()
+            if self.options.log_format == "json"
+            else ProgressView(self.console, self.pipeline)
+        )
         with view:
             while not (result_task.done() or stop_task.done()):
                 with contextlib.suppress(RPCError, asyncio.TimeoutError):
-                    view.update(
-                        await asyncio.wait_for(
-                            handle.query(STATE_QUERY, result_type=RunState), timeout=2
-                        )
+                    state = await asyncio.wait_for(
+                        handle.query(STATE_QUERY, result_type=RunState), timeout=2
                     )
+                    view.update(state)
+                    if self.checkpointer is not None:
+                        self.checkpointer.observe(state)
                 await asyncio.wait(
                     {result_task, stop_task}, timeout=0.25, return_when=asyncio.FIRST_COMPLETED
                 )
+            if stop_task.done() and not result_task.done() and await self._has_ended(handle):
+                # The run ended as the signal arrived: its outcome, not the signal, is the
+                # answer (the result's long poll may lag the end by a moment).
+                await asyncio.wait({result_task}, timeout=10)
             if stop_task.done() and not result_task.done():
                 result_task.cancel()
                 name = signal.Signals(self._stop_signal or signal.SIGINT).name
@@ -255,9 +397,11 @@ class PipelineCluster:
                 )
                 return 128 + (self._stop_signal or signal.SIGINT)
             summary = await self._final_summary(handle, result_task)
+            if self.checkpointer is not None:
+                self.checkpointer.observe(summary)
             view.finish(summary)
         code = 0 if summary.status == RunStatus.SUCCEEDED else 1
-        self._run_finished = True
+        self._run_finished, self._exit_code = True, code
         if not self.options.once:
             # The cluster stays up (the UI stays browsable) until asked to stop; --once exits.
             where = f" (Temporal UI: {self._ui_url})" if self._ui_url else ""
@@ -266,7 +410,15 @@ class PipelineCluster:
         stop_task.cancel()
         return code
 
-    async def _final_summary(self, handle: WorkflowHandle, result: asyncio.Future) -> RunSummary:
+    async def _has_ended(self, handle: WorkflowHandle[Any, Any]) -> bool:
+        with contextlib.suppress(RPCError, asyncio.TimeoutError):
+            description = await asyncio.wait_for(handle.describe(), timeout=2)
+            return description.status not in (None, WorkflowExecutionStatus.RUNNING)
+        return False
+
+    async def _final_summary(
+        self, handle: WorkflowHandle[Any, Any], result: asyncio.Future[Any]
+    ) -> RunSummary:
         try:
             value = result.result()
             return value if isinstance(value, RunSummary) else RunSummary.model_validate(value)
@@ -297,7 +449,7 @@ class PipelineCluster:
                     # Second signal: stop now. Everything is durable; the children die with us
                     # (parent-death signal) and the next `laminar run` resumes the run.
                     self.console.print("[red]stopping at once[/]")
-                    os._exit(128 + signum)
+                    os._exit(self._exit_code if self._run_finished else 128 + signum)
                 self._stop_signal = signum
                 self._stop.set()
                 if not self._run_finished:
@@ -307,3 +459,12 @@ class PipelineCluster:
                     )
 
             loop.add_signal_handler(signum, handler)
+
+    def _release_signals(self) -> None:
+        """What is left (closing the warehouse, stopping the server) is short and bounded, and
+        the exit code is decided: signals from here on are ignored. Without this, closing the
+        loop hands SIGINT back to Python, and a late Ctrl-C would end in KeyboardInterrupt."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, signal.SIG_IGN)

@@ -116,3 +116,7 @@ class ProgressView:
             for key, value in outputs.items():
                 if key != "statements":
                     self.console.print(f"  {step.step_id}.{key} = {value}", highlight=False)
+            for name, table in (step.result.tables if step.result else {}).items():
+                self.console.print(
+                    f"  {step.step_id} output {name} -> table {table}", highlight=False
+                )

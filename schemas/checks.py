@@ -9,29 +9,49 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import Any
 
 import sqlglot
+from packaging.requirements import InvalidRequirement, Requirement
 from sqlglot import exp
 from sqlglot.errors import ParseError, SqlglotError
 
+from schemas.dialects import TranspileError, colon_placeholders, transpile_script
 from schemas.documents import Problem, did_you_mean, join_path
-from schemas.pipeline import PythonStep, SqlStep, Step
-from schemas.run import RunContext
+from schemas.handoff_checks import (
+    ancestors,
+    declared_outputs,
+    output_file_problem,
+    reference_problems,
+    table_name_problem,
+    validation_upstream,
+)
+from schemas.pipeline import (
+    LOCAL_STEP_MAX_TIMEOUT,
+    FlinkStep,
+    NotificationStep,
+    PythonStep,
+    QualityStep,
+    SparkStep,
+    SqlStep,
+    Step,
+)
+from schemas.quality_validation import quality_problems
+from schemas.run import RunContext, UpstreamResult
+from schemas.sql_templates import IDENT_HINT, render_sql
 from schemas.templating import (
     TemplateProblem,
     check_template,
     is_template,
-    render_sql,
+    render_text,
     renders_in_bounded_time,
 )
 
 __all__ = ["check_pipeline"]
-
-_TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
 
 
 class _Problems(list[Problem]):
@@ -48,12 +68,32 @@ def check_pipeline(
     every declared param, to render SQL templates with.
     """
     problems = _Problems()
-    context = _validation_context(params)
-    names = frozenset(params)
+    outputs = declared_outputs(steps.values())
+    scope = _Scope(
+        params=frozenset(params),
+        context=_validation_context(params),
+        source_dir=source_dir,
+        upstream=validation_upstream(outputs),
+        ancestors=ancestors(steps.values()),
+        outputs=outputs,
+    )
     for i, step in steps.items():
-        _check_step(f"steps[{i}]", step, names, context, source_dir, problems)
+        _check_step(f"steps[{i}]", step, step.id, scope, problems)
+    _check_output_owners(steps, problems)
     _check_graph(raw_steps, problems)
     return problems
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """What checking one step needs of the whole pipeline."""
+
+    params: frozenset[str]
+    context: RunContext
+    source_dir: Path
+    upstream: dict[str, UpstreamResult]
+    ancestors: dict[str, set[str]]
+    outputs: dict[str, list[str]]
 
 
 # --- the step graph ---------------------------------------------------------------------------
@@ -149,24 +189,37 @@ def _validation_context(params: Mapping[str, Any]) -> RunContext:
 def _templated_fields(path: str, step: Step) -> Iterator[tuple[str, str]]:
     if isinstance(step, SqlStep):
         yield f"{path}.sql", step.sql
+    elif isinstance(step, QualityStep) and step.query is not None:
+        yield f"{path}.query", step.query
+    elif isinstance(step, NotificationStep):
+        yield f"{path}.message", step.message
+        yield f"{path}.title", step.title
     elif isinstance(step, PythonStep):
         yield f"{path}.script", step.script
         for i, arg in enumerate(step.args):
             yield f"{path}.args[{i}]", arg
         for key, value in step.env.items():
             yield join_path(f"{path}.env", key), value
+    elif isinstance(step, SparkStep | FlinkStep):
+        if step.sql is not None:
+            yield f"{path}.sql", step.sql
+        for i, arg in enumerate(step.args):
+            yield f"{path}.args[{i}]", arg
 
 
-def _sql_problem(sql: str, context: RunContext) -> str | None:
+def _sql_problem(sql: str, context: RunContext, upstream: dict[str, UpstreamResult]) -> str | None:
     # Loops, macros and repetition could take unbounded time to render on untrusted input:
     # such templates are checked when the step runs instead.
     if not renders_in_bounded_time(sql):
         return None
     try:
-        text, _ = render_sql(sql, context)
-        statements = sqlglot.parse(text, read="duckdb")
+        text, binds = render_sql(sql, context, upstream)
     except TemplateProblem as exc:
         return str(exc)
+    if binds and (problem := _bind_position_problem(text, binds)):
+        return problem
+    try:
+        statements = sqlglot.parse(text, read="duckdb")
     except ParseError as exc:
         error = exc.errors[0] if exc.errors else {}
         where = f" (line {error['line']}, column {error['col']})" if "line" in error else ""
@@ -178,20 +231,112 @@ def _sql_problem(sql: str, context: RunContext) -> str | None:
         return "SQL does not parse: nested too deeply"
     if all(s is None or isinstance(s, exp.Semicolon) for s in statements):
         return "contains no SQL statement"
+    # sqlglot falls back to an opaque Command for syntax it does not know: DuckDB decides.
+    if any(isinstance(s, exp.Command) for s in statements) and (
+        parse_error := _duckdb_parse_error(text)
+    ):
+        return f"SQL does not parse: {parse_error}"
+    return _unbindable_problem(statements)
+
+
+def _spark_sql_problem(
+    sql: str, context: RunContext, upstream: dict[str, UpstreamResult]
+) -> str | None:
+    """Spark SQL: the same bind rendering, parsed with sqlglot's Spark dialect."""
+    if not renders_in_bounded_time(sql):
+        return None
+    try:
+        text, _ = render_sql(sql, context, upstream)
+        statements = sqlglot.parse(text, read="spark")
+    except TemplateProblem as exc:
+        return str(exc)
+    except ParseError as exc:
+        error = exc.errors[0] if exc.errors else {}
+        where = f" (line {error['line']}, column {error['col']})" if "line" in error else ""
+        return f"SQL does not parse: {error.get('description', exc)}{where}"
+    except SqlglotError as exc:
+        return f"SQL does not parse: {exc}"
+    except RecursionError:
+        return "SQL does not parse: nested too deeply"
+    if all(s is None or isinstance(s, exp.Semicolon) for s in statements):
+        return "contains no SQL statement"
+    return None
+
+
+def _bind_position_problem(text: str, binds: dict[str, Any]) -> str | None:
+    """DuckDB's parser decides where a bind may stand: a template where a name goes
+    (`CREATE TABLE {{ x }}`) fails to parse, and parses once its placeholder is a name."""
+    if _duckdb_parses(text):
+        return None
+    as_names = re.sub(r"\$(" + "|".join(map(re.escape, binds)) + r")\b", r"\1", text)
+    if _duckdb_parses(as_names):
+        return f"a template stands where DuckDB takes no value; {IDENT_HINT}"
+    return None  # a plain syntax error: reported below
+
+
+# DuckDB refuses bind parameters in these statements and clauses (they store SQL text).
+_UNBINDABLE_KINDS = frozenset({"VIEW", "MACRO", "FUNCTION", "TABLE MACRO"})
+
+
+def _unbindable_problem(statements: list[exp.Expr | None]) -> str | None:
+    for statement in statements:
+        if statement is None or statement.find(exp.Placeholder) is None:
+            continue
+        kind = str(statement.args.get("kind") or "").upper()
+        if isinstance(statement, exp.Create) and kind in _UNBINDABLE_KINDS:
+            return (
+                f"DuckDB cannot take template values (bind parameters) in CREATE {kind}: "
+                "materialize with CREATE TABLE ... AS instead"
+            )
+        for placeholder in statement.find_all(exp.Placeholder):
+            if placeholder.find_ancestor(exp.DefaultColumnConstraint) is not None:
+                return (
+                    "DuckDB cannot take template values (bind parameters) in a column DEFAULT: "
+                    "set the value with INSERT or UPDATE instead"
+                )
+    return None
+
+
+def _transpile_problem(
+    step: SqlStep, context: RunContext, upstream: dict[str, UpstreamResult]
+) -> str | None:
+    """SQL in another dialect than its engine's: every statement must transpile, and on
+    DuckDB the result must parse (sqlglot passes some constructs through untranslated)."""
+    if not renders_in_bounded_time(step.sql):
+        return None
+    try:
+        text, binds = render_sql(step.sql, context, upstream)
+        text = colon_placeholders(text, binds)
+        statements = transpile_script(text, step.source_dialect, step.engine)
+    except TemplateProblem as exc:
+        return str(exc)
+    except TranspileError as exc:
+        return str(exc)
+    if step.engine == "duckdb":
+        for number, statement in enumerate(statements, 1):
+            if not _duckdb_parses(statement):
+                return (
+                    f"statement {number} cannot be transpiled from {step.source_dialect} to "
+                    f"duckdb: DuckDB cannot run the translation {statement[:200]!r}"
+                )
     return None
 
 
 def _duckdb_parses(text: str) -> bool:
-    """DuckDB's own parser, asked only when sqlglot refuses: sqlglot lags behind DuckDB's
-    grammar (it reads `WHERE range < 5` as a type), and DuckDB is the engine that runs it."""
+    """DuckDB's own parser, asked when sqlglot refuses or gives up: sqlglot lags behind
+    DuckDB's grammar (it reads `WHERE range < 5` as a type), and DuckDB runs the SQL."""
+    return _duckdb_parse_error(text) is None
+
+
+def _duckdb_parse_error(text: str) -> str | None:
     import duckdb
 
     with duckdb.connect(":memory:") as connection:
         try:
             connection.extract_statements(text)
-        except duckdb.Error:
-            return False
-    return True
+        except duckdb.Error as exc:
+            return str(exc).strip().splitlines()[0]
+    return None
 
 
 def _script_problem(script: str, source_dir: Path) -> str | None:
@@ -211,32 +356,118 @@ def _script_problem(script: str, source_dir: Path) -> str | None:
     return None
 
 
-def _check_step(
-    path: str,
-    step: Step,
-    params: frozenset[str],
-    context: RunContext,
-    source_dir: Path,
-    problems: _Problems,
-) -> None:
+def _check_local_step(path: str, step: Step, problems: _Problems) -> None:
+    """What a local activity cannot do: heartbeat, or run long (see LOCAL_STEP_MAX_TIMEOUT)."""
+    how = "local: true" if step.local else f"'{step.type}' steps run local by default"
+    bound = LOCAL_STEP_MAX_TIMEOUT.total_seconds()
+    if step.heartbeat_timeout is not None:
+        problems.add(
+            f"{path}.heartbeat_timeout",
+            f"a local step cannot heartbeat ({how}): remove heartbeat_timeout or set local: false",
+        )
+    if step.timeout > LOCAL_STEP_MAX_TIMEOUT:  # an unset one is the bound already
+        problems.add(
+            f"{path}.timeout",
+            f"a local step must finish within {bound:g}s ({how}), got "
+            f"{step.timeout.total_seconds():g}s: shorten the timeout or set local: false",
+        )
+
+
+def _check_step(path: str, step: Step, owner: str, scope: _Scope, problems: _Problems) -> None:
+    """`owner` is the pipeline step whose place in the DAG the step has (a compensation's is
+    its step's: it may refer to what its step could, and to its step)."""
     bad_templates = set()
+    upstream = scope.ancestors.get(owner, set()) | ({owner} if owner != step.id else set())
     for field_path, text in _templated_fields(path, step):
-        for message in check_template(text, params):
+        messages = check_template(text, scope.params)
+        messages += reference_problems(text, step.id, upstream, scope.outputs)
+        for message in messages:
             problems.add(field_path, message)
             bad_templates.add(field_path)
+        if field_path in bad_templates or isinstance(step, SqlStep | QualityStep):
+            continue
+        # Render text templates as the run will (sandbox refusals, type errors), unless
+        # rendering could take unbounded time on untrusted input.
+        if renders_in_bounded_time(text):
+            try:
+                render_text(text, scope.context, scope.upstream)
+            except TemplateProblem as exc:
+                problems.add(field_path, str(exc))
     sql_problem = None
     if isinstance(step, SqlStep) and f"{path}.sql" not in bad_templates:
-        sql_problem = _sql_problem(step.sql, context)
+        if step.engine == "duckdb" and step.source_dialect == "duckdb":
+            sql_problem = _sql_problem(step.sql, scope.context, scope.upstream)
+        else:
+            sql_problem = _transpile_problem(step, scope.context, scope.upstream)
+    elif isinstance(step, SparkStep) and step.sql and f"{path}.sql" not in bad_templates:
+        sql_problem = _spark_sql_problem(step.sql, scope.context, scope.upstream)
     if sql_problem:
         problems.add(f"{path}.sql", sql_problem)
+    if isinstance(step, SparkStep | FlinkStep):
+        _check_job_files(path, step, scope.source_dir, problems)
     if isinstance(step, PythonStep):
-        if script_problem := _script_problem(step.script, source_dir):
-            problems.add(f"{path}.script", script_problem)
-        for i, table in enumerate(step.inputs):
-            if not _TABLE_NAME.fullmatch(table):
-                problems.add(
-                    f"{path}.inputs[{i}]",
-                    f"{table!r} is not a table name (expected name or schema.name)",
-                )
+        _check_python_step(path, step, scope, problems)
+    if isinstance(step, QualityStep):
+        quality = quality_problems(path, step, scope.params, scope.context, scope.upstream)
+        for problem_path, message in quality:
+            problems.add(problem_path, message)
+    if step.runs_local:
+        _check_local_step(path, step, problems)
     if step.compensate is not None:
-        _check_step(f"{path}.compensate", step.compensate, params, context, source_dir, problems)
+        _check_step(f"{path}.compensate", step.compensate, owner, scope, problems)
+
+
+def _check_output_owners(steps: Mapping[int, Step], problems: _Problems) -> None:
+    """One step per output table: two would overwrite each other, in parallel or in turn."""
+    owner: dict[str, str] = {}
+    for i, step in steps.items():
+        if not isinstance(step, PythonStep):
+            continue
+        for table in step.outputs:
+            key = table.lower()  # DuckDB matches names case-insensitively, quoted or not
+            if key in owner:
+                problems.add(
+                    join_path(f"steps[{i}].outputs", table),
+                    f"table {table!r} is already an output of {owner[key]}",
+                )
+            else:
+                owner[key] = f"steps[{i}]"
+
+
+def _check_job_files(
+    path: str, step: SparkStep | FlinkStep, source_dir: Path, problems: _Problems
+) -> None:
+    """Applications and jars are files inside the pipeline directory, like scripts."""
+    files = (
+        [("application", step.application), *((f"jars[{i}]", j) for i, j in enumerate(step.jars))]
+        if isinstance(step, SparkStep)
+        else [("jar", step.jar)]
+    )
+    for field, file in files:
+        if file is not None and (problem := _script_problem(file, source_dir)):
+            problems.add(f"{path}.{field}", problem)
+
+
+def _requirement_problem(text: str) -> str | None:
+    """A PEP 508 requirement naming a package; no URLs (they could fetch anything)."""
+    try:
+        requirement = Requirement(text)
+    except InvalidRequirement as exc:
+        return f"not a requirement ({exc}); use e.g. 'requests>=2.31'"
+    if requirement.url:
+        return "direct URL requirements are not allowed; name a package and its versions"
+    return None
+
+
+def _check_python_step(path: str, step: PythonStep, scope: _Scope, problems: _Problems) -> None:
+    if script_problem := _script_problem(step.script, scope.source_dir):
+        problems.add(f"{path}.script", script_problem)
+    for i, requirement in enumerate(step.requirements):
+        if problem := _requirement_problem(requirement):
+            problems.add(f"{path}.requirements[{i}]", problem)
+    for i, table in enumerate(step.inputs):
+        if problem := table_name_problem(table):
+            problems.add(f"{path}.inputs[{i}]", problem)
+    for table, file in step.outputs.items():
+        if problem := table_name_problem(table) or output_file_problem(file):
+            problems.add(join_path(f"{path}.outputs", table), problem)

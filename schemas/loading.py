@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -32,17 +32,17 @@ from schemas.documents import (
     parse_document,
 )
 from schemas.pipeline import (
+    STEP_MODELS,
     STEP_TYPES,
-    NoopStep,
     Param,
     ParamSpec,
     ParamType,
     PipelineDefinition,
-    PythonStep,
     RetryPolicy,
-    SqlStep,
     Step,
 )
+from schemas.quality import CHECK_TYPES
+from schemas.sql_templates import INT64_MAX, INT64_MIN
 
 __all__ = [
     "DOCUMENT",
@@ -90,7 +90,7 @@ def load_pipeline_file(path: Path) -> PipelineDefinition:
 
 # --- paths and messages -----------------------------------------------------------------------
 
-_STEP_MODELS: dict[str, type[BaseModel]] = {"sql": SqlStep, "python": PythonStep, "noop": NoopStep}
+_STEP_MODELS: dict[str, type[BaseModel]] = dict(STEP_MODELS)
 _KINDS = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list"}
 
 
@@ -118,7 +118,7 @@ def _error_problem(
 ) -> Problem:
     """One pydantic error as a Problem; `loc` is already stripped of union tags and `model`
     is the model that owns the field at `loc` (for did-you-mean on unknown fields)."""
-    loc = list(loc)
+    loc = [part for part in loc if part != "[key]"]  # a bad mapping key: the path is the key
     kind, value, ctx = err["type"], err["input"], err.get("ctx", {})
     expected = ", ".join(STEP_TYPES)
     if kind == "union_tag_invalid":
@@ -160,11 +160,37 @@ def _step_error_problem(path: str, err: ErrorDetails) -> Problem:
             i += 1
         else:
             break
-    rest = loc[i:]
+    rest = _strip_check_tags(loc[i:])
+    if err["type"] in ("union_tag_invalid", "union_tag_not_found") and _is_check(rest):
+        return _check_tag_problem(path, rest, err)
     owner = model if len(rest) == 1 else None
     if model is not None and len(rest) == 2 and rest[0] == "retry":
         owner = RetryPolicy
     return _error_problem(path, [*out, *rest], err, owner)
+
+
+def _strip_check_tags(loc: Sequence[str | int]) -> list[str | int]:
+    """A quality step's `checks[3]` is a union too: ('checks', 3, 'unique', 'x') is
+    `checks[3].x`."""
+    out = list(loc)
+    if len(out) >= 3 and out[0] == "checks" and isinstance(out[1], int):
+        del out[2]
+    return out
+
+
+def _is_check(loc: Sequence[str | int]) -> bool:
+    return len(loc) == 2 and loc[0] == "checks" and isinstance(loc[1], int)
+
+
+def _check_tag_problem(path: str, loc: Sequence[str | int], err: ErrorDetails) -> Problem:
+    expected = ", ".join(CHECK_TYPES)
+    value = err["input"]
+    if err["type"] == "union_tag_not_found":
+        return Problem(join_path(path, *loc, "type"), f"check type is missing ({expected})")
+    tag = value.get("type") if isinstance(value, dict) else None
+    return Problem(
+        join_path(path, *loc, "type"), f"unknown check type {tag!r} (expected one of: {expected})"
+    )
 
 
 # --- parameters -------------------------------------------------------------------------------
@@ -194,10 +220,18 @@ def coerce_param(value: Any, kind: ParamType, *, parse_text: bool) -> Any:
     if kind is ParamType.STRING and text is not None:
         return value
     if kind is ParamType.INTEGER:
+        integer = None
         if numeric and isinstance(value, int):
-            return value
-        if parse is not None and _INTEGER_TEXT.fullmatch(parse) and len(parse) < 4000:
-            return int(parse)
+            integer = value
+        elif parse is not None and _INTEGER_TEXT.fullmatch(parse) and len(parse) < 4000:
+            integer = int(parse)
+        if integer is not None:
+            if not INT64_MIN <= integer <= INT64_MAX:
+                raise ValueError(
+                    f"integer out of range (DuckDB takes 64-bit integers: {INT64_MIN} to "
+                    f"{INT64_MAX})"
+                )
+            return integer
     if kind is ParamType.NUMBER:
         number = None
         if numeric and abs(value) < 1e308:

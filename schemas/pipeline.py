@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from datetime import date, timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -22,6 +22,21 @@ from pydantic import (
     PlainSerializer,
     model_validator,
 )
+
+from schemas.dialects import SqlDialect
+from schemas.quality import Check
+
+EngineName = Literal["duckdb", "trino"]
+MAX_PREVIEW_ROWS = 1000
+
+
+def check_engine_connection(engine: EngineName, connection: str | None) -> None:
+    """Trino needs a named connection; the embedded DuckDB takes none."""
+    if engine == "trino" and not connection:
+        raise ValueError("engine 'trino' needs a connection: name one configured in settings")
+    if engine == "duckdb" and connection:
+        raise ValueError("engine 'duckdb' is the embedded warehouse and takes no connection")
+
 
 STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$"
 PIPELINE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_\-]{0,62}$"
@@ -157,15 +172,47 @@ def _param_shorthand(value: Any) -> Any:
 Param = Annotated[ParamSpec, BeforeValidator(_param_shorthand)]
 
 
+LOCAL_STEP_MAX_TIMEOUT = timedelta(seconds=10)
+"""The longest a local step may run. A local step runs inside the workflow's task on the
+worker: the workflow waits for it (other steps' completions queue behind it), it cannot
+heartbeat, and a worker that dies mid-step is only noticed when the workflow task times out
+(10 s). Local is for short work; anything longer is a regular step."""
+
+
 class StepBase(StrictModel):
+    LOCAL_BY_DEFAULT: ClassVar[bool] = False
+
     id: StepId
     description: str = ""
     depends_on: list[str] = Field(default_factory=list)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     timeout: PositiveDuration = timedelta(hours=1)
     heartbeat_timeout: PositiveDuration | None = None
+    local: bool | None = None
+    """Run as a Temporal local activity (in the worker running the workflow, no server round
+    trip per attempt). Default: true for `noop`, false otherwise. See LOCAL_STEP_MAX_TIMEOUT."""
     compensate: Step | None = None
     """Run if a later step fails and the pipeline has `on_failure: compensate` (saga)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _local_steps_default_to_short_timeout(cls, data: Any) -> Any:
+        """A local step that sets no timeout gets LOCAL_STEP_MAX_TIMEOUT (not the regular 1 h,
+        which a local step may not have), written into the definition so it round-trips."""
+        if isinstance(data, dict) and "timeout" not in data:
+            local = data.get("local")
+            if local is True or (local is None and cls.LOCAL_BY_DEFAULT):
+                data = {**data, "timeout": LOCAL_STEP_MAX_TIMEOUT}
+        return data
+
+    @property
+    def runs_local(self) -> bool:
+        return self.LOCAL_BY_DEFAULT if self.local is None else self.local
+
+    @property
+    def local_timeout(self) -> timedelta:
+        """The timeout of a local attempt (validation keeps it within the bound already)."""
+        return min(self.timeout, LOCAL_STEP_MAX_TIMEOUT)
 
 
 class SqlStep(StepBase):
@@ -173,7 +220,34 @@ class SqlStep(StepBase):
 
     type: Literal["sql"]
     sql: str = Field(min_length=1)
-    engine: Literal["duckdb"] = "duckdb"
+    engine: EngineName = "duckdb"
+    connection: str | None = None
+    """A named connection from the worker's settings (required for trino)."""
+    dialect: SqlDialect | None = None
+    """The dialect the SQL is written in; default: the engine's. `trino` SQL runs on DuckDB
+    transpiled by sqlglot, so one pipeline runs locally and in production unchanged."""
+    preview_rows: int = Field(0, ge=0, le=MAX_PREVIEW_ROWS)
+    """Rows of the last statement's result (or of the table it wrote) kept in the result."""
+
+    @model_validator(mode="after")
+    def _connection_matches_engine(self) -> SqlStep:
+        check_engine_connection(self.engine, self.connection)
+        return self
+
+    @property
+    def source_dialect(self) -> SqlDialect:
+        return self.dialect or self.engine
+
+
+_QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
+Quantity = Annotated[str, _matching(_QUANTITY, "use a Kubernetes quantity such as 500m, 2, 1Gi")]
+
+
+class PodResources(StrictModel):
+    """Requests (= limits) of a step's pod."""
+
+    cpu: Quantity = "1"
+    memory: Quantity = "1Gi"
 
 
 class PythonStep(StepBase):
@@ -186,16 +260,215 @@ class PythonStep(StepBase):
     inputs: list[str] = Field(default_factory=list)
     """Tables exported to files in the step's working directory before the script starts."""
     input_format: Literal["parquet", "csv"] = "parquet"
+    outputs: dict[str, str] = Field(default_factory=dict)
+    """Table name -> file the script writes in its working directory (`.parquet` or `.csv`),
+    loaded into the warehouse, all in one transaction, after the script succeeds."""
+    requirements: list[str] = Field(default_factory=list, max_length=200)
+    """Packages for the script (`pandas>=2`): it then runs in its own cached virtualenv."""
+    runner: Literal["local", "kubernetes"] = "local"
+    """`kubernetes`: the script runs as a Kubernetes Job in `image` (platform shape)."""
+    image: str | None = Field(None, min_length=1, max_length=512)
+    resources: PodResources = Field(default_factory=PodResources)
+
+    @model_validator(mode="after")
+    def _runner_fields(self) -> PythonStep:
+        if self.runner == "kubernetes":
+            if self.image is None:
+                raise ValueError("runner 'kubernetes' needs an 'image' to run the script in")
+            if self.inputs or self.outputs or self.requirements:
+                raise ValueError(
+                    "'inputs', 'outputs' and 'requirements' need the local runner: a Kubernetes "
+                    "Job gets its packages from its image and its data from where it lives"
+                )
+        elif self.image is not None:
+            raise ValueError("'image' applies only to runner 'kubernetes'")
+        return self
+
+
+_MEMORY = r"^[1-9][0-9]{0,6}[kmgt]?$"
+_MAVEN_COORDINATE = r"^[A-Za-z0-9_.\-]+:[A-Za-z0-9_.\-]+:[A-Za-z0-9_.\-]+$"
+_CLASS_NAME = r"^[A-Za-z_$][A-Za-z0-9_$]*(\.[A-Za-z_$][A-Za-z0-9_$]*)*$"
+SPARK_RESERVED_CONF = ("spark.master", "spark.submit.", "spark.kubernetes.", "spark.laminar.")
+"""Conf keys the platform owns: where and as whom a job runs is not a step's choice (a step
+that could set spark.kubernetes.namespace could run in another tenant's namespace)."""
+
+SparkMemory = Annotated[
+    str, _matching(_MEMORY, "use a JVM memory size such as 512m, 4g (k, m, g or t)")
+]
+
+
+def _spark_conf_key(key: str) -> str:
+    if not key.startswith("spark."):
+        raise ValueError(f"{key!r} is not a Spark property (they start with 'spark.')")
+    if key.startswith(SPARK_RESERVED_CONF):
+        raise ValueError(f"{key!r} is set by Laminar's Spark settings, not by a step")
+    return key
+
+
+class SparkStep(StepBase):
+    """A Spark application (`.py` or a jar with `main_class`) or Spark SQL, via spark-submit.
+
+    Paths are relative to the pipeline directory and must stay inside it. `args` are templates;
+    `{{ ... }}` in `sql` become Spark named parameters, never SQL text.
+    """
+
+    type: Literal["spark"]
+    application: str | None = Field(None, min_length=1)
+    main_class: Annotated[str, _matching(_CLASS_NAME, "use a Java class name")] | None = None
+    sql: str | None = Field(None, min_length=1)
+    args: list[str] = Field(default_factory=list)
+    conf: dict[Annotated[str, AfterValidator(_spark_conf_key)], str] = Field(default_factory=dict)
+    packages: list[
+        Annotated[str, _matching(_MAVEN_COORDINATE, "use Maven coordinates group:artifact:version")]
+    ] = Field(default_factory=list)
+    jars: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    driver_memory: SparkMemory | None = None
+    executor_memory: SparkMemory | None = None
+    executor_cores: int | None = Field(None, ge=1, le=256)
+    num_executors: int | None = Field(None, ge=1, le=10000)
+
+    @model_validator(mode="after")
+    def _one_kind_of_job(self) -> SparkStep:
+        if (self.application is None) == (self.sql is None):
+            raise ValueError("give exactly one of 'application' (a .py file or a jar) or 'sql'")
+        if self.sql is not None and self.args:
+            raise ValueError("'args' go to an application; a 'sql' step takes none")
+        if self.application is not None:
+            is_jar = self.application.endswith(".jar")
+            if not is_jar and not self.application.endswith(".py"):
+                raise ValueError(f"application {self.application!r} must be a .py file or a .jar")
+            if is_jar and self.main_class is None:
+                raise ValueError("a jar application needs 'main_class'")
+            if not is_jar and self.main_class is not None:
+                raise ValueError("'main_class' applies only to a jar application")
+        elif self.main_class is not None:
+            raise ValueError("'main_class' applies only to a jar application")
+        return self
+
+
+FLINK_RESERVED_CONF = (
+    "execution.target",
+    "rest.",
+    "jobmanager.",
+    "taskmanager.",
+    "pipeline.name",
+    "kubernetes.",
+    "security.",
+)
+"""Flink options the platform owns: which cluster a job goes to and as whom."""
+
+
+def _flink_conf_key(key: str) -> str:
+    if not re.fullmatch(r"[a-z][a-z0-9\-]*(\.[a-z0-9][a-z0-9\-]*)+", key):
+        raise ValueError(
+            f"{key!r} is not a Flink option (e.g. table.exec.resource.default-parallelism)"
+        )
+    if key.startswith(FLINK_RESERVED_CONF):
+        raise ValueError(f"{key!r} is set by Laminar's Flink settings, not by a step")
+    return key
+
+
+class FlinkStep(StepBase):
+    """Flink SQL statements or a jar job on a Flink session cluster.
+
+    `{{ ... }}` in `sql` become SQL literals (quoted and escaped), never SQL text. A batch job
+    succeeds when it finishes; a streaming job once it runs.
+    """
+
+    type: Literal["flink"]
+    sql: str | None = Field(None, min_length=1)
+    jar: str | None = Field(None, min_length=1)
+    entry_class: Annotated[str, _matching(_CLASS_NAME, "use a Java class name")] | None = None
+    args: list[str] = Field(default_factory=list)
+    mode: Literal["batch", "streaming"] = "batch"
+    parallelism: int | None = Field(None, ge=1, le=10000)
+    savepoint_path: str | None = Field(None, min_length=1)
+    """Streaming: start from this savepoint, and stop with a savepoint here on cancel."""
+    conf: dict[Annotated[str, AfterValidator(_flink_conf_key)], str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_kind_of_job(self) -> FlinkStep:
+        if (self.jar is None) == (self.sql is None):
+            raise ValueError("give exactly one of 'sql' or 'jar'")
+        if self.sql is not None and (self.args or self.entry_class):
+            raise ValueError("'args' and 'entry_class' go with a 'jar'")
+        if self.jar is not None and not self.jar.endswith(".jar"):
+            raise ValueError(f"jar {self.jar!r} must be a .jar file")
+        return self
+
+
+class QualityStep(StepBase):
+    """Data-quality checks over a table or a query; failing rows go to quarantine tables."""
+
+    type: Literal["quality"]
+    table: str | None = None
+    query: str | None = None
+    """A SELECT to check instead of a table; `{{ ... }}` values are bound, as in sql steps."""
+    engine: EngineName = "duckdb"
+    connection: str | None = None
+    dialect: SqlDialect | None = None
+    """The dialect of `query`, `expression` and `custom_sql` SQL; default: the engine's."""
+    checks: list[Check] = Field(min_length=1, max_length=200)
+    quarantine_schema: str = Field("quarantine", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+    """Failing rows of check C go to table `<quarantine_schema>.<step id>__<C>`."""
+    sample_rows: int = Field(5, ge=0, le=100)
+    """Failing rows per check kept in the step result."""
+
+    @model_validator(mode="after")
+    def _one_source_unique_names(self) -> QualityStep:
+        check_engine_connection(self.engine, self.connection)
+        if (self.table is None) == (self.query is None):
+            raise ValueError("give exactly one of table or query")
+        seen: set[str] = set()
+        for check in self.checks:
+            if check.check_name in seen:
+                raise ValueError(
+                    f"two checks are named {check.check_name!r}: give one a distinct name"
+                )
+            seen.add(check.check_name)
+            if check.type == "schema" and self.table is None:
+                raise ValueError("a schema check needs a table (a query has no catalog entry)")
+        return self
+
+    @property
+    def source_dialect(self) -> SqlDialect:
+        return self.dialect or self.engine
+
+
+class NotificationStep(StepBase):
+    """Send a templated message to a channel named in the worker's settings (webhook, Slack,
+    email). The channel's URL and secrets stay in settings, never in the definition."""
+
+    type: Literal["notification"]
+    channel: str = Field(min_length=1, max_length=128)
+    message: str = Field(min_length=1, max_length=100_000)
+    """Jinja template over the run (`{{ params.x }}`, `{{ ds }}`, `{{ run_id }}`, ...)."""
+    title: str = Field("Laminar: {{ run_id }}", max_length=1000)
+    """Subject line of an email, title of a webhook or Slack message (a template too)."""
 
 
 class NoopStep(StepBase):
     """Does nothing: a join point in the DAG (like Airflow's EmptyOperator)."""
 
+    LOCAL_BY_DEFAULT: ClassVar[bool] = True
+
     type: Literal["noop"]
 
 
-Step = Annotated[SqlStep | PythonStep | NoopStep, Field(discriminator="type")]
-STEP_TYPES = ("sql", "python", "noop")
+Step = Annotated[
+    SqlStep | PythonStep | SparkStep | FlinkStep | QualityStep | NotificationStep | NoopStep,
+    Field(discriminator="type"),
+]
+STEP_MODELS: dict[str, type[StepBase]] = {
+    "sql": SqlStep,
+    "python": PythonStep,
+    "spark": SparkStep,
+    "flink": FlinkStep,
+    "quality": QualityStep,
+    "notification": NotificationStep,
+    "noop": NoopStep,
+}
+STEP_TYPES = tuple(STEP_MODELS)
 
 
 class OnFailure(StrEnum):
@@ -223,5 +496,16 @@ class PipelineDefinition(StrictModel):
         raise KeyError(step_id)
 
 
-for _model in (StepBase, SqlStep, PythonStep, NoopStep, PipelineDefinition):
+for _model in (
+    StepBase,
+    PodResources,
+    SqlStep,
+    PythonStep,
+    SparkStep,
+    FlinkStep,
+    QualityStep,
+    NotificationStep,
+    NoopStep,
+    PipelineDefinition,
+):
     _model.model_rebuild()

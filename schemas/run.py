@@ -91,6 +91,13 @@ class RunInput(BaseModel):
     source_dir: str
     """Directory the definition was loaded from; script paths resolve (and stay) inside it."""
     max_parallelism: int | None = None
+    reuse: dict[str, StepResult] = Field(default_factory=dict)
+    """Steps done in an earlier run (retry from failure, re-run from a step): they count as
+    SUCCEEDED with these results and do not run again."""
+    record: bool = False
+    """Record every transition in the service database (`record_run_event`). Off for runs
+    started before recording existed (their histories have no such calls) and for `laminar
+    run` until it embeds the service."""
 
 
 class StepResult(BaseModel):
@@ -98,10 +105,21 @@ class StepResult(BaseModel):
 
     rows_affected: int | None = None
     outputs: dict[str, Any] = Field(default_factory=dict)
+    """The step's result: a python script's JSON result; {"statements": n} for SQL."""
+    tables: dict[str, str] = Field(default_factory=dict)
+    """Output name -> the warehouse table it was loaded into (python `outputs:`)."""
     log_path: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
     attempt: int = 1
+
+
+class UpstreamResult(BaseModel):
+    """What a later step's templates see of an upstream step: `steps.<id>.result.<key>` and
+    `steps.<id>.outputs.<name>`."""
+
+    result: dict[str, Any] = Field(default_factory=dict)
+    tables: dict[str, str] = Field(default_factory=dict)
 
 
 class RunStepInput(BaseModel):
@@ -111,8 +129,13 @@ class RunStepInput(BaseModel):
     context: RunContext
     source_dir: str
     attempt_offset: int = 0
-    """Attempts already used by earlier activity executions of this step (a lost worker)."""
+    """Attempts before this activity execution: the attempt number is offset + Temporal's."""
     compensation: bool = False
+    upstream: dict[str, UpstreamResult] = Field(default_factory=dict)
+    """Results of the upstream steps this step's templates refer to (only those: small)."""
+    report_retries: bool = True
+    """Signal the workflow when an attempt fails and Temporal retries it: only for runs that
+    started before the workflow drove retries itself (it sees every failed attempt now)."""
 
 
 class StepAttemptFailed(BaseModel):

@@ -2,24 +2,27 @@
 
 `{{ params.region }}`, `{{ logical_date }}`, `{{ ds }}`, `{{ data_interval_start }}`,
 `{{ data_interval_end }}` and `{{ run_id }}` are the only names a template may use. Rendering
-happens once: a value that itself looks like a template stays literal text. In SQL every
-`{{ ... }}` becomes a bind parameter (`$lam_0`, ...), so values never reach the SQL text.
+happens once: a value that itself looks like a template stays literal text. SQL templates
+render in `schemas.sql_templates`, where every `{{ ... }}` becomes a bind parameter.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import date, datetime
+from collections.abc import Iterator, Mapping
+from datetime import datetime
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, Undefined, nodes
+from jinja2 import StrictUndefined, TemplateError, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from schemas.run import RunContext
+from schemas.run import RunContext, UpstreamResult
 
 TEMPLATE_VARIABLES = frozenset(
-    {"params", "logical_date", "ds", "data_interval_start", "data_interval_end", "run_id"}
+    {"params", "logical_date", "ds", "data_interval_start", "data_interval_end", "run_id", "steps"}
 )
+STEP_FIELDS = ("result", "outputs")
+"""`steps.<id>.result.<key>` (the step's JSON result) and `steps.<id>.outputs.<name>` (the
+table its output was loaded into; in SQL a quoted name, spliced like `ident`)."""
 SQL_PARAM_PREFIX = "lam_"
 
 
@@ -38,15 +41,58 @@ def _iso(value: datetime) -> IsoDateTime:
     return IsoDateTime.fromisoformat(value.isoformat())
 
 
+class SqlIdentifier(str):
+    """A name the `ident` filter validated and quoted: SQL rendering splices it as text."""
+
+
+MAX_IDENTIFIER_LENGTH = 255
+
+
+def ident(value: Any) -> SqlIdentifier:
+    """`{{ params.table | ident }}`: a double-quoted SQL identifier, refusing what is no name."""
+    if not isinstance(value, str):
+        raise TemplateProblem(f"ident: a name must be a string, got {type(value).__name__}")
+    if not value or len(value) > MAX_IDENTIFIER_LENGTH or "\x00" in value:
+        raise TemplateProblem(
+            f"ident: {value[:80]!r} is not a name (1 to {MAX_IDENTIFIER_LENGTH} characters, no NUL)"
+        )
+    return SqlIdentifier('"' + value.replace('"', '""') + '"')
+
+
+def add_filters(env: ImmutableSandboxedEnvironment) -> None:
+    env.filters["ident"] = ident
+
+
 _text_env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+add_filters(_text_env)
 
 
 def is_template(text: str) -> bool:
     return "{{" in text or "{%" in text or "{#" in text
 
 
-def template_variables(context: RunContext) -> dict[str, Any]:
+def _quoted_table(name: str) -> SqlIdentifier:
+    return SqlIdentifier(".".join('"' + part.replace('"', '""') + '"' for part in name.split(".")))
+
+
+def steps_variable(upstream: Mapping[str, UpstreamResult], *, sql: bool) -> dict[str, Any]:
+    """The `steps` template variable from upstream results."""
     return {
+        step_id: {
+            "result": found.result,
+            "outputs": {
+                name: _quoted_table(table) if sql else table for name, table in found.tables.items()
+            },
+        }
+        for step_id, found in upstream.items()
+    }
+
+
+def template_variables(
+    context: RunContext, upstream: Mapping[str, UpstreamResult] | None = None, *, sql: bool = False
+) -> dict[str, Any]:
+    return {
+        "steps": steps_variable(upstream or {}, sql=sql),
         "params": dict(context.params),
         "logical_date": _iso(context.logical_date),
         "ds": context.logical_date.date().isoformat(),
@@ -58,7 +104,7 @@ def template_variables(context: RunContext) -> dict[str, Any]:
 
 # Besides TemplateError, compiling and rendering user templates can raise these (`{{ 1/0 }}`,
 # `{{ 'a' - 1 }}`, an integer literal too long to convert, nesting past the recursion limit).
-_RENDER_ERRORS = (
+RENDER_ERRORS = (
     TemplateError,
     ArithmeticError,
     LookupError,
@@ -68,51 +114,18 @@ _RENDER_ERRORS = (
 )
 
 
-def render_text(source: str, context: RunContext) -> str:
+def render_text(
+    source: str, context: RunContext, upstream: Mapping[str, UpstreamResult] | None = None
+) -> str:
     """Render a text template (args, env values, paths) against the run context."""
     if not is_template(source):
         return source
     try:
-        return _text_env.from_string(source).render(template_variables(context))
+        return _text_env.from_string(source).render(template_variables(context, upstream))
     except TemplateProblem:
         raise
-    except _RENDER_ERRORS as exc:
+    except RENDER_ERRORS as exc:
         raise TemplateProblem(f"template error: {exc}") from exc
-
-
-class _BindCollector:
-    """Jinja `finalize` hook: every `{{ expr }}` output becomes a named bind placeholder."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, Any] = {}
-
-    def __call__(self, value: Any) -> str:
-        name = f"{SQL_PARAM_PREFIX}{len(self.values)}"
-        if isinstance(value, Undefined):
-            str(value)  # raises the undefined-name (or sandbox) error with its real message
-        if isinstance(value, IsoDateTime):
-            value = datetime.fromisoformat(value.isoformat())
-        elif not isinstance(value, str | int | float | bool | date | datetime | type(None)):
-            raise TemplateProblem(
-                f"SQL template values must be scalars, got {type(value).__name__}"
-            )
-        self.values[name] = value
-        return f"${name}"
-
-
-def render_sql(source: str, context: RunContext) -> tuple[str, dict[str, Any]]:
-    """Render SQL: returns the text with `$lam_N` placeholders and the bind values by name."""
-    collector = _BindCollector()
-    env = ImmutableSandboxedEnvironment(
-        undefined=StrictUndefined, autoescape=False, finalize=collector
-    )
-    try:
-        text = env.from_string(source).render(template_variables(context))
-    except TemplateProblem:
-        raise
-    except _RENDER_ERRORS as exc:
-        raise TemplateProblem(f"template error: {exc}") from exc
-    return text, collector.values
 
 
 def _params_references(ast: nodes.Template) -> Iterator[str]:
@@ -126,6 +139,52 @@ def _params_references(ast: nodes.Template) -> Iterator[str]:
             and isinstance(node.arg.value, str)
         ):
             yield node.arg.value
+
+
+def step_references(source: str) -> list[tuple[str, str | None, str | None]]:
+    """`(step id, field, name)` for each `steps.<id>.<field>.<name>` in a template, in order;
+    field and name are None where the template stops short. Empty for unparseable text."""
+    if not is_template(source) or "steps" not in source:
+        return []
+    try:
+        ast = _text_env.parse(source)
+        found: list[tuple[int, list[str]]] = []
+        for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
+            chain = _static_chain(node)
+            # Only the outermost access of a chain counts (it contains the shorter ones).
+            if chain and chain[0] == "steps" and len(chain) >= 2:
+                found.append((node.lineno, chain))
+    except (TemplateError, ValueError, RecursionError):
+        return []
+    # `steps.a.result.x` also contains the accesses `steps.a.result` and `steps.a`: keep
+    # only chains that no other chain extends, each cut after the name.
+    chains = list(dict.fromkeys(tuple(chain[:4]) for _, chain in sorted(found)))
+    result: list[tuple[str, str | None, str | None]] = []
+    for parts in chains:
+        if any(other != parts and other[: len(parts)] == parts for other in chains):
+            continue
+        padded: list[str | None] = [*parts[1:], None, None]
+        result.append((str(padded[0]), padded[1], padded[2]))
+    return result
+
+
+def _static_chain(node: nodes.Node) -> list[str] | None:
+    """`steps.a['b'].c` -> ['steps', 'a', 'b', 'c']; None when a part is not a constant."""
+    parts: list[str] = []
+    while True:
+        if isinstance(node, nodes.Getattr):
+            parts.append(node.attr)
+            node = node.node
+        elif isinstance(node, nodes.Getitem):
+            if not (isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str)):
+                return None
+            parts.append(node.arg.value)
+            node = node.node
+        elif isinstance(node, nodes.Name):
+            parts.append(node.name)
+            return parts[::-1]
+        else:
+            return None
 
 
 def _is_params(node: nodes.Node) -> bool:
@@ -197,7 +256,7 @@ _BOUNDED_NODES = frozenset(
 _BOUNDED_FILTERS = frozenset(
     {
         "upper", "lower", "trim", "title", "capitalize", "default", "d", "string", "int",
-        "float", "round", "abs", "length",
+        "float", "round", "abs", "length", "ident",
     }
 )  # fmt: skip
 

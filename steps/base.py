@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
 
 from schemas.pipeline import StepBase
-from schemas.run import RunContext, StepResult
+from schemas.run import RunContext, StepResult, UpstreamResult
 
 __all__ = ["StepContext", "StepError", "StepExecutor", "StepResult"]
 
@@ -39,6 +39,8 @@ class StepContext:
     work_dir: Path
     """This step's own directory for this run (created by the caller)."""
     heartbeat: Callable[..., None] = lambda *details: None
+    upstream: Mapping[str, UpstreamResult] = field(default_factory=dict)
+    """Results of the upstream steps this step's templates refer to."""
 
 
 class StepExecutor(Protocol[S_contra]):

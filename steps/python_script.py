@@ -22,11 +22,14 @@ from schemas.templating import render_text
 from steps.base import StepContext, StepError, StepResult
 from steps.engines.duckdb import DuckDBEngine
 from steps.process import die_with_parent
+from steps.python_env import default_environments, ensure_environment
 
 LOG_NAME = "step.log"
 CONTEXT_NAME = "laminar_context.json"
 RESULT_NAME = "laminar_result.json"
 INPUTS_DIR = "inputs"
+TERMINATE_GRACE_SECONDS = 3.0
+"""A stopped script (timeout, cancel) gets SIGTERM, then SIGKILL this long after."""
 MAX_RESULT_BYTES = 256 * 1024  # results travel in Temporal payloads: references, not data
 _LOG_TAIL_LINES = 20
 _LOG_TAIL_BYTES = 64 * 1024
@@ -61,22 +64,31 @@ class PythonScriptExecutor:
         engine: DuckDBEngine,
         python_executable: str = sys.executable,
         *,
-        terminate_grace: float = 5.0,
+        terminate_grace: float = TERMINATE_GRACE_SECONDS,
+        environments: Path | None = None,
     ) -> None:
         self.engine = engine
         self.python_executable = python_executable
         self.terminate_grace = terminate_grace
+        # Where steps with `requirements:` get their virtualenvs (built once, then reused).
+        self.environments = environments or default_environments()
 
     async def execute(self, step: PythonStep, ctx: StepContext) -> StepResult:
         script = resolve_script(ctx.source_dir, step.script)
         work_dir = ctx.work_dir.resolve()
         work_dir.mkdir(parents=True, exist_ok=True)
-        args = [render_text(arg, ctx.run) for arg in step.args]
-        declared_env = {name: render_text(value, ctx.run) for name, value in step.env.items()}
+        args = [render_text(arg, ctx.run, ctx.upstream) for arg in step.args]
+        declared_env = {
+            name: render_text(value, ctx.run, ctx.upstream) for name, value in step.env.items()
+        }
 
         inputs = await self._export_inputs(step, work_dir)
+        outputs = {table: work_dir / file for table, file in step.outputs.items()}
+        for path in outputs.values():
+            path.unlink(missing_ok=True)  # a file left by an earlier attempt is stale
         context_path = work_dir / CONTEXT_NAME
-        context_path.write_text(json.dumps(_context_document(ctx, inputs), indent=2) + "\n")
+        document = _context_document(ctx, inputs, {t: str(p) for t, p in outputs.items()})
+        context_path.write_text(json.dumps(document, indent=2) + "\n")
         result_path = work_dir / RESULT_NAME
         result_path.unlink(missing_ok=True)  # a result left by an earlier attempt is stale
 
@@ -90,14 +102,18 @@ class PythonScriptExecutor:
             LAMINAR_OUTPUT_DIR=str(work_dir),
         )
 
+        python = self.python_executable
+        if step.requirements:
+            built = await asyncio.to_thread(
+                ensure_environment, step.requirements, self.environments
+            )
+            python = str(built)
         log_path = work_dir / LOG_NAME
         with log_path.open("ab") as log:
             log.write(f"--- attempt {ctx.attempt} ---\n".encode())
             log.flush()
             attempt_start = log.tell()
-            returncode = await self._run(
-                [self.python_executable, str(script), *args], work_dir, env, log
-            )
+            returncode = await self._run([python, str(script), *args], work_dir, env, log)
         if returncode != 0:
             how = (
                 f"was killed by signal {-returncode}"
@@ -113,7 +129,36 @@ class PythonScriptExecutor:
                 error_type="ScriptFailed",
                 retryable=True,
             )
-        return StepResult(outputs=_read_result(result_path), log_path=str(log_path))
+        result = _read_result(result_path)
+        tables = await self._load_outputs(outputs, work_dir)
+        return StepResult(outputs=result, tables=tables, log_path=str(log_path))
+
+    async def _load_outputs(self, outputs: dict[str, Path], work_dir: Path) -> dict[str, str]:
+        """Load the files the script wrote into the warehouse: all tables or none."""
+        if not outputs:
+            return {}
+        for table, path in outputs.items():
+            if not path.resolve().is_relative_to(work_dir):
+                raise StepError(
+                    f"output {table!r}: {path} resolves outside the step's directory",
+                    error_type="OutputError",
+                    retryable=False,
+                )
+            if not path.is_file():
+                raise StepError(
+                    f"output {table!r}: the script did not write {path.name} in {work_dir}",
+                    error_type="OutputError",
+                    retryable=False,
+                )
+        try:
+            await self.engine.run_load(outputs)
+        except StepError as err:
+            raise StepError(
+                f"loading the outputs failed (no table was changed): {err.message}",
+                error_type="OutputError",
+                retryable=False,
+            ) from err
+        return {table: table for table in outputs}
 
     async def _export_inputs(self, step: PythonStep, work_dir: Path) -> dict[str, str]:
         if not step.inputs:
@@ -208,7 +253,9 @@ def _group_alive(group: int) -> bool:
     return False
 
 
-def _context_document(ctx: StepContext, inputs: dict[str, str]) -> dict[str, Any]:
+def _context_document(
+    ctx: StepContext, inputs: dict[str, str], outputs: dict[str, str]
+) -> dict[str, Any]:
     run = ctx.run.model_dump(mode="json")
     return {
         "tenant": run["tenant"],
@@ -222,6 +269,7 @@ def _context_document(ctx: StepContext, inputs: dict[str, str]) -> dict[str, Any
         "data_interval_end": run["data_interval_end"],
         "params": run["params"],
         "inputs": inputs,
+        "outputs": outputs,
     }
 
 

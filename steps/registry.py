@@ -5,22 +5,47 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from schemas.connections import Resources, load_resources
 from schemas.pipeline import Step
 from schemas.templating import TemplateProblem
 from steps.base import StepContext, StepError, StepExecutor, StepResult
+from steps.engines.catalog import EngineCatalog
 from steps.engines.duckdb import DuckDBEngine
+from steps.flink import FlinkExecutor
+from steps.flink_job import FlinkOptions
+from steps.kubernetes_job import KubernetesJobOptions
 from steps.noop import NoopExecutor
+from steps.notification import NotificationExecutor
+from steps.python_runners import PythonRunners
 from steps.python_script import PythonScriptExecutor
+from steps.quality import QualityExecutor
+from steps.spark import SparkExecutor
+from steps.spark_submit import SparkOptions
 from steps.sql import SqlExecutor
 
 Executors = dict[str, StepExecutor[Any]]
 
 
-def build_executors(engine: DuckDBEngine) -> Executors:
-    """One executor per step type, sharing the process's engine."""
+def build_executors(
+    engine: DuckDBEngine,
+    resources: Resources | None = None,
+    *,
+    spark: SparkOptions | None = None,
+    flink: FlinkOptions | None = None,
+    kubernetes: KubernetesJobOptions | None = None,
+) -> Executors:
+    """One executor per step type, sharing the process's engine. Named connections and
+    channels come from `resources` (default: the worker's settings, see schemas.connections);
+    where Spark, Flink and Kubernetes jobs run, from their options (default: local)."""
+    resources = resources if resources is not None else load_resources()
+    catalog = EngineCatalog(engine, resources)
     return {
-        "sql": SqlExecutor(engine),
-        "python": PythonScriptExecutor(engine),
+        "notification": NotificationExecutor(resources),
+        "sql": SqlExecutor(catalog),
+        "quality": QualityExecutor(catalog),
+        "python": PythonRunners(PythonScriptExecutor(engine), kubernetes_options=kubernetes),
+        "spark": SparkExecutor(spark),
+        "flink": FlinkExecutor(flink),
         "noop": NoopExecutor(),
     }
 

@@ -11,12 +11,15 @@ from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from activities.names import (
+        RECORD_RUN_EVENT,
         RUN_STEP,
         STATE_QUERY,
         STEP_ATTEMPT_FAILED_SIGNAL,
         WORKER_LOST,
     )
+    from schemas.handoff_checks import referenced_steps
     from schemas.pipeline import OnFailure, Step
+    from schemas.recording import RecordedRunStatus, RecordRunEventsResult
     from schemas.run import (
         STEP_ACTIVE,
         RunInput,
@@ -28,11 +31,42 @@ with workflow.unsafe.imports_passed_through():
         StepResult,
         StepState,
         StepStatus,
+        UpstreamResult,
     )
-    from workflows import dag
+    from workflows import dag, retries
+    from workflows.recording import RunRecorder
 
 DEFAULT_HEARTBEAT_TIMEOUT = timedelta(seconds=30)
+STOP_GRACE = timedelta(seconds=10)
+"""Time a step gets past its timeout to stop and report (a script: SIGTERM, SIGKILL 3 s later)."""
 PIPELINE_FAILED = "PipelineFailed"
+LOCAL_STEPS_PATCH = "local-steps"
+"""Runs started before local steps existed ran every step as a regular activity."""
+WORKFLOW_DRIVEN_RETRIES = "workflow-driven-retries"
+"""Patch id: one activity per attempt, retried by the workflow (see `_execute_attempts`)."""
+RECORDING_PATCH = "record-run-events"
+RECORDING_TIMEOUT = timedelta(seconds=30)
+RECORDING_RETRY = TemporalRetryPolicy(
+    initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=30)
+)
+"""Recording retries until the database answers: the run's record must not lose a state."""
+
+
+def _cause(error: BaseException) -> BaseException | None:
+    return error.cause if isinstance(error, ActivityError) else error
+
+
+def _worker_lost(error: BaseException) -> bool:
+    cause = _cause(error)
+    return isinstance(cause, ApplicationError) and cause.type == WORKER_LOST
+
+
+def _retryable(error: BaseException) -> bool:
+    """Whether another attempt may help: not for non-retryable errors or cancellations."""
+    cause = _cause(error)
+    if isinstance(cause, ApplicationError):
+        return not cause.non_retryable
+    return isinstance(cause, TimeoutError)  # start-to-close or heartbeat: try again
 
 
 def _describe_failure(error: BaseException) -> tuple[str, str]:
@@ -44,6 +78,39 @@ def _describe_failure(error: BaseException) -> tuple[str, str]:
         kind = cause.type.name if cause.type is not None else "TIMEOUT"
         return f"step timed out ({kind.lower().replace('_', '-')})", "Timeout"
     return str(cause), type(cause).__name__
+
+
+async def _run_step_activity(
+    step: Step,
+    input: RunStepInput,
+    activity_id: str,
+    retry_policy: TemporalRetryPolicy,
+    grace: timedelta = timedelta(0),
+) -> StepResult:
+    """The step as one activity: a local one if the step runs local (and this run's history is
+    new enough to know local steps), else a regular one. `grace` is added to the step's
+    timeout: time for the activity to stop the step itself before Temporal gives up on it."""
+    result: StepResult
+    if step.runs_local and workflow.patched(LOCAL_STEPS_PATCH):
+        result = await workflow.execute_local_activity(
+            RUN_STEP,
+            input,
+            result_type=StepResult,
+            activity_id=activity_id,
+            start_to_close_timeout=step.local_timeout + grace,
+            retry_policy=retry_policy,
+        )
+        return result
+    result = await workflow.execute_activity(
+        RUN_STEP,
+        input,
+        result_type=StepResult,
+        activity_id=activity_id,
+        start_to_close_timeout=step.timeout + grace,
+        heartbeat_timeout=step.heartbeat_timeout or DEFAULT_HEARTBEAT_TIMEOUT,
+        retry_policy=retry_policy,
+    )
+    return result
 
 
 @workflow.defn(name="PipelineRunWorkflow")
@@ -59,6 +126,16 @@ class PipelineRunWorkflow:
             step.id: StepState(step_id=step.id, type=step.type) for step in input.pipeline.steps
         }
         self._completed: list[str] = []
+        self._recorder = RunRecorder(input.context.run_id, enabled=False)
+        self._recording = asyncio.Lock()  # batches are written one after the other, in order
+        # Steps an earlier run did (retry from failure): done before this run starts. Runs
+        # started before `reuse` existed have it empty, so their replay takes no other path
+        # and issues no other command: no patch is needed for it.
+        for step_id, result in input.reuse.items():
+            if (state := self._states.get(step_id)) is not None:
+                state.status, state.result = StepStatus.SUCCEEDED, result
+                state.attempt = result.attempt
+                state.started_at, state.finished_at = result.started_at, result.finished_at
 
     @workflow.run
     async def run(self, input: RunInput) -> RunSummary:
@@ -68,6 +145,14 @@ class PipelineRunWorkflow:
         position = {step_id: i for i, step_id in enumerate(graph)}
         limit = input.max_parallelism or pipeline.max_parallelism
         running: dict[asyncio.Task[StepResult], str] = {}
+        # Recording is opt-in per run: histories of runs started without it replay with no
+        # new commands (the flag is part of their input). The patch marker also keeps a run
+        # from switching recording on mid-flight should a later build default the flag on.
+        self._recorder.enabled = input.record and workflow.patched(RECORDING_PATCH)
+        self._recorder.run(RecordedRunStatus.RUNNING)
+        for step_id in input.reuse:
+            if step_id in self._states:
+                self._recorder.step(self._states[step_id])
         try:
             while True:
                 statuses = {step_id: state.status for step_id, state in self._states.items()}
@@ -76,7 +161,9 @@ class PipelineRunWorkflow:
                     task = asyncio.create_task(self._execute(steps[step_id]))
                     running[task] = step_id
                 if not running:
-                    break
+                    break  # the final transitions are recorded with the run's end
+                # One recording per workflow task: what finished and what started, together.
+                await self._flush()
                 done, _ = await workflow.wait(list(running), return_when=asyncio.FIRST_COMPLETED)
                 for task in sorted(done, key=lambda t: position[running[t]]):
                     self._finish(graph, running.pop(task), task)
@@ -92,6 +179,8 @@ class PipelineRunWorkflow:
             self._status = RunStatus.FAILED
             first = self._states[failed[0]]
             self._error = f"step '{first.step_id}' failed: {first.error}"
+            self._recorder.run(RecordedRunStatus.FAILED, self._error)
+            await self._flush()
             raise ApplicationError(
                 f"pipeline '{pipeline.name}' failed: {self._error}",
                 self._summary(),
@@ -99,6 +188,8 @@ class PipelineRunWorkflow:
                 non_retryable=True,
             )
         self._status = RunStatus.SUCCEEDED
+        self._recorder.run(RecordedRunStatus.SUCCEEDED)
+        await self._flush()
         return self._summary()
 
     @workflow.query(name=STATE_QUERY)
@@ -111,9 +202,13 @@ class PipelineRunWorkflow:
         if state is None or state.status not in STEP_ACTIVE:
             return  # late or duplicate: the step has already finished
         if signal.attempt >= state.attempt:
+            self._recorder.step(
+                state, attempt=signal.attempt, status=StepStatus.FAILED, error=signal.error
+            )
             state.status = StepStatus.RETRYING
             state.attempt = signal.attempt + 1
             state.error = signal.error
+            self._recorder.step(state)
 
     async def _cancel(self, running: dict[asyncio.Task[StepResult], str]) -> None:
         """The run was cancelled: cancel running steps and wait for them to acknowledge."""
@@ -125,14 +220,20 @@ class PipelineRunWorkflow:
                 state.status, state.finished_at = StepStatus.CANCELLED, workflow.now()
             elif state.status == StepStatus.PENDING:
                 state.status, state.error = StepStatus.SKIPPED, "run cancelled"
+            else:
+                continue
+            self._recorder.step(state)
         self._status = RunStatus.CANCELLED
         self._finished_at = workflow.now()
+        self._recorder.run(RecordedRunStatus.CANCELLED, "cancelled")
+        await self._flush()
 
     def _mark_started(self, step_id: str) -> None:
         state = self._states[step_id]
         state.status = StepStatus.RUNNING
         state.attempt = 1
         state.started_at = workflow.now()
+        self._recorder.step(state)
 
     def _finish(self, graph: dag.Graph, step_id: str, task: asyncio.Task[StepResult]) -> None:
         state = self._states[step_id]
@@ -147,13 +248,16 @@ class PipelineRunWorkflow:
             state.started_at = result.started_at or state.started_at
             state.finished_at = result.finished_at or state.finished_at
             self._completed.append(step_id)
+            self._recorder.step(state)
             return
         state.status = StepStatus.FAILED
         state.error, state.error_type = _describe_failure(error)
+        self._recorder.step(state)
         statuses = {s: st.status for s, st in self._states.items()}
         for skipped in dag.to_skip(graph, step_id, statuses):
             self._states[skipped].status = StepStatus.SKIPPED
             self._states[skipped].error = f"upstream step '{step_id}' failed"
+            self._recorder.step(self._states[skipped])
 
     async def _compensate(self, steps: dict[str, Step]) -> None:
         with_compensation = [s.id for s in steps.values() if s.compensate is not None]
@@ -162,25 +266,125 @@ class PipelineRunWorkflow:
             assert undo is not None
             state = self._states[step_id]
             state.status = StepStatus.COMPENSATING
+            self._recorder.step(state)
+            await self._flush()
             try:
                 await self._execute(undo, compensation=True)
-            except ActivityError as err:
+            except (ActivityError, ApplicationError) as err:  # local: the cause itself
                 state.status = StepStatus.COMPENSATION_FAILED
                 message, _ = _describe_failure(err)
                 state.error = f"compensation failed: {message}"
             else:
                 state.status = StepStatus.COMPENSATED
+            self._recorder.step(state)
 
     async def _execute(self, step: Step, *, compensation: bool = False) -> StepResult:
-        """Run one step as an activity; a worker lost mid-attempt does not use up a retry."""
+        """Run one step to success or its last failed attempt."""
+        if workflow.patched(WORKFLOW_DRIVEN_RETRIES):
+            return await self._execute_attempts(step, compensation)
+        return await self._execute_with_temporal_retries(step, compensation)
+
+    async def _execute_attempts(self, step: Step, compensation: bool) -> StepResult:
+        """One activity per attempt, the workflow deciding retries and backoff (a durable
+        timer): every failed attempt, whatever ended it (an error, a timeout, a heartbeat
+        that stopped, a lost worker), is an event here and shows in the run state."""
+        attempt, execution = 1, 1
+        while True:
+            activity_id = step.id if execution == 1 else f"{step.id}#{execution}"
+            try:
+                return await self._run_attempt(step, attempt, activity_id, compensation)
+            except (ActivityError, ApplicationError) as err:
+                # A regular activity's failure is an ActivityError around its cause; a local
+                # activity's final failure arrives as the cause itself.
+                message, error_type = _describe_failure(err)
+                execution += 1
+                if _worker_lost(err):
+                    # Not the step's fault: the same attempt again, on a live worker. It shows
+                    # RETRYING until it ends (the workflow does not see it start).
+                    self._mark_retrying(step, attempt, f"worker lost: {message}", compensation)
+                    continue
+                delay = retries.next_delay(step.retry, attempt, error_type, _retryable(err))
+                if delay is None or self._past_deadline(delay):
+                    raise
+                if not compensation:  # the failed attempt's own record, then the next one's
+                    self._recorder.step(
+                        self._states[step.id],
+                        attempt=attempt,
+                        status=StepStatus.FAILED,
+                        error=message,
+                        error_type=error_type,
+                        finished_at=workflow.now(),
+                    )
+                attempt += 1
+                self._mark_retrying(step, attempt, message, compensation)
+                await self._flush()
+                await workflow.sleep(delay)
+                if not compensation:
+                    self._states[step.id].status = StepStatus.RUNNING
+                    self._recorder.step(self._states[step.id], started_at=workflow.now(), error="")
+                    await self._flush()
+
+    async def _run_attempt(
+        self, step: Step, attempt: int, activity_id: str, compensation: bool
+    ) -> StepResult:
+        """One attempt of a step as one activity execution (Temporal does not retry it). The
+        activity enforces the step's timeout itself and stops the step; Temporal's timeout,
+        STOP_GRACE later, is the backstop for a worker that died."""
+        return await _run_step_activity(
+            step,
+            RunStepInput(
+                step=step,
+                context=self._input.context,
+                source_dir=self._input.source_dir,
+                attempt_offset=attempt - 1,
+                compensation=compensation,
+                upstream=self._upstream(step),
+                report_retries=False,
+            ),
+            activity_id,
+            TemporalRetryPolicy(maximum_attempts=1),
+            grace=STOP_GRACE,
+        )
+
+    def _upstream(self, step: Step) -> dict[str, UpstreamResult]:
+        """The results of the upstream steps `step`'s templates refer to, and only those:
+        activity inputs stay small (validation made sure they are upstream)."""
+        found = {}
+        for step_id in referenced_steps(step):
+            state = self._states.get(step_id)
+            if state is not None and state.result is not None:
+                found[step_id] = UpstreamResult(
+                    result=state.result.outputs, tables=state.result.tables
+                )
+        return found
+
+    def _mark_retrying(self, step: Step, attempt: int, error: str, compensation: bool) -> None:
+        if compensation:
+            return  # a compensation has no row of its own; its step shows COMPENSATING
+        state = self._states[step.id]
+        state.status, state.attempt, state.error = StepStatus.RETRYING, attempt, error
+        self._recorder.step(state)
+
+    def _past_deadline(self, delay: timedelta) -> bool:
+        """Whether the next attempt would start after the run times out (Temporal's own
+        retries stop there too, so the step fails with the run's summary, not a timeout)."""
+        info = workflow.info()
+        if info.execution_timeout is None:
+            return False
+        deadline = info.workflow_start_time + info.execution_timeout
+        return workflow.now() + delay >= deadline
+
+    async def _execute_with_temporal_retries(self, step: Step, compensation: bool) -> StepResult:
+        """Before WORKFLOW_DRIVEN_RETRIES: Temporal retried the activity, and the activity
+        signalled failed attempts (only those that raised). Kept for runs that started so."""
         retry = step.retry
         offset = 0
         execution = 1
         while True:
             activity_id = step.id if execution == 1 else f"{step.id}#{execution}"
             try:
-                result: StepResult = await workflow.execute_activity(
-                    RUN_STEP,
+                return await _run_step_activity(
+                    step,
                     RunStepInput(
                         step=step,
                         context=self._input.context,
@@ -188,11 +392,8 @@ class PipelineRunWorkflow:
                         attempt_offset=offset,
                         compensation=compensation,
                     ),
-                    result_type=StepResult,
-                    activity_id=activity_id,
-                    start_to_close_timeout=step.timeout,
-                    heartbeat_timeout=step.heartbeat_timeout or DEFAULT_HEARTBEAT_TIMEOUT,
-                    retry_policy=TemporalRetryPolicy(
+                    activity_id,
+                    TemporalRetryPolicy(
                         initial_interval=retry.initial_interval,
                         backoff_coefficient=retry.backoff_coefficient,
                         maximum_interval=retry.maximum_interval,
@@ -200,17 +401,29 @@ class PipelineRunWorkflow:
                         non_retryable_error_types=[*retry.non_retryable_errors, WORKER_LOST],
                     ),
                 )
-                return result
             except ActivityError as err:
                 cause = err.cause
                 if not (isinstance(cause, ApplicationError) and cause.type == WORKER_LOST):
                     raise
-                # The attempt died with its worker: run it again on a live worker, keeping the
-                # retry budget of the attempts before it.
                 lost_attempt = int(cause.details[0]) if cause.details else offset + 1
                 offset = max(lost_attempt - 1, offset)
                 execution += 1
                 workflow.logger.info("step %s lost its worker; rescheduling", step.id)
+
+    async def _flush(self) -> None:
+        """Record the transitions noted since the last flush (a local activity: no server
+        round trip; one database transaction, idempotent on the events' ids)."""
+        async with self._recording:
+            batch = self._recorder.take()
+            if batch is None:
+                return
+            await workflow.execute_local_activity(
+                RECORD_RUN_EVENT,
+                batch,
+                result_type=RecordRunEventsResult,
+                start_to_close_timeout=RECORDING_TIMEOUT,
+                retry_policy=RECORDING_RETRY,
+            )
 
     def _summary(self) -> RunSummary:
         return RunSummary(

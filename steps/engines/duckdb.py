@@ -10,14 +10,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import duckdb
 
+from schemas.dialects import BoundStatement
 from steps.base import StepError
+from steps.engines.base import StatementResult
 
 __all__ = ["DuckDBEngine", "ExportFormat", "ScriptOutcome", "quote_identifier", "quote_literal"]
 
@@ -53,6 +55,8 @@ class ScriptInterrupted(Exception):
 class ScriptOutcome:
     statements: int
     rows_affected: int | None
+    last: StatementResult | None = None
+    """The last statement's result (with up to `fetch_rows` rows when it returned some)."""
 
 
 def quote_identifier(name: str) -> str:
@@ -80,6 +84,8 @@ def classify_error(exc: duckdb.Error) -> StepError:
 class DuckDBEngine:
     """A DuckDB database shared by the steps running in this process (None = in memory)."""
 
+    dialect: Literal["duckdb"] = "duckdb"
+
     def __init__(self, database_path: Path | None) -> None:
         self.database_path = database_path
         if database_path is not None:
@@ -104,6 +110,7 @@ class DuckDBEngine:
         cursor: duckdb.DuckDBPyConnection | None,
         search_path: Path | None,
         stop: threading.Event | None,
+        fetch_rows: int = 0,
     ) -> ScriptOutcome:
         own = cursor is None
         cur = self.cursor() if cursor is None else cursor
@@ -119,21 +126,22 @@ class DuckDBEngine:
                 cur.begin()
             try:
                 total: int | None = None
+                last: StatementResult | None = None
                 for statement in statements:
                     if stop is not None and stop.is_set():
                         raise ScriptInterrupted
                     names = statement.named_parameters
                     cur.execute(statement, {name: binds[name] for name in names if name in binds})
-                    count = _changed_rows(cur, statement.type)
-                    if count is not None:
-                        total = (total or 0) + count
+                    last = _statement_result(cur, statement.type, fetch_rows)
+                    if last.rows_affected is not None:
+                        total = (total or 0) + last.rows_affected
                 if atomic:
                     cur.commit()
             except BaseException:
                 if atomic:
                     _rollback(cur)
                 raise
-            return ScriptOutcome(statements=len(statements), rows_affected=total)
+            return ScriptOutcome(statements=len(statements), rows_affected=total, last=last)
         finally:
             if own:
                 cur.close()
@@ -162,21 +170,92 @@ class DuckDBEngine:
             if cursor is None:
                 cur.close()
 
+    def load_tables(
+        self, files: dict[str, Path], *, cursor: duckdb.DuckDBPyConnection | None = None
+    ) -> None:
+        """Replace each table with the rows of its parquet or CSV file, in one transaction."""
+        cur = self.cursor() if cursor is None else cursor
+        try:
+            cur.begin()
+            try:
+                for table, path in files.items():
+                    reader = (
+                        "read_parquet" if path.suffix.lower() == ".parquet" else "read_csv_auto"
+                    )
+                    # The name is quoted; the path is a bind parameter.
+                    cur.execute(
+                        f"CREATE OR REPLACE TABLE {quote_identifier(table)} AS "  # noqa: S608
+                        f"SELECT * FROM {reader}($path)",
+                        {"path": str(path)},
+                    )
+                cur.commit()
+            except BaseException:
+                _rollback(cur)
+                raise
+        finally:
+            if cursor is None:
+                cur.close()
+
+    def _run_bound(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        statements: Sequence[BoundStatement],
+        fetch_rows: int,
+        atomic: bool,
+        stop: threading.Event,
+    ) -> list[StatementResult]:
+        if atomic:
+            cur.begin()
+        try:
+            results = []
+            for statement in statements:
+                if stop.is_set():
+                    raise ScriptInterrupted
+                (parsed,) = cur.extract_statements(statement.sql)
+                cur.execute(parsed, statement.params)
+                results.append(_statement_result(cur, parsed.type, fetch_rows))
+            if atomic:
+                cur.commit()
+        except BaseException:
+            if atomic:
+                _rollback(cur)
+            raise
+        return results
+
     # -- async API (what executors use) -------------------------------------------------
 
+    async def run_statements(
+        self, statements: Sequence[BoundStatement], *, fetch_rows: int = 0, atomic: bool = True
+    ) -> list[StatementResult]:
+        """Run `?`-bound statements in a thread (one transaction if `atomic`), interruptibly."""
+        stop = threading.Event()
+        return await self.run_on_cursor(
+            lambda cur: self._run_bound(cur, statements, fetch_rows, atomic, stop), stop=stop
+        )
+
     async def run_script(
-        self, sql_text: str, binds: dict[str, Any], *, search_path: Path | None = None
+        self,
+        sql_text: str,
+        binds: dict[str, Any],
+        *,
+        search_path: Path | None = None,
+        fetch_rows: int = 0,
     ) -> ScriptOutcome:
         """Run every statement of `sql_text` in a thread, in one transaction unless the script
         manages its own; cancellation interrupts it. DuckDB errors -> StepError."""
         stop = threading.Event()
         return await self.run_on_cursor(
-            lambda cur: self._execute(sql_text, binds, cur, search_path, stop), stop=stop
+            lambda cur: self._execute(sql_text, binds, cur, search_path, stop, fetch_rows),
+            stop=stop,
         )
 
     async def run_export(self, table: str, path: Path, fmt: ExportFormat) -> int | None:
         """`export_table` in a thread; cancellation interrupts it. DuckDB errors -> StepError."""
         return await self.run_on_cursor(lambda cur: self.export_table(table, path, fmt, cursor=cur))
+
+    async def run_load(self, files: dict[str, Path]) -> None:
+        """`load_tables` in a thread; cancellation interrupts it. DuckDB errors -> StepError."""
+        await self.run_on_cursor(lambda cur: self.load_tables(files, cursor=cur))
 
     async def run_on_cursor(
         self,
@@ -231,6 +310,22 @@ def _changed_rows(cursor: duckdb.DuckDBPyConnection, kind: duckdb.StatementType)
         return None  # e.g. INSERT ... RETURNING
     row = cursor.fetchone()
     return int(row[0]) if row else None
+
+
+def _statement_result(
+    cur: duckdb.DuckDBPyConnection, kind: duckdb.StatementType, fetch_rows: int
+) -> StatementResult:
+    description = cur.description
+    if not description:
+        return StatementResult()
+    if kind in _COUNTING:
+        return StatementResult(rows_affected=_changed_rows(cur, kind))
+    rows = cur.fetchmany(fetch_rows + 1) if fetch_rows else []
+    return StatementResult(
+        columns=[d[0] for d in description],
+        rows=[list(r) for r in rows[:fetch_rows]],
+        truncated=len(rows) > fetch_rows,
+    )
 
 
 def _rollback(cursor: duckdb.DuckDBPyConnection) -> None:

@@ -107,7 +107,9 @@ class Cli:
         started = time.monotonic()
         proc = self._popen(args, env, cwd, subprocess.PIPE, subprocess.PIPE)
         try:
-            out, err = proc.communicate(input.encode() if input is not None else None, timeout)
+            out, err = proc.communicate(
+                input.encode(errors="surrogateescape") if input is not None else None, timeout
+            )
         except subprocess.TimeoutExpired:
             proc.kill()
             out, err = proc.communicate(timeout=10)

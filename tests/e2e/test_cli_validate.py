@@ -66,7 +66,7 @@ def test_validate_example(cli: Cli, example: str, name: str, levels: list[str]) 
 
 def test_validate_reports_every_problem_with_its_path(cli: Cli, bad_pipeline: Path) -> None:
     result = cli.run("validate", bad_pipeline, timeout=30)
-    assert result.code == 1, result.details
+    assert result.code == 2, result.details
     assert_clean(result)
     assert f"{bad_pipeline}: 3 problem(s)" in result.stderr
     for problem in BAD_PROBLEMS:
@@ -77,7 +77,7 @@ def test_validate_missing_file(cli: Cli, tmp_path: Path) -> None:
     result = cli.run("validate", tmp_path / "nope.yaml", timeout=30)
     assert result.code != 0, result.details
     assert_clean(result)
-    assert "no such file" in result.stderr and "nope.yaml" in result.stderr
+    assert "no such pipeline file" in result.stderr and "nope.yaml" in result.stderr
 
 
 def test_validate_billion_laughs(cli: Cli, tmp_path: Path) -> None:
@@ -88,7 +88,7 @@ def test_validate_billion_laughs(cli: Cli, tmp_path: Path) -> None:
     path = tmp_path / "laughs.yaml"
     path.write_text("\n".join(lines) + "\n")
     result = cli.run("validate", path, timeout=30)
-    assert result.code == 1, result.details
+    assert result.code == 2, result.details
     assert_clean(result)
     assert "<document>: aliases expand the document to more than" in result.stderr
     # Refused while parsing, before anything is expanded: only interpreter start-up time.

@@ -11,9 +11,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.orm import Session, sessionmaker
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.recording import RecordingActivities
 from activities.steps import StepActivities
 from schemas.loading import validate_pipeline
 from schemas.pipeline import NoopStep
@@ -27,6 +29,8 @@ class Behavior:
     sleep: float = 0.0
     fail_times: int = 0
     retryable: bool = True
+    block_first: float = 0.0
+    """Block the worker's event loop this long on the first attempt: no heartbeats go out."""
 
 
 @dataclass
@@ -40,6 +44,8 @@ class ScriptedExecutor:
         behavior = self.behaviors.get(step.id, Behavior())
         self.calls.append((step.id, ctx.attempt))
         start = time.monotonic()
+        if behavior.block_first and len(self.calls) == 1:
+            time.sleep(behavior.block_first)  # deliberately blocking: the heartbeat stops
         await asyncio.sleep(behavior.sleep)
         self.intervals[step.id] = (start, time.monotonic())
         if self.failures.get(step.id, 0) < behavior.fail_times:
@@ -51,22 +57,37 @@ class ScriptedExecutor:
 
 
 def pipeline(steps: list[dict[str, Any]], **extra: Any) -> Any:
+    """Scripted steps stand in for regular steps (a real SQL or Python step), so they run as
+    regular activities unless a test says `local: true` (noop's own default is local)."""
     for step in steps:
         step.setdefault("type", "noop")
+        step.setdefault("local", False)
+        if isinstance(step.get("compensate"), dict):
+            step["compensate"].setdefault("local", False)
     return validate_pipeline({"name": "test", "steps": steps, **extra}, source_dir=Path("."))
 
 
-def run_input(definition: Any, run_id: str) -> RunInput:
+def run_input(definition: Any, run_id: str, *, record: bool = False) -> RunInput:
     now = datetime(2026, 1, 31, tzinfo=UTC)
     context = RunContext.manual(definition.name, run_id, now)
-    return RunInput(pipeline=definition, context=context, source_dir=".")
+    return RunInput(pipeline=definition, context=context, source_dir=".", record=record)
 
 
-def worker_for(client: Client, executor: ScriptedExecutor, tmp_path: Path, queue: str) -> Worker:
+def worker_for(
+    client: Client,
+    executor: ScriptedExecutor,
+    tmp_path: Path,
+    queue: str,
+    sessions: sessionmaker[Session] | None = None,
+) -> Worker:
+    """A worker with the scripted executor; with `sessions`, it also records run state."""
     activities = StepActivities({"noop": executor}, tmp_path / "work", client)
+    registered: list[Any] = [activities.run_step]
+    if sessions is not None:
+        registered.append(RecordingActivities(sessions).record_run_event)
     return Worker(
         client,
         task_queue=queue,
         workflows=[PipelineRunWorkflow],
-        activities=[activities.run_step],
+        activities=registered,
     )

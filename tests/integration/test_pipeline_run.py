@@ -120,6 +120,47 @@ async def test_retries_then_success_shows_retrying(harness: Harness) -> None:
     assert (StepStatus.RETRYING, 3) in seen
 
 
+async def watch(handle: WorkflowHandle[Any, Any], step_id: str) -> set[tuple[StepStatus, int]]:
+    """Every (status, attempt) the state query showed for `step_id` until the run ended."""
+    seen = set()
+    while True:
+        state = await handle.query(STATE_QUERY, result_type=RunState)
+        step = state.step(step_id)
+        seen.add((step.status, step.attempt))
+        if state.status != RunStatus.RUNNING:
+            return seen
+        await asyncio.sleep(0.05)
+
+
+async def test_timed_out_attempts_show_retrying_and_their_number(harness: Harness) -> None:
+    harness.executor.behaviors["slow"] = Behavior(sleep=30)
+    retry = {"max_attempts": 3, "initial_interval": "0.5s", "backoff_coefficient": 1}
+    definition = pipeline([{"id": "slow", "timeout": "1s", "retry": retry}])
+    handle = await harness.start(definition)
+    seen = await watch(handle, "slow")
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+    summary = RunSummary.model_validate(failure.value.cause.details[0])  # type: ignore[union-attr]
+    step = summary.step("slow")
+    assert (step.status, step.attempt) == (StepStatus.FAILED, 3)
+    assert "timed out" in (step.error or "")
+    assert (StepStatus.RETRYING, 2) in seen and (StepStatus.RETRYING, 3) in seen, seen
+    assert [attempt for _, attempt in harness.executor.calls] == [1, 2, 3]
+
+
+async def test_heartbeat_expiry_shows_retrying(harness: Harness) -> None:
+    harness.executor.behaviors["stuck"] = Behavior(block_first=2.5)
+    definition = pipeline(
+        [{"id": "stuck", "heartbeat_timeout": "1s", "retry": {"initial_interval": "0.2s"}}]
+    )
+    handle = await harness.start(definition)
+    seen = await watch(handle, "stuck")
+    summary: RunSummary = await handle.result()
+    assert summary.status == RunStatus.SUCCEEDED
+    assert summary.step("stuck").attempt == 2
+    assert (StepStatus.RETRYING, 2) in seen, seen
+
+
 async def test_failure_skips_downstream_and_finishes_independent_branch(harness: Harness) -> None:
     harness.executor.behaviors["bad"] = Behavior(fail_times=99, retryable=False)
     harness.executor.behaviors["other"] = Behavior(sleep=0.5)

@@ -4,6 +4,7 @@ server: bind parameters reach DuckDB, and cancelling a run kills its script with
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 import uuid
@@ -124,3 +125,58 @@ def _alive(pid: int) -> bool:
         return False
     status = Path(f"/proc/{pid}/status")
     return status.exists() and "State:\tZ" not in status.read_text()
+
+
+async def test_python_outputs_hand_a_table_and_a_result_to_a_later_sql_step(
+    client: Client, queue: str, engine: DuckDBEngine, tmp_path: Path
+) -> None:
+    (tmp_path / "extract.py").write_text(
+        "import json, os\n"
+        "ctx = json.load(open(os.environ['LAMINAR_CONTEXT']))\n"
+        "with open(ctx['outputs']['städte'], 'w') as f:\n"
+        "    f.write('name,people\\nWien,2\\nGraz,1\\n')\n"
+        "json.dump({'count': 2}, open(os.environ['LAMINAR_RESULT'], 'w'))\n"
+    )
+    data = {
+        "name": "handoff",
+        "steps": [
+            {"id": "other", "type": "sql", "sql": "SELECT 1"},
+            {
+                "id": "extract",
+                "type": "python",
+                "script": "extract.py",
+                "outputs": {"städte": "cities.csv"},
+            },
+            {
+                "id": "report",
+                "type": "sql",
+                "depends_on": ["extract", "other"],
+                "sql": "CREATE TABLE report AS SELECT count(*) = {{ steps.extract.result.count }}"
+                " AS complete, sum(people) AS people FROM {{ steps.extract.outputs['städte'] }}",
+            },
+        ],
+    }
+    run = run_input(tmp_path, data)
+    handle = await client.start_workflow(
+        PipelineRunWorkflow.run, run, id=run.context.run_id, task_queue=queue
+    )
+    summary: RunSummary = await handle.result()
+    assert summary.status == RunStatus.SUCCEEDED, summary
+    cursor = engine.cursor()
+    try:
+        assert cursor.execute("SELECT * FROM report").fetchall() == [(True, 3)]
+    finally:
+        cursor.close()
+    # Only the referenced upstream result travels with the activity input.
+    inputs = [
+        event.activity_task_scheduled_event_attributes.input.payloads[0].data
+        async for event in handle.fetch_history_events()
+        if event.activity_task_scheduled_event_attributes.activity_id == "report"
+    ]
+    assert len(inputs) == 1
+    document = json.loads(inputs[0])
+    assert set(document["upstream"]) == {"extract"}
+    assert document["upstream"]["extract"] == {
+        "result": {"count": 2},
+        "tables": {"städte": "städte"},
+    }

@@ -15,6 +15,8 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from pipeline_service.db.migrate import upgrade
+from pipeline_service.db.session import make_engine, session_factory
 from tests.integration.scripted import (
     Behavior,
     ScriptedExecutor,
@@ -49,7 +51,58 @@ SCENARIOS: dict[str, tuple[dict[str, Behavior], list[dict[str, Any]], dict[str, 
         ],
         {"on_failure": "compensate"},
     ),
+    # local steps (behind the "local-steps" patch) around a regular one; a local retry
+    "local_steps": (
+        {"flaky": Behavior(fail_times=1)},
+        [
+            {"id": "start", "local": True},
+            {
+                "id": "flaky",
+                "depends_on": ["start"],
+                "local": True,
+                "retry": {"initial_interval": 0.1},
+            },
+            {"id": "regular", "depends_on": ["start"]},
+            {"id": "join", "depends_on": ["flaky", "regular"], "local": True},
+        ],
+        {},
+    ),
+    # workflow-driven retries (patch workflow-driven-retries): an error retried after a
+    # durable timer, and a step whose attempts time out until it fails
+    "workflow_driven_retries": (
+        {"flaky": Behavior(fail_times=1), "slow": Behavior(sleep=5)},
+        [
+            {"id": "flaky", "retry": {"initial_interval": 0.2}},
+            {
+                "id": "slow",
+                "timeout": "1s",
+                "retry": {"max_attempts": 2, "initial_interval": 0.2},
+            },
+            {"id": "after", "depends_on": ["flaky", "slow"]},
+        ],
+        {},
+    ),
+    # both patches at once: local steps whose failed attempts the workflow retries
+    "local_steps_with_workflow_retries": (
+        {"flaky": Behavior(fail_times=1)},
+        [
+            {"id": "start", "local": True},
+            {
+                "id": "flaky",
+                "depends_on": ["start"],
+                "local": True,
+                "retry": {"initial_interval": 0.1},
+            },
+            {"id": "regular", "depends_on": ["start"]},
+            {"id": "join", "depends_on": ["flaky", "regular"], "local": True},
+        ],
+        {},
+    ),
 }
+# The same scenarios with run-state recording on (RunInput.record): the histories carry the
+# `record-run-events` patch marker and one record_run_event local activity per workflow task.
+SCENARIOS["recorded_diamond_with_retry"] = SCENARIOS["diamond_with_retry"]
+SCENARIOS["recorded_failure_with_compensation"] = SCENARIOS["failure_with_compensation"]
 
 
 async def _record(client: Client, tmp_path: Path, name: str) -> None:
@@ -57,10 +110,16 @@ async def _record(client: Client, tmp_path: Path, name: str) -> None:
     executor = ScriptedExecutor(behaviors=dict(behaviors))
     queue = f"record-{uuid.uuid4()}"
     run_id = f"test/{name}"
-    async with worker_for(client, executor, tmp_path, queue):
+    recorded = name.startswith("recorded_")
+    sessions = None
+    if recorded:
+        engine = make_engine(f"sqlite:///{tmp_path / 'record.db'}")
+        upgrade(engine)
+        sessions = session_factory(engine)
+    async with worker_for(client, executor, tmp_path, queue, sessions):
         handle = await client.start_workflow(
             PipelineRunWorkflow.run,
-            run_input(pipeline(steps, **extra), run_id),
+            run_input(pipeline(steps, **extra), run_id, record=recorded),
             id=f"{run_id}/{uuid.uuid4()}",
             task_queue=queue,
         )

@@ -80,17 +80,17 @@ def test_settings_precedence_cli_over_env_over_file(
     )
     from_file = load_run_settings(config)
     assert from_file.parallelism == 2
-    assert from_file.state_dir == Path("/from/file")
+    assert from_file.state_dir == "/from/file"
     assert from_file.params == {"region": "EU"}
     assert from_file.shutdown_grace == timedelta(seconds=7)
 
     monkeypatch.setenv("LAMINAR_PARALLELISM", "3")
     monkeypatch.setenv("LAMINAR_STATE_DIR", "/from/env")
     from_env = load_run_settings(config)
-    assert (from_env.parallelism, from_env.state_dir) == (3, Path("/from/env"))
+    assert (from_env.parallelism, from_env.state_dir) == (3, "/from/env")
 
     from_cli = load_run_settings(config, parallelism=4, state_dir=None)
-    assert (from_cli.parallelism, from_cli.state_dir) == (4, Path("/from/env"))
+    assert (from_cli.parallelism, from_cli.state_dir) == (4, "/from/env")
 
 
 def test_unknown_config_key_is_refused(tmp_path: Path) -> None:

@@ -22,7 +22,14 @@ from schemas.loading import (
     resolve_params,
     validate_pipeline,
 )
-from schemas.pipeline import OnFailure, ParamType, PipelineDefinition, PythonStep, SqlStep
+from schemas.pipeline import (
+    STEP_TYPES,
+    OnFailure,
+    ParamType,
+    PipelineDefinition,
+    PythonStep,
+    SqlStep,
+)
 
 VALID = """
 name: daily-sales
@@ -328,13 +335,14 @@ def test_unknown_step_type(tmp_path: Path) -> None:
         steps_doc({"id": "a", "type": "noop"}, {"id": "b", "type": "foo"}), tmp_path
     )
     assert problems == [
-        "steps[1].type: unknown step type 'foo' (expected one of: sql, python, noop)"
+        f"steps[1].type: unknown step type 'foo' (expected one of: {', '.join(STEP_TYPES)})"
     ]
 
 
 def test_missing_step_type(tmp_path: Path) -> None:
     problems = problems_in(steps_doc({"id": "a", "sql": "select 1"}), tmp_path)
-    assert problems == ["steps[0].type: step type is missing (expected one of: sql, python, noop)"]
+    expected = ", ".join(STEP_TYPES)
+    assert problems == [f"steps[0].type: step type is missing (expected one of: {expected})"]
 
 
 def test_unknown_field_suggests_the_right_one(tmp_path: Path) -> None:
@@ -509,7 +517,7 @@ def test_template_problems_have_field_paths(tmp_path: Path) -> None:
     assert problems == [
         "steps[0].sql: unknown param 'regin' in template (declare it under params:)",
         "steps[1].args[1]: unknown template variable 'nope' (available: data_interval_end, "
-        "data_interval_start, ds, logical_date, params, run_id)",
+        "data_interval_start, ds, logical_date, params, run_id, steps)",
         "steps[1].env.REGION: unknown param 'regio' in template (declare it under params:)",
         problems[3],
     ]
@@ -613,10 +621,13 @@ def test_script_inside_and_templated_scripts_pass(tmp_path: Path) -> None:
 
 def test_inputs_must_be_table_names(tmp_path: Path) -> None:
     (tmp_path / "job.py").write_text("")
-    step = python_step("job.py", inputs=["sales", "main.sales", "a b", "x;drop", "a.b.c"])
+    # Any name DuckDB accepts quoted is fine (it is always quoted); empty parts and NUL are not.
+    ok = ["sales", "main.sales", "a b", "x;drop", "a.b.c", "städte"]
+    bad = ["", "a..b", "a\x00b", "a.b.c.d"]
+    step = python_step("job.py", inputs=ok + bad)
     assert problems_in(steps_doc(step), tmp_path) == [
-        f"steps[0].inputs[{i}]: {name!r} is not a table name (expected name or schema.name)"
-        for i, name in [(2, "a b"), (3, "x;drop"), (4, "a.b.c")]
+        f"steps[0].inputs[{i}]: {name!r} is not a table name (name or schema.name, no NUL)"
+        for i, name in enumerate(bad, start=len(ok))
     ]
 
 

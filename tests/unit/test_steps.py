@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import graphlib
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,7 +15,7 @@ import psutil
 import pytest
 import yaml
 
-from schemas.pipeline import NoopStep, PipelineDefinition, PythonStep, SqlStep
+from schemas.pipeline import STEP_TYPES, NoopStep, PipelineDefinition, PythonStep, SqlStep
 from schemas.run import RunContext
 from steps.base import StepContext, StepError
 from steps.engines.duckdb import DuckDBEngine, quote_identifier
@@ -112,7 +113,7 @@ async def test_sql_reports_rows_affected_and_statement_count(
     )
     result = await SqlExecutor(engine).execute(step, make_ctx(tmp_path, source_dir))
     assert result.rows_affected == 9
-    assert result.outputs == {"statements": 5}
+    assert result.outputs == {"statements": 5, "engine": "duckdb", "output_table": "t"}
     assert engine.cursor().execute("SELECT count(*) FROM t").fetchone() == (5,)
 
 
@@ -122,7 +123,7 @@ async def test_sql_without_writes_reports_no_row_count(
     step = sql_step("CREATE TABLE empty_t (a INTEGER); SELECT 42")
     result = await SqlExecutor(engine).execute(step, make_ctx(tmp_path, source_dir))
     assert result.rows_affected is None
-    assert result.outputs == {"statements": 2}
+    assert result.outputs == {"statements": 2, "engine": "duckdb", "output_table": "empty_t"}
 
 
 async def test_sql_template_values_are_bound_not_spliced(
@@ -498,7 +499,7 @@ async def test_registry_dispatches_and_stamps_results(
     engine: DuckDBEngine, tmp_path: Path, source_dir: Path
 ) -> None:
     executors = build_executors(engine)
-    assert set(executors) == {"sql", "python", "noop"}
+    assert set(executors) == set(STEP_TYPES)
     ctx = make_ctx(tmp_path, source_dir, attempt=4)
     result = await execute_step(executors, NoopStep(id="n", type="noop"), ctx)
     assert result.attempt == 4
@@ -610,3 +611,24 @@ async def test_hello_example_runs(tmp_path: Path, engine: DuckDBEngine) -> None:
     assert results["greet"].rows_affected == 1
     row = engine.cursor().execute("SELECT greeting, ds FROM greetings").fetchone()
     assert row == ("hello", "2026-01-31")
+
+
+async def test_readme_lists_exactly_the_environment_of_python_steps(
+    engine: DuckDBEngine, tmp_path: Path, source_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
+    script = write_script(
+        source_dir,
+        "env.py",
+        "import json, os\njson.dump(dict(os.environ), open(os.environ['LAMINAR_RESULT'], 'w'))\n",
+    )
+    result = await PythonScriptExecutor(engine).execute(
+        python_step(script, env={"DECLARED": "x"}), make_ctx(tmp_path, source_dir)
+    )
+    given = set(result.outputs) - {"DECLARED", "LC_CTYPE"}  # LC_CTYPE: the interpreter's own
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    # The section ends at the next heading (later sections have tables of their own).
+    section = readme.split("<!-- python-step-env -->")[1].split("\n## ")[0]
+    documented = set(re.findall(r"^\| `([A-Z_]+)` \|", section, re.MULTILINE))
+    assert documented == given

@@ -10,10 +10,10 @@ import duckdb
 import pytest
 
 from schemas.run import RunContext
+from schemas.sql_templates import render_sql
 from schemas.templating import (
     TemplateProblem,
     check_template,
-    render_sql,
     render_text,
     renders_in_bounded_time,
 )
@@ -144,7 +144,7 @@ def test_check_template_reports_unknown_names_and_params() -> None:
     problems = check_template("{{ params.regin }} {{ nope }} {{ params['x'] }}", {"region"})
     assert problems == [
         "unknown template variable 'nope' (available: data_interval_end, data_interval_start, "
-        "ds, logical_date, params, run_id)",
+        "ds, logical_date, params, run_id, steps)",
         "unknown param 'regin' in template (declare it under params:)",
         "unknown param 'x' in template (declare it under params:)",
     ]

@@ -1,0 +1,185 @@
+"""Request and response bodies. Requests forbid unknown fields; Create/Public are separate."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from pipeline_service.db.tenants import Scope
+from schemas.pipeline import PIPELINE_NAME_PATTERN
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_\-]{0,62}$"
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TenantCreate(Request):
+    name: str = Field(pattern=NAME_PATTERN, description="lowercase letters, digits, _ and -")
+    display_name: str | None = Field(None, max_length=200)
+
+
+class TenantPublic(BaseModel):
+    name: str
+    display_name: str | None
+    created_at: datetime
+    created_by: str
+
+
+class KeyCreate(Request):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,119}$")
+    scope: Scope = Scope.READ
+
+
+class KeyPublic(BaseModel):
+    name: str
+    prefix: str
+    scope: Scope
+    created_at: datetime
+    created_by: str
+    revoked_at: datetime | None = None
+
+
+class KeyCreated(KeyPublic):
+    key: str = Field(description="The API key. Shown only in this answer: store it now.")
+
+
+class DefinitionIn(Request):
+    """A pipeline definition: YAML/JSON text as the user wrote it, or parsed JSON."""
+
+    source: str | None = Field(None, description="Definition text (YAML or JSON).")
+    format: Literal["yaml", "json"] = "yaml"
+    definition: dict[str, Any] | None = Field(None, description="The definition as JSON.")
+
+    @model_validator(mode="after")
+    def one_of(self) -> DefinitionIn:
+        if (self.source is None) == (self.definition is None):
+            raise ValueError("give exactly one of `source` (text) and `definition` (JSON)")
+        return self
+
+
+class Problem(BaseModel):
+    path: str
+    message: str
+    line: int | None = None
+    column: int | None = None
+
+
+class ValidationReport(BaseModel):
+    valid: bool
+    name: str
+    steps: int
+    levels: list[list[str]]
+
+
+class PipelinePublic(BaseModel):
+    name: str
+    status: str
+    current_version: int
+    created_at: datetime
+    updated_at: datetime
+    created_by: str
+    updated_by: str
+
+
+class VersionPublic(BaseModel):
+    version: int
+    digest: str
+    created_at: datetime
+    created_by: str
+
+
+class PipelineDetail(PipelinePublic):
+    version: int = Field(description="The version shown (the current one unless ?version=).")
+    definition: dict[str, Any]
+    source: str | None
+    versions: list[VersionPublic]
+
+
+class PipelinePage(BaseModel):
+    items: list[PipelinePublic]
+    next_cursor: str | None
+
+
+class VersionDiff(BaseModel):
+    from_version: int
+    to_version: int
+    diff: str = Field(description="Unified diff of the two definitions (as YAML).")
+
+
+class GraphNode(BaseModel):
+    id: str
+    type: str
+    level: int
+
+
+class GraphEdge(BaseModel):
+    source: str
+    target: str
+
+
+class Graph(BaseModel):
+    nodes: list[GraphNode]
+    edges: list[GraphEdge]
+
+
+class RunTrigger(Request):
+    params: dict[str, Any] = Field(default_factory=dict)
+    logical_date: AwareDatetime | None = Field(
+        None, description="Makes the run the pipeline's run for this date (one per date)."
+    )
+
+
+class StepAttempt(BaseModel):
+    attempt: int
+    status: str
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_ms: int | None
+    error: str | None
+    error_type: str | None
+    rows_affected: int | None
+    outputs: dict[str, Any]
+    log_tail: str | None = None
+    marked_by: str | None = None
+    mark_reason: str | None = None
+
+
+class StepPublic(BaseModel):
+    step_id: str
+    type: str
+    status: str
+    attempts: list[StepAttempt]
+
+
+class RunPublic(BaseModel):
+    id: str
+    pipeline: str
+    version: int
+    status: str
+    trigger: str
+    actor: str
+    logical_date: datetime
+    params: dict[str, Any]
+    workflow_id: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_ms: int | None
+    error: str | None
+    retry_of: str | None = None
+
+
+class RunDetail(RunPublic):
+    steps: list[StepPublic]
+
+
+class RunPage(BaseModel):
+    items: list[RunPublic]
+    next_cursor: str | None
+
+
+__all__ = ["PIPELINE_NAME_PATTERN"]

@@ -1,0 +1,292 @@
+"""/v1/pipelines/{name}/runs (trigger) and /v1/runs: list, get (steps with every attempt),
+cancel. Runs start only through the launcher; their state changes only by record_run_event."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import anyio.to_thread
+from fastapi import APIRouter, Header, Query, Response
+from sqlalchemy.orm import Session
+from temporalio.service import RPCError, RPCStatusCode
+
+from pipeline_service.api.definitions import invalid
+from pipeline_service.api.deps import (
+    OperatorDep,
+    ReaderDep,
+    ServicesDep,
+    SessionDep,
+    tenant_of,
+)
+from pipeline_service.api.models import (
+    RunDetail,
+    RunPage,
+    RunPublic,
+    RunTrigger,
+    StepAttempt,
+    StepPublic,
+)
+from pipeline_service.api.problems import ProblemError, not_found
+from pipeline_service.api.routers.pipelines import decode_cursor, encode_cursor
+from pipeline_service.api.services import Services
+from pipeline_service.db import runs as repo
+from pipeline_service.db.models import PipelineVersion, Run, StepRun
+from pipeline_service.db.pipelines import get_pipeline
+from pipeline_service.db.recording import record_run_events
+from pipeline_service.db.session import transaction
+from pipeline_service.launcher import LaunchRefused, LaunchRequest, launch_run
+from schemas.loading import PipelineValidationError
+from schemas.recording import (
+    RUN_FINISHED,
+    RecordedRunStatus,
+    RecordRunEventsInput,
+    RunEvent,
+    RunTransition,
+)
+
+router = APIRouter(tags=["runs"])
+
+LOG_TAIL_BYTES = 4096
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
+
+
+def _ms(start: datetime | None, end: datetime | None) -> int | None:
+    return int((end - start).total_seconds() * 1000) if start and end else None
+
+
+def _public(session: Session, run: Run) -> RunPublic:
+    names = repo.run_names(session, run)
+    retry_of = session.get(Run, run.retry_of_id) if run.retry_of_id else None
+    return RunPublic(
+        id=run.public_id,
+        pipeline=names.pipeline,
+        version=names.version,
+        status=run.status,
+        trigger=run.trigger,
+        actor=run.actor,
+        logical_date=run.logical_date,
+        params=run.params,
+        workflow_id=run.workflow_id,
+        created_at=run.created_at,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        duration_ms=_ms(run.started_at, run.finished_at),
+        error=run.error,
+        retry_of=retry_of.public_id if retry_of else None,
+    )
+
+
+def _log_tail(path: str | None, work_dir: Path) -> str | None:
+    """The end of a step's log, if it is a file under the work dir this server can read."""
+    if not path:
+        return None
+    try:
+        target = Path(path).resolve()
+        if not target.is_relative_to(work_dir.resolve()) or not target.is_file():
+            return None
+        with target.open("rb") as log:
+            log.seek(max(target.stat().st_size - LOG_TAIL_BYTES, 0))
+            return log.read().decode(errors="replace")
+    except OSError:
+        return None
+
+
+def _attempt(row: StepRun, work_dir: Path) -> StepAttempt:
+    return StepAttempt(
+        attempt=row.attempt,
+        status=row.status,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        duration_ms=_ms(row.started_at, row.finished_at),
+        error=row.error,
+        error_type=row.error_type,
+        rows_affected=row.rows_affected,
+        outputs=row.outputs or {},
+        log_tail=_log_tail(row.log_path, work_dir),
+        marked_by=row.marked_by,
+        mark_reason=row.mark_reason,
+    )
+
+
+def _detail(session: Session, run: Run, work_dir: Path) -> RunDetail:
+    version = session.get(PipelineVersion, run.version_id)
+    assert version is not None
+    attempts: dict[str, list[StepRun]] = {}
+    for row in repo.step_runs(session, run):
+        attempts.setdefault(row.step_id, []).append(row)
+    steps = []
+    for step in version.definition.get("steps", []):
+        rows = sorted(attempts.get(step["id"], []), key=lambda r: r.attempt)
+        steps.append(
+            StepPublic(
+                step_id=step["id"],
+                type=step.get("type", ""),
+                status=rows[-1].status if rows else "PENDING",
+                attempts=[_attempt(r, work_dir) for r in rows],
+            )
+        )
+    return RunDetail(**_public(session, run).model_dump(), steps=steps)
+
+
+def _run(session: Session, tenant_id: int, run_id: str) -> Run:
+    run = repo.get_run(session, tenant_id, run_id)
+    if run is None:
+        raise not_found(f"run '{run_id}'")
+    return run
+
+
+@router.post("/v1/pipelines/{name}/runs", status_code=201, response_model=RunDetail)
+async def trigger(
+    name: str,
+    body: RunTrigger,
+    principal: OperatorDep,
+    services: ServicesDep,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            pattern=IDEMPOTENCY_KEY_PATTERN,
+            description="The same key returns the same run (also when requests race).",
+        ),
+    ] = None,
+) -> RunDetail:
+    """Start a run (201), or return the run this key or logical date already started (200)."""
+    tenant = tenant_of(principal)
+    request = LaunchRequest(
+        tenant=tenant,
+        pipeline=name,
+        actor=principal.actor,
+        params=body.params,
+        logical_date=body.logical_date,
+        idempotency_key=idempotency_key,
+    )
+    try:
+        temporal = await services.temporal_client()
+    except Exception as exc:
+        raise ProblemError(
+            503, f"Temporal is not reachable at {services.settings.temporal_address}: {exc}"
+        ) from None
+    try:
+        launch = await launch_run(
+            services.sessions,
+            temporal,
+            request,
+            task_queue=services.settings.task_queue,
+            source_dir=services.settings.source_dir,
+        )
+    except LaunchRefused as exc:
+        raise ProblemError(exc.status, exc.detail) from None
+    except PipelineValidationError as exc:
+        raise invalid(exc, None) from None
+    except RPCError as exc:
+        raise ProblemError(
+            503,
+            f"the run was recorded but Temporal refused to start it ({exc.message}); "
+            "send the request again with the same Idempotency-Key",
+        ) from None
+    if launch.created:
+        services.metrics.runs_started.labels(tenant.name, "manual").inc()
+    else:
+        response.status_code = 200
+    work_dir = services.settings.work_dir
+
+    def answer() -> RunDetail:
+        with services.sessions() as session:
+            run = session.get(Run, launch.run.id)
+            assert run is not None
+            return _detail(session, run, work_dir)
+
+    return await anyio.to_thread.run_sync(answer)
+
+
+@router.get("/v1/runs", response_model=RunPage)
+def list_runs(
+    principal: ReaderDep,
+    session: SessionDep,
+    pipeline: str | None = None,
+    status: RecordedRunStatus | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> RunPage:
+    """Runs of the caller's tenant, newest first; filter by pipeline, status and time."""
+    tenant = tenant_of(principal)
+    pipeline_id = None
+    if pipeline is not None:
+        found = get_pipeline(session, tenant.id, pipeline)
+        if found is None:
+            raise not_found(f"pipeline '{pipeline}'")
+        pipeline_id = found.id
+    for value in (created_after, created_before):
+        if value is not None and value.tzinfo is None:
+            raise ProblemError(422, "created_after/created_before need a time zone (e.g. Z)")
+    rows = repo.list_runs(
+        session,
+        tenant.id,
+        pipeline_id=pipeline_id,
+        status=status.value if status else None,
+        created_after=created_after,
+        created_before=created_before,
+        before_id=decode_cursor(cursor),
+        limit=limit + 1,
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return RunPage(
+        items=[_public(session, r) for r in rows],
+        next_cursor=encode_cursor(rows[-1].id) if more else None,
+    )
+
+
+@router.get("/v1/runs/{run_id}", response_model=RunDetail)
+def get_run(
+    run_id: str, principal: ReaderDep, session: SessionDep, services: ServicesDep
+) -> RunDetail:
+    """The run with every step and every attempt of it (errors, durations, log tail)."""
+    run = _run(session, tenant_of(principal).id, run_id)
+    return _detail(session, run, services.settings.work_dir)
+
+
+@router.post("/v1/runs/{run_id}/cancel", status_code=202, response_model=RunDetail)
+async def cancel(run_id: str, principal: OperatorDep, services: ServicesDep) -> RunDetail:
+    """Ask the run to stop: running steps are cancelled; the run ends CANCELLED."""
+    tenant = tenant_of(principal)
+
+    def load() -> Run:
+        with services.sessions() as session:
+            return _run(session, tenant.id, run_id)
+
+    run = await anyio.to_thread.run_sync(load)
+    if run.status in RUN_FINISHED:
+        raise ProblemError(409, f"run {run_id} has finished ({run.status})")
+    temporal = await services.temporal_client()
+    try:
+        await temporal.get_workflow_handle(run.workflow_id).cancel()
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise ProblemError(503, f"Temporal refused the cancellation: {exc.message}") from None
+        # Never started (recorded, then Temporal was unreachable): it ends here.
+        await anyio.to_thread.run_sync(_cancel_unstarted, services, run)
+
+    def answer() -> RunDetail:
+        with services.sessions() as session:
+            fresh = session.get(Run, run.id)
+            assert fresh is not None
+            return _detail(session, fresh, services.settings.work_dir)
+
+    return await anyio.to_thread.run_sync(answer)
+
+
+def _cancel_unstarted(services: Services, run: Run) -> None:
+    now = datetime.now(UTC)
+    change = RunTransition(status=RecordedRunStatus.CANCELLED, at=now, error="cancelled")
+    batch = RecordRunEventsInput(
+        workflow_id=run.workflow_id,
+        events=[RunEvent(event_id=str(uuid.uuid4()), at=now, run=change)],
+    )
+    with transaction(services.sessions) as session:
+        record_run_events(session, batch)

@@ -1,0 +1,273 @@
+"""The CLI client over the REST API: `laminar pipelines ...`, `laminar runs ...`,
+`laminar tenants create`, `laminar keys create`. `--url`/`--api-key` or LAMINAR_URL and
+LAMINAR_API_KEY. Exit codes: 0 done, 1 a run that failed (--wait), 2 refused (the problems
+are listed)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    import httpx
+
+console = Console(soft_wrap=True)
+errors = Console(stderr=True, soft_wrap=True)
+
+Url = Annotated[str, typer.Option("--url", envvar="LAMINAR_URL", help="The API's base URL.")]
+Key = Annotated[
+    str | None, typer.Option("--api-key", envvar="LAMINAR_API_KEY", help="API key (Bearer).")
+]
+DEFAULT_URL = "http://127.0.0.1:8092"
+FINISHED = {"SUCCEEDED", "FAILED", "CANCELLED"}
+
+pipelines_app = typer.Typer(help="Pipelines stored in the service.", no_args_is_help=True)
+runs_app = typer.Typer(help="Runs: trigger, watch, list, cancel, retry.", no_args_is_help=True)
+tenants_app = typer.Typer(help="Tenants (platform admin key).", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+
+
+class Api:
+    def __init__(self, url: str, key: str | None) -> None:
+        import httpx  # not on every `laminar` start: only the client commands need it
+
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=30)
+        self.url = url
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        import httpx
+
+        try:
+            return self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise _fail(f"cannot reach the Laminar API at {self.url}: {exc}") from None
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            raise _problem(response)
+        return response.json() if response.content else None
+
+
+def _fail(message: str, problems: list[str] | None = None) -> typer.Exit:
+    errors.print(f"[bold red]{message}[/]", highlight=False, markup=True)
+    for problem in problems or []:
+        errors.print(f"  {problem}", highlight=False, markup=False)
+    return typer.Exit(2)
+
+
+def _problem(response: httpx.Response) -> typer.Exit:
+    try:
+        body = response.json()
+    except ValueError:
+        return _fail(f"HTTP {response.status_code}: {response.text[:500]}")
+    problems = []
+    for error in body.get("errors") or []:
+        where = f" (line {error['line']}, column {error['column']})" if error.get("line") else ""
+        problems.append(f"{error.get('path')}: {error.get('message')}{where}")
+    detail = body.get("detail") if not problems else body.get("title")
+    return _fail(f"{response.status_code} {detail}", problems)
+
+
+def _definition_body(file: Path) -> dict[str, Any]:
+    if not file.is_file():
+        raise _fail(f"no such file: {file}")
+    text = file.read_text(encoding="utf-8")
+    return {"source": text, "format": "json" if file.suffix.lower() == ".json" else "yaml"}
+
+
+def _params(pairs: list[str]) -> dict[str, str]:
+    bad = [p for p in pairs if "=" not in p]
+    if bad:
+        raise _fail("bad -p (expected key=value):", bad)
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
+@pipelines_app.command("apply")
+def pipelines_apply(file: Path, url: Url = DEFAULT_URL, api_key: Key = None) -> None:
+    """Create the pipeline, or store a new version if it exists (unchanged: no new version)."""
+    api = Api(url, api_key)
+    body = _definition_body(file)
+    checked = api.call("POST", "/v1/pipelines/validate", json=body)
+    name = checked["name"]
+    exists = api.request("GET", f"/v1/pipelines/{name}").status_code == 200
+    if exists:
+        result = api.call("PUT", f"/v1/pipelines/{name}", json=body)
+    else:
+        result = api.call("POST", "/v1/pipelines", json=body)
+    console.print(
+        f"pipeline [cyan]{name}[/] version {result['current_version']} ({result['status']})"
+    )
+
+
+@pipelines_app.command("validate")
+def pipelines_validate(file: Path, url: Url = DEFAULT_URL, api_key: Key = None) -> None:
+    """Validate a definition on the server (stores nothing)."""
+    report = Api(url, api_key).call("POST", "/v1/pipelines/validate", json=_definition_body(file))
+    console.print(
+        f"[green]{file}: pipeline '{report['name']}' is valid[/]: {report['steps']} steps"
+    )
+
+
+@pipelines_app.command("list")
+def pipelines_list(url: Url = DEFAULT_URL, api_key: Key = None) -> None:
+    api = Api(url, api_key)
+    table = Table("name", "status", "version", "updated", "by")
+    cursor = None
+    while True:
+        page = api.call("GET", "/v1/pipelines", params={"cursor": cursor} if cursor else {})
+        for p in page["items"]:
+            table.add_row(
+                p["name"], p["status"], str(p["current_version"]), p["updated_at"], p["updated_by"]
+            )
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    console.print(table)
+
+
+@pipelines_app.command("show")
+def pipelines_show(name: str, url: Url = DEFAULT_URL, api_key: Key = None) -> None:
+    detail = Api(url, api_key).call("GET", f"/v1/pipelines/{name}")
+    console.print(
+        f"[cyan]{detail['name']}[/] {detail['status']} version {detail['version']} "
+        f"(of {len(detail['versions'])}), updated by {detail['updated_by']}"
+    )
+    console.print(detail["source"] or json.dumps(detail["definition"], indent=2), markup=False)
+
+
+def _show_run(run: dict[str, Any]) -> None:
+    table = Table("step", "status", "attempts", "ms", "error", title=f"run {run['id']}")
+    for step in run.get("steps", []):
+        last = step["attempts"][-1] if step["attempts"] else {}
+        table.add_row(
+            step["step_id"],
+            step["status"],
+            str(len(step["attempts"])),
+            str(last.get("duration_ms") or ""),
+            (last.get("error") or "")[:80],
+        )
+    console.print(table)
+    console.print(f"{run['pipeline']} v{run['version']}: [bold]{run['status']}[/]"
+                  + (f"  {run['error']}" if run.get("error") else ""))  # fmt: skip
+
+
+def _wait(api: Api, run: dict[str, Any]) -> int:
+    last = None
+    while run["status"] not in FINISHED:
+        summary = [(s["step_id"], s["status"]) for s in run["steps"]]
+        if summary != last:
+            console.print(" ".join(f"{step}={status}" for step, status in summary), highlight=False)
+            last = summary
+        time.sleep(0.5)
+        run = api.call("GET", f"/v1/runs/{run['id']}")
+    _show_run(run)
+    return 0 if run["status"] == "SUCCEEDED" else 1
+
+
+@runs_app.command("trigger")
+def runs_trigger(
+    name: str,
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="key=value")] = None,
+    logical_date: Annotated[str | None, typer.Option(help="ISO date-time with zone")] = None,
+    idempotency_key: Annotated[str | None, typer.Option(help="Same key, same run.")] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Follow the run; exit 1 if it fails.")
+    ] = False,
+    url: Url = DEFAULT_URL,
+    api_key: Key = None,
+) -> None:
+    api = Api(url, api_key)
+    body: dict[str, Any] = {"params": _params(param or [])}
+    if logical_date:
+        body["logical_date"] = logical_date
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    run = api.call("POST", f"/v1/pipelines/{name}/runs", json=body, headers=headers)
+    console.print(f"run [cyan]{run['id']}[/] ({run['status']})")
+    if wait:
+        raise typer.Exit(_wait(api, run))
+
+
+@runs_app.command("list")
+def runs_list(
+    pipeline: str | None = None,
+    status: str | None = None,
+    limit: int = 50,
+    url: Url = DEFAULT_URL,
+    api_key: Key = None,
+) -> None:
+    params: dict[str, Any] = {"limit": limit}
+    params.update({k: v for k, v in (("pipeline", pipeline), ("status", status)) if v})
+    page = Api(url, api_key).call("GET", "/v1/runs", params=params)
+    table = Table("id", "pipeline", "status", "created", "ms", "by")
+    for r in page["items"]:
+        table.add_row(
+            r["id"], r["pipeline"], r["status"], r["created_at"],
+            str(r["duration_ms"] or ""), r["actor"],
+        )  # fmt: skip
+    console.print(table)
+
+
+@runs_app.command("show")
+def runs_show(run_id: str, url: Url = DEFAULT_URL, api_key: Key = None) -> None:
+    _show_run(Api(url, api_key).call("GET", f"/v1/runs/{run_id}"))
+
+
+@runs_app.command("cancel")
+def runs_cancel(run_id: str, url: Url = DEFAULT_URL, api_key: Key = None) -> None:
+    run = Api(url, api_key).call("POST", f"/v1/runs/{run_id}/cancel")
+    console.print(f"cancelling run {run['id']} ({run['status']})")
+
+
+@runs_app.command("retry")
+def runs_retry(
+    run_id: str,
+    from_step: Annotated[str | None, typer.Option(help="Re-run from this step on.")] = None,
+    wait: Annotated[bool, typer.Option("--wait")] = False,
+    url: Url = DEFAULT_URL,
+    api_key: Key = None,
+) -> None:
+    """A new run that reuses the steps that succeeded (all but --from-step and downstream)."""
+    api = Api(url, api_key)
+    run = api.call("POST", f"/v1/runs/{run_id}/retry", json={"from_step": from_step})
+    console.print(f"run [cyan]{run['id']}[/] retries {run_id} ({run['status']})")
+    if wait:
+        raise typer.Exit(_wait(api, run))
+
+
+@tenants_app.command("create")
+def tenants_create(name: str, url: Url = DEFAULT_URL, api_key: Key = None) -> None:
+    """Create a tenant (needs the platform admin key)."""
+    tenant = Api(url, api_key).call("POST", "/v1/tenants", json={"name": name})
+    console.print(f"tenant [cyan]{tenant['name']}[/] created")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: str,
+    tenant: Annotated[
+        str | None, typer.Option(help="With the platform admin key: the tenant.")
+    ] = None,
+    scope: Annotated[str, typer.Option(help="read, operate or admin")] = "read",
+    url: Url = DEFAULT_URL,
+    api_key: Key = None,
+) -> None:
+    """Create an API key; the key is printed once."""
+    path = f"/v1/tenants/{tenant}/keys" if tenant else "/v1/keys"
+    key = Api(url, api_key).call("POST", path, json={"name": name, "scope": scope})
+    errors.print(f"key '{key['name']}' ({key['scope']}); store it now, it is not shown again:")
+    console.print(key["key"], markup=False, highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(pipelines_app, name="pipelines")
+    app.add_typer(runs_app, name="runs")
+    app.add_typer(tenants_app, name="tenants")
+    app.add_typer(keys_app, name="keys")

@@ -1,0 +1,259 @@
+"""`laminar server`, `laminar worker` and `laminar db upgrade`: the platform's processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import threading
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from pipeline_service.settings import ServiceSettings
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from sqlalchemy import Engine
+
+console = Console(soft_wrap=True)
+errors = Console(stderr=True, soft_wrap=True)
+
+db_app = typer.Typer(help="The service database.", no_args_is_help=True)
+
+
+def _settings() -> ServiceSettings:
+    try:
+        return ServiceSettings()
+    except ValidationError as exc:
+        errors.print("[bold red]bad settings:[/]")
+        for error in exc.errors():
+            errors.print(f"  LAMINAR_{'__'.join(map(str, error['loc'])).upper()}: {error['msg']}")
+        raise typer.Exit(2) from None
+
+
+def _fail(message: str) -> typer.Exit:
+    errors.print(f"[bold red]{message}[/]", highlight=False)
+    return typer.Exit(2)
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    search_attributes: Annotated[
+        bool,
+        typer.Option(
+            "--search-attributes/--no-search-attributes",
+            help="Also register Laminar's search attributes on the Temporal namespace.",
+        ),
+    ] = True,
+) -> None:
+    """Migrate the database to the newest schema (LAMINAR_DATABASE_URL) and register the
+    search attributes Laminar's workflows carry (LaminarTenant, LaminarPipeline)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from pipeline_service.db.migrate import current_revision, upgrade
+    from pipeline_service.db.session import make_engine
+
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    try:
+        before = current_revision(engine)
+        upgrade(engine)
+        after = current_revision(engine)
+    except SQLAlchemyError as exc:
+        raise _fail(f"cannot migrate {engine.url!r}: {exc.__class__.__name__}: {exc}") from None
+    finally:
+        engine.dispose()
+    console.print(f"database {engine.url!r}: {before or 'empty'} -> {after}")
+    if search_attributes:
+        try:
+            added = asyncio.run(_register_search_attributes(settings))
+        except Exception as exc:
+            raise _fail(
+                f"cannot register search attributes on Temporal at {settings.temporal_address} "
+                f"(namespace {settings.temporal_namespace}): {exc}"
+            ) from None
+        console.print(
+            f"temporal namespace {settings.temporal_namespace}: search attributes "
+            + (", ".join(added) + " added" if added else "already registered")
+        )
+
+
+async def _register_search_attributes(settings: ServiceSettings) -> list[str]:
+    from temporalio.api.enums.v1 import IndexedValueType
+    from temporalio.api.operatorservice.v1 import (
+        AddSearchAttributesRequest,
+        ListSearchAttributesRequest,
+    )
+
+    from pipeline_service.temporal.client import connect
+    from pipeline_service.temporal.dev_server import SEARCH_ATTRIBUTES
+
+    client = await asyncio.wait_for(
+        connect(settings.temporal_address, settings.temporal_namespace), timeout=10
+    )
+    namespace = settings.temporal_namespace
+    existing = await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=namespace)
+    )
+    known = set(existing.custom_attributes) | set(existing.system_attributes)
+    missing = {
+        name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
+        for name, kind in SEARCH_ATTRIBUTES.items()
+        if name not in known and kind == "Keyword"
+    }
+    if missing:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(namespace=namespace, search_attributes=missing)
+        )
+    return sorted(missing)
+
+
+def server(
+    host: Annotated[str | None, typer.Option(help="Interface (LAMINAR_HTTP_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (LAMINAR_HTTP_PORT, 8092).")] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Server processes (each serves the whole API).")
+    ] = 1,
+) -> None:
+    """Serve the REST API (OpenAPI at /docs) over LAMINAR_DATABASE_URL and Temporal."""
+    import uvicorn
+
+    from pipeline_service.api.app import create_app
+    from pipeline_service.db.migrate import current_revision, head_revision
+    from pipeline_service.db.session import make_engine
+
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    try:
+        revision = current_revision(engine)
+    except Exception as exc:
+        raise _fail(f"cannot reach the database {engine.url!r}: {exc}") from None
+    finally:
+        engine.dispose()
+    if revision != head_revision():
+        raise _fail(
+            f"the database {engine.url!r} is at schema {revision or '(empty)'}, not "
+            f"{head_revision()}: run `laminar db upgrade` first"
+        )
+    if settings.admin_api_key is None:
+        errors.print(
+            "[yellow]LAMINAR_ADMIN_API_KEY is not set: no one can create tenants or keys[/]"
+        )
+    console.print(
+        f"laminar API on http://{host or settings.http_host}:{port or settings.http_port} "
+        f"(docs at /docs); database {engine.url!r}; temporal {settings.temporal_address}"
+    )
+    uvicorn.run(
+        create_app(settings) if workers == 1 else "pipeline_service.api.app:app_from_settings",
+        factory=workers > 1,
+        workers=workers if workers > 1 else None,
+        host=host or settings.http_host,
+        port=port or settings.http_port,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+def worker(
+    max_concurrent_steps: Annotated[int, typer.Option(help="Steps this worker runs at once.")] = 32,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve this worker's /metrics (step durations) here.")
+    ] = None,
+) -> None:
+    """Run pipeline workflows and their steps from the task queue; any number may run."""
+    settings = _settings()
+    try:
+        asyncio.run(_worker(settings, max_concurrent_steps, metrics_port))
+    except ConnectionError as exc:
+        raise _fail(str(exc)) from None
+
+
+async def _worker(
+    settings: ServiceSettings, max_concurrent_steps: int, metrics_port: int | None
+) -> None:
+    from pipeline_service.db.session import make_engine, session_factory
+    from pipeline_service.temporal.client import connect
+    from pipeline_service.temporal.worker import build_worker
+    from steps.engines.duckdb import DuckDBEngine
+
+    try:
+        client = await asyncio.wait_for(
+            connect(settings.temporal_address, settings.temporal_namespace), timeout=15
+        )
+    except Exception as exc:
+        raise ConnectionError(
+            f"cannot reach Temporal at {settings.temporal_address}: {exc}"
+        ) from None
+    settings.work_dir.mkdir(parents=True, exist_ok=True)
+    db = make_engine(settings.database_url)
+    warehouse = DuckDBEngine(settings.work_dir / "warehouse.duckdb")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    metrics = None
+    registry = None
+    if metrics_port is not None:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        from pipeline_service.metrics import StepMetrics
+
+        registry = CollectorRegistry()
+        metrics = StepMetrics(registry)
+        start_http_server(metrics_port, addr=settings.http_host, registry=registry)
+    relay = _start_relay(settings, db, registry)
+    worker_ = build_worker(
+        client,
+        task_queue=settings.task_queue,
+        engine=warehouse,
+        work_root=settings.work_dir,
+        max_concurrent_activities=max_concurrent_steps,
+        sessions=session_factory(db),
+        metrics=metrics,
+    )
+    console.print(
+        f"laminar worker on task queue {settings.task_queue} (temporal "
+        f"{settings.temporal_address}, namespace {settings.temporal_namespace}); Ctrl-C stops"
+    )
+    try:
+        async with worker_:
+            await stop.wait()
+    finally:
+        if relay is not None:
+            relay_stop, relay_thread = relay
+            relay_stop.set()
+            await asyncio.to_thread(relay_thread.join, 10)
+        with contextlib.suppress(Exception):
+            warehouse.close()
+        db.dispose()
+
+
+def _start_relay(
+    settings: ServiceSettings, db: Engine, registry: CollectorRegistry | None
+) -> tuple[threading.Event, threading.Thread] | None:
+    """With Kafka configured, the worker relays the outbox too (on a thread: the producer and
+    the database session block). Several workers on PostgreSQL take turns; see events/relay.py."""
+    if not settings.kafka_bootstrap_servers:
+        return None
+    from pipeline_service.events.metrics import RelayMetrics
+    from pipeline_service.events.relay import EventRelay
+
+    relay = EventRelay(
+        db, settings, metrics=RelayMetrics(registry) if registry is not None else None
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=relay.run, args=(stop,), name="events-relay", daemon=True)
+    thread.start()
+    console.print(
+        f"events relay -> {settings.kafka_bootstrap_servers} topic {settings.events_topic}"
+    )
+    return stop, thread
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(db_app, name="db")
+    app.command()(server)
+    app.command()(worker)

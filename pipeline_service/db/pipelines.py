@@ -1,0 +1,128 @@
+"""Pipelines and their immutable versions, always within one tenant."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from pipeline_service.db.base import utcnow
+from pipeline_service.db.models import Pipeline, PipelineVersion
+from schemas.recording import PipelineStatus
+
+
+def definition_digest(definition: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()
+
+
+def get_pipeline(session: Session, tenant_id: int, name: str) -> Pipeline | None:
+    return session.scalars(
+        select(Pipeline).where(Pipeline.tenant_id == tenant_id, Pipeline.name == name)
+    ).one_or_none()
+
+
+def list_pipelines(
+    session: Session,
+    tenant_id: int,
+    *,
+    status: str | None = None,
+    name_prefix: str | None = None,
+    after_id: int | None = None,
+    limit: int = 50,
+) -> list[Pipeline]:
+    query = select(Pipeline).where(Pipeline.tenant_id == tenant_id)
+    if status:
+        query = query.where(Pipeline.status == status)
+    if name_prefix:
+        query = query.where(Pipeline.name.startswith(name_prefix, autoescape=True))
+    if after_id is not None:
+        query = query.where(Pipeline.id > after_id)
+    return list(session.scalars(query.order_by(Pipeline.id).limit(limit)))
+
+
+def create_pipeline(
+    session: Session,
+    tenant_id: int,
+    name: str,
+    definition: dict[str, Any],
+    *,
+    actor: str,
+    source_text: str | None = None,
+) -> tuple[Pipeline, PipelineVersion]:
+    pipeline = Pipeline(
+        tenant_id=tenant_id,
+        name=name,
+        status=PipelineStatus.DRAFT.value,
+        current_version=1,
+        created_by=actor,
+        updated_by=actor,
+    )
+    session.add(pipeline)
+    session.flush()
+    version = _add_version(session, pipeline, 1, definition, actor, source_text)
+    return pipeline, version
+
+
+def add_version(
+    session: Session,
+    pipeline: Pipeline,
+    definition: dict[str, Any],
+    *,
+    actor: str,
+    source_text: str | None = None,
+) -> PipelineVersion:
+    """A new current version (a change of definition puts the pipeline back in DRAFT)."""
+    number = pipeline.current_version + 1
+    version = _add_version(session, pipeline, number, definition, actor, source_text)
+    pipeline.current_version = number
+    pipeline.updated_at, pipeline.updated_by = utcnow(), actor
+    if pipeline.status == PipelineStatus.VALIDATED.value:
+        pipeline.status = PipelineStatus.DRAFT.value
+    return version
+
+
+def _add_version(
+    session: Session,
+    pipeline: Pipeline,
+    number: int,
+    definition: dict[str, Any],
+    actor: str,
+    source_text: str | None,
+) -> PipelineVersion:
+    version = PipelineVersion(
+        pipeline_id=pipeline.id,
+        version=number,
+        definition=definition,
+        source_text=source_text,
+        digest=definition_digest(definition),
+        created_by=actor,
+    )
+    session.add(version)
+    session.flush()
+    return version
+
+
+def get_version(session: Session, pipeline: Pipeline, number: int) -> PipelineVersion | None:
+    return session.scalars(
+        select(PipelineVersion).where(
+            PipelineVersion.pipeline_id == pipeline.id, PipelineVersion.version == number
+        )
+    ).one_or_none()
+
+
+def list_versions(session: Session, pipeline: Pipeline) -> list[PipelineVersion]:
+    return list(
+        session.scalars(
+            select(PipelineVersion)
+            .where(PipelineVersion.pipeline_id == pipeline.id)
+            .order_by(PipelineVersion.version)
+        )
+    )
+
+
+def set_status(session: Session, pipeline: Pipeline, status: PipelineStatus, actor: str) -> None:
+    pipeline.status = status.value
+    pipeline.updated_at, pipeline.updated_by = utcnow(), actor

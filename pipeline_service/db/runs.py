@@ -1,0 +1,114 @@
+"""Runs and step attempts, always within one tenant. Rows change only through the launcher
+(a run's first row) and `record_run_event` (everything after)."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from pipeline_service.db.models import Pipeline, PipelineVersion, Run, StepRun, Tenant
+
+
+def new_public_id() -> str:
+    """Opaque and URL-safe; says nothing about the tenant, pipeline or order of runs."""
+    return secrets.token_urlsafe(12)
+
+
+@dataclass(frozen=True)
+class NewRun:
+    tenant_id: int
+    pipeline_id: int
+    version_id: int
+    workflow_id: str
+    status: str
+    trigger: str
+    actor: str
+    logical_date: datetime
+    params: dict[str, Any]
+    idempotency_key: str | None = None
+    retry_of_id: int | None = None
+
+
+def insert_run(session: Session, new: NewRun) -> tuple[Run, bool]:
+    """(the run, True) when this call created it; (the existing run, False) when a run with
+    its workflow id exists already — also when a concurrent request wins the race."""
+    existing = get_run_by_workflow_id(session, new.workflow_id)
+    if existing is not None:
+        return existing, False
+    run = Run(public_id=new_public_id(), **new.__dict__)
+    try:
+        with session.begin_nested():
+            session.add(run)
+    except IntegrityError:
+        # The unique workflow id: another request inserted this run since our look-up.
+        existing = get_run_by_workflow_id(session, new.workflow_id)
+        if existing is None:
+            raise
+        return existing, False
+    return run, True
+
+
+def get_run_by_workflow_id(session: Session, workflow_id: str) -> Run | None:
+    return session.scalars(select(Run).where(Run.workflow_id == workflow_id)).one_or_none()
+
+
+def get_run(session: Session, tenant_id: int, public_id: str) -> Run | None:
+    return session.scalars(
+        select(Run).where(Run.tenant_id == tenant_id, Run.public_id == public_id)
+    ).one_or_none()
+
+
+def list_runs(
+    session: Session,
+    tenant_id: int,
+    *,
+    pipeline_id: int | None = None,
+    status: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    before_id: int | None = None,
+    limit: int = 50,
+) -> list[Run]:
+    """Newest first; `before_id` continues a page (keyset pagination on the run's row id)."""
+    query = select(Run).where(Run.tenant_id == tenant_id)
+    if pipeline_id is not None:
+        query = query.where(Run.pipeline_id == pipeline_id)
+    if status:
+        query = query.where(Run.status == status)
+    if created_after is not None:
+        query = query.where(Run.created_at >= created_after)
+    if created_before is not None:
+        query = query.where(Run.created_at < created_before)
+    if before_id is not None:
+        query = query.where(Run.id < before_id)
+    return list(session.scalars(query.order_by(Run.id.desc()).limit(limit)))
+
+
+def step_runs(session: Session, run: Run) -> list[StepRun]:
+    return list(
+        session.scalars(select(StepRun).where(StepRun.run_id == run.id).order_by(StepRun.id))
+    )
+
+
+@dataclass(frozen=True)
+class RunNames:
+    tenant: str
+    pipeline: str
+    version: int
+
+
+def run_names(session: Session, run: Run) -> RunNames:
+    """The tenant, pipeline and version number of a run (for events and answers)."""
+    row = session.execute(
+        select(Tenant.name, Pipeline.name, PipelineVersion.version)
+        .join(Pipeline, Pipeline.tenant_id == Tenant.id)
+        .join(PipelineVersion, PipelineVersion.pipeline_id == Pipeline.id)
+        .where(Pipeline.id == run.pipeline_id, PipelineVersion.id == run.version_id)
+    ).one()
+    return RunNames(row[0], row[1], row[2])

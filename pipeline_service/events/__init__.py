@@ -1,0 +1,1 @@
+"""Lifecycle events: reading the outbox as CloudEvents, and the Kafka relay."""

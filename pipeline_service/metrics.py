@@ -1,0 +1,81 @@
+"""Prometheus metrics. The API's registry counts requests and runs started, and reads run
+counts (by tenant and status, QUEUED = queue depth) from the database at scrape time, so every
+API replica reports the same truth; step durations are observed where steps are recorded (the
+worker), on the worker's registry."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from pipeline_service.db.models import Run, Tenant
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+STEP_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
+
+
+class RunCounts(Collector):
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    def collect(self) -> Iterator[Metric]:
+        runs = GaugeMetricFamily(
+            "laminar_runs", "Runs recorded, by tenant and status", labels=["tenant", "status"]
+        )
+        queued = GaugeMetricFamily(
+            "laminar_queue_depth", "Runs waiting to start (QUEUED), by tenant", labels=["tenant"]
+        )
+        with self._sessions() as session:
+            rows = session.execute(
+                select(Tenant.name, Run.status, func.count())
+                .join(Run, Run.tenant_id == Tenant.id)
+                .group_by(Tenant.name, Run.status)
+            ).all()
+        for tenant, status, count in rows:
+            runs.add_metric([tenant, status], count)
+            if status == "QUEUED":
+                queued.add_metric([tenant], count)
+        yield runs
+        yield queued
+
+
+class ApiMetrics:
+    def __init__(self, sessions: sessionmaker[Session] | None = None) -> None:
+        self.registry = CollectorRegistry()
+        self.latency = Histogram(
+            "laminar_api_request_seconds",
+            "API request latency, by method, route and status",
+            ["method", "route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.runs_started = Counter(
+            "laminar_runs_started",
+            "Runs started through the launcher, by tenant and trigger",
+            ["tenant", "trigger"],
+            registry=self.registry,
+        )
+        if sessions is not None:
+            self.registry.register(RunCounts(sessions))
+
+
+class StepMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.duration = Histogram(
+            "laminar_step_duration_seconds",
+            "Duration of finished step attempts, by step type and status",
+            ["type", "status"],
+            buckets=STEP_BUCKETS,
+            registry=registry,
+        )
+        self.finished_runs = Counter(
+            "laminar_runs_finished",
+            "Runs finished, by tenant and status (recorded by this worker)",
+            ["tenant", "status"],
+            registry=registry,
+        )

@@ -1,0 +1,1 @@
+"""State dirs on object stores: the client (store), snapshots, checkpoints and the lease."""

@@ -1,0 +1,285 @@
+"""Flink steps: SQL through Laminar's PyFlink driver (`flink run -py`), jars through the REST
+API; jobs followed, explained and cancelled through the JobManager's REST API.
+
+Every job id a step starts is recorded in its work directory as soon as it is known, and SQL
+jobs are named after the step's idempotency key, so an attempt first cancels whatever an
+earlier attempt left running on the cluster (its worker died mid-job).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shlex
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from schemas.pipeline import FlinkStep
+from schemas.templating import render_text
+from steps.base import StepContext, StepError, StepResult
+from steps.flink_job import (
+    FlinkOptions,
+    client_conf_dir,
+    job_config,
+    job_name,
+    sql_command,
+    write_sql_job,
+)
+from steps.flink_rest import (
+    TERMINAL,
+    FlinkRest,
+    FlinkRestError,
+    exception_headline,
+    vertex_progress,
+)
+from steps.process import die_with_parent
+from steps.process_groups import tagged_groups, terminate_group
+from steps.spark_output import exception_lines
+from steps.spark_submit import step_tag
+
+LOG_NAME = "step.log"
+JOBS_NAME = "flink-jobs.txt"
+_JOB_LINE = re.compile(rb"^laminar: job ([0-9a-f]{32})\s*$", re.MULTILINE)
+_PASSED_THROUGH = ("LANG", "LC_ALL", "JAVA_HOME")
+# Exceptions that only say "the driver failed": the cause is in the other lines.
+_WRAPPERS = ("ProgramAbortException", "Python process exits with code", "Py4JJavaError")
+
+
+class FlinkExecutor:
+    def __init__(self, options: FlinkOptions | None = None) -> None:
+        self.options = options or FlinkOptions()
+
+    async def execute(self, step: FlinkStep, ctx: StepContext) -> StepResult:
+        work_dir = ctx.work_dir.resolve()
+        work_dir.mkdir(parents=True, exist_ok=True)
+        tag = step_tag(ctx.idempotency_key)
+        config = job_config(step, self.options, tag)  # fails early without a cluster
+        assert self.options.rest_url is not None
+        rest = FlinkRest(self.options.rest_url)
+        jobs: list[str] = []
+        try:
+            await self._stop_earlier_attempts(rest, tag, work_dir)
+            try:
+                if step.sql is not None:
+                    await self._run_sql(step, ctx, rest, config, tag, work_dir, jobs)
+                else:
+                    await self._run_jar(step, ctx, rest, work_dir, jobs)
+                return await self._settle(step, ctx, rest, jobs, work_dir)
+            except asyncio.CancelledError:
+                await self._stop_jobs(step, rest, jobs)
+                raise
+        finally:
+            await rest.close()
+
+    # --- starting jobs --------------------------------------------------------------------
+
+    async def _run_sql(
+        self,
+        step: FlinkStep,
+        ctx: StepContext,
+        rest: FlinkRest,
+        config: dict[str, str],
+        tag: str,
+        work_dir: Path,
+        jobs: list[str],
+    ) -> None:
+        job_path = write_sql_job(step, self.options, ctx, tag, work_dir)
+        argv = sql_command(self.options, job_path, tag)
+        env = {name: os.environ[name] for name in _PASSED_THROUGH if name in os.environ}
+        env.update(
+            PATH=os.environ.get("PATH", os.defpath),
+            HOME=str(work_dir),
+            FLINK_CONF_DIR=str(client_conf_dir(self.options, config, work_dir)),
+            FLINK_LOG_DIR=str(work_dir / "flink-log"),
+            PYTHONPATH=str(self.options.tool_dir),
+            PYTHONUNBUFFERED="1",
+        )
+        log_path = work_dir / LOG_NAME
+        with log_path.open("ab") as log:
+            log.write(f"--- attempt {ctx.attempt}: {shlex.join(argv)} ---\n".encode())
+            log.flush()
+            start = log.tell()
+            process = await asyncio.create_subprocess_exec(
+                *die_with_parent(),
+                *argv,
+                cwd=work_dir,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+            follow = asyncio.create_task(self._follow_jobs(rest, jobs, ctx))
+            try:
+                assert process.stdout is not None
+                await self._copy_output(process.stdout, log, jobs, work_dir)
+                returncode = await process.wait()
+            except asyncio.CancelledError:
+                await terminate_group(process.pid, self.options.terminate_grace)
+                raise
+            finally:
+                follow.cancel()
+        if returncode != 0:
+            raise await self._failure(rest, jobs, log_path, start, f"exited with {returncode}")
+
+    async def _run_jar(
+        self, step: FlinkStep, ctx: StepContext, rest: FlinkRest, work_dir: Path, jobs: list[str]
+    ) -> None:
+        assert step.jar is not None
+        root = ctx.source_dir.resolve()
+        jar = (root / render_text(step.jar, ctx.run, ctx.upstream)).resolve()
+        if not jar.is_relative_to(root) or not jar.is_file():
+            raise StepError(
+                f"jar {step.jar!r} is not a file inside the pipeline directory {root}",
+                error_type="ScriptPathError",
+                retryable=False,
+            )
+        jar_id = await rest.upload_jar(jar)
+        body: dict[str, Any] = {
+            "programArgsList": [render_text(a, ctx.run, ctx.upstream) for a in step.args]
+        }
+        if step.entry_class:
+            body["entryClass"] = step.entry_class
+        if step.parallelism:
+            body["parallelism"] = step.parallelism
+        if step.mode == "streaming" and step.savepoint_path:
+            body["savepointPath"] = step.savepoint_path
+        try:
+            job_id = await rest.run_jar(jar_id, body)
+        except FlinkRestError as exc:
+            raise StepError(str(exc), error_type="FlinkJobFailed", retryable=False) from exc
+        finally:
+            with contextlib.suppress(FlinkRestError):
+                await rest.delete_jar(jar_id)
+        _record(jobs, job_id, work_dir)
+
+    async def _copy_output(
+        self, stream: asyncio.StreamReader, log: BinaryIO, jobs: list[str], work_dir: Path
+    ) -> None:
+        pending = b""
+        while chunk := await stream.read(64 * 1024):
+            log.write(chunk)
+            log.flush()
+            text = pending + chunk
+            cut = text.rfind(b"\n") + 1
+            for match in _JOB_LINE.finditer(text[:cut]):
+                _record(jobs, match[1].decode(), work_dir)
+            pending = text[cut:][-64 * 1024 :]
+
+    # --- following jobs -------------------------------------------------------------------
+
+    async def _follow_jobs(self, rest: FlinkRest, jobs: list[str], ctx: StepContext) -> None:
+        """Heartbeat the newest job's progress while the driver runs."""
+        while True:
+            await asyncio.sleep(self.options.poll_interval)
+            if jobs:
+                with contextlib.suppress(FlinkRestError, OSError):
+                    ctx.heartbeat(vertex_progress(await rest.job(jobs[-1])))
+
+    async def _settle(
+        self, step: FlinkStep, ctx: StepContext, rest: FlinkRest, jobs: list[str], work_dir: Path
+    ) -> StepResult:
+        """Batch: wait until every job finished. Streaming: until every job runs."""
+        wanted = {"FINISHED"} if step.mode == "batch" else {"RUNNING", "FINISHED"}
+        for job_id in jobs:
+            while True:
+                job = await rest.job(job_id)
+                ctx.heartbeat(vertex_progress(job))
+                state = job["state"]
+                if state in wanted:
+                    break
+                if state in TERMINAL:
+                    raise await self._failure(
+                        rest, [job_id], work_dir / LOG_NAME, None, f"job {job_id} is {state}"
+                    )
+                await asyncio.sleep(self.options.poll_interval)
+        return StepResult(
+            outputs={"job_ids": jobs, "mode": step.mode},
+            log_path=str(work_dir / LOG_NAME),
+        )
+
+    async def _failure(
+        self, rest: FlinkRest, jobs: list[str], log_path: Path, start: int | None, how: str
+    ) -> StepError:
+        """The root exception from the REST API when a job failed; else the driver's errors."""
+        for job_id in reversed(jobs):
+            with contextlib.suppress(FlinkRestError, OSError):
+                job = await self._terminal(rest, job_id)
+                if job.get("state") == "FAILED":
+                    trace = await rest.root_exception(job_id)
+                    headline = exception_headline(trace) if trace else "no exception recorded"
+                    return StepError(
+                        f"Flink job {job_id} FAILED: {headline}\n(driver log: {log_path})",
+                        error_type="FlinkJobFailed",
+                        retryable=True,
+                    )
+        text = ""
+        if start is not None:
+            with log_path.open("rb") as log:
+                log.seek(start)
+                text = log.read()[-256 * 1024 :].decode("utf-8", errors="replace")
+        errors = [e for e in exception_lines(text) if not any(w in e for w in _WRAPPERS)]
+        detail = errors[-1] if errors else "no exception in the output"
+        context = "".join(f"\n  {line}" for line in errors[:-1])
+        deterministic = any(
+            name in line for line in errors for name in ("ValidationException", "ParseException")
+        )
+        return StepError(
+            f"Flink SQL driver {how}: {detail}{context}\n(driver log: {log_path})",
+            error_type="FlinkUserError" if deterministic else "FlinkJobFailed",
+            retryable=not deterministic,
+        )
+
+    async def _terminal(self, rest: FlinkRest, job_id: str, wait: float = 15.0) -> dict[str, Any]:
+        """The job once it reached a final state (a failing job reports FAILING first)."""
+        deadline = asyncio.get_running_loop().time() + wait
+        while True:
+            job = await rest.job(job_id)
+            if job.get("state") in TERMINAL or asyncio.get_running_loop().time() > deadline:
+                return job
+            await asyncio.sleep(min(self.options.poll_interval, 0.5))
+
+    # --- stopping jobs --------------------------------------------------------------------
+
+    async def _stop_jobs(self, step: FlinkStep, rest: FlinkRest, jobs: list[str]) -> None:
+        for job_id in jobs:
+            with contextlib.suppress(FlinkRestError, OSError):
+                if (await rest.job(job_id))["state"] in TERMINAL:
+                    continue
+                if step.mode == "streaming" and step.savepoint_path:
+                    await rest.stop_with_savepoint(job_id, step.savepoint_path)
+                else:
+                    await rest.cancel(job_id)
+
+    async def _stop_earlier_attempts(self, rest: FlinkRest, tag: str, work_dir: Path) -> None:
+        groups = tagged_groups(f"laminar-tag={tag}")
+        await asyncio.gather(*(terminate_group(g, self.options.terminate_grace) for g in groups))
+        recorded = set(_recorded(work_dir))
+        name = job_name(tag)
+        stale = [
+            job["jid"]
+            for job in await rest.jobs()
+            if job.get("state") not in TERMINAL
+            and (job["jid"] in recorded or str(job.get("name", "")).startswith(name))
+        ]
+        if stale or groups:
+            with (work_dir / LOG_NAME).open("a") as log:
+                log.write(f"laminar: stopping an earlier attempt: jobs {stale}, drivers {groups}\n")
+        for job_id in stale:
+            with contextlib.suppress(FlinkRestError):
+                await rest.cancel(job_id)
+        (work_dir / JOBS_NAME).unlink(missing_ok=True)
+
+
+def _record(jobs: list[str], job_id: str, work_dir: Path) -> None:
+    if job_id not in jobs:
+        jobs.append(job_id)
+        with (work_dir / JOBS_NAME).open("a") as f:
+            f.write(job_id + "\n")
+
+
+def _recorded(work_dir: Path) -> list[str]:
+    path = work_dir / JOBS_NAME
+    return path.read_text().split() if path.exists() else []

@@ -1,0 +1,115 @@
+"""Reading a Spark driver's output: progress for heartbeats, exception lines for failures.
+
+Spark's default log4j profile logs the DAG scheduler at INFO on stderr; those lines give jobs,
+stages and task counts as they happen, without opening the driver's UI port.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+_STAGE_SUBMITTED = re.compile(r"DAGScheduler: Submitting (\d+) missing tasks from \w+ (\d+) ")
+_STAGE_FINISHED = re.compile(r"DAGScheduler: \w+Stage (\d+) \(.*\) finished in ")
+_TASK_FINISHED = re.compile(
+    r"TaskSetManager: Finished task \S+ in stage (\d+)\.\d+ .*\((\d+)/(\d+)\)$"
+)
+_JOB_STARTED = re.compile(r"DAGScheduler: Got (?:map stage )?job (\d+) ")
+_JOB_FINISHED = re.compile(r"DAGScheduler: Job (\d+) finished")
+_SQL_STATEMENT = re.compile(r"^laminar: statement (\d+)/(\d+)$")
+
+# `pkg.Name: message`, `Exception in thread "main" x.Y: ...`, `Caused by: ...`. Log lines start
+# with a date, stack frames with whitespace or "at": neither matches.
+_EXCEPTION = re.compile(
+    r"^(?:Exception in thread \"[^\"]*\" |Caused by: |: )?"
+    r"((?:[A-Za-z_][\w$]*\.)*[A-Za-z_][\w$]*(?:Exception|Error|Exit|Interrupt))(?::\s?(.*))?$"
+)
+# Failures that come out the same on every attempt: retrying cannot help.
+DETERMINISTIC = (
+    "AnalysisException",
+    "ParseException",
+    "ClassNotFoundException",
+    "SyntaxError",
+    "ModuleNotFoundError",
+    "ImportError",
+    "FileNotFoundException",
+)
+MAX_ERROR_LINES = 6
+_MAX_LINE = 500
+
+
+@dataclass
+class SparkProgress:
+    """What the driver has logged so far: jobs, stages and the running stage's tasks."""
+
+    jobs_started: set[int] = field(default_factory=set)
+    jobs_done: set[int] = field(default_factory=set)
+    stages_submitted: set[int] = field(default_factory=set)
+    stages_done: set[int] = field(default_factory=set)
+    tasks: dict[int, tuple[int, int]] = field(default_factory=dict)
+    """stage -> (tasks finished, tasks in the stage)."""
+    statement: tuple[int, int] | None = None
+
+    def feed(self, line: str) -> bool:
+        """Take one output line; True when it changed the progress."""
+        if "DAGScheduler" in line:
+            if m := _STAGE_SUBMITTED.search(line):
+                stage = int(m[2])
+                self.stages_submitted.add(stage)
+                self.tasks.setdefault(stage, (0, int(m[1])))
+                return True
+            if m := _STAGE_FINISHED.search(line):
+                self.stages_done.add(int(m[1]))
+                return True
+            if m := _JOB_STARTED.search(line):
+                self.jobs_started.add(int(m[1]))
+                return True
+            if m := _JOB_FINISHED.search(line):
+                self.jobs_done.add(int(m[1]))
+                return True
+        elif "TaskSetManager: Finished task" in line:
+            if m := _TASK_FINISHED.search(line):
+                self.tasks[int(m[1])] = (int(m[2]), int(m[3]))
+                return True
+        elif m := _SQL_STATEMENT.match(line):
+            self.statement = (int(m[1]), int(m[2]))
+            return True
+        return False
+
+    def details(self) -> dict[str, Any]:
+        """Heartbeat details: `stages: "3/4"` is stages finished of those submitted so far."""
+        running = sorted(self.stages_submitted - self.stages_done)
+        out: dict[str, Any] = {
+            "jobs": f"{len(self.jobs_done)}/{len(self.jobs_started)}",
+            "stages": f"{len(self.stages_done)}/{len(self.stages_submitted)}",
+        }
+        if running:
+            done, total = self.tasks.get(running[-1], (0, 0))
+            out["running_stage"] = running[-1]
+            out["tasks"] = f"{done}/{total}"
+        if self.statement:
+            out["statement"] = f"{self.statement[0]}/{self.statement[1]}"
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        return {"jobs": len(self.jobs_done), "stages": len(self.stages_done)}
+
+
+def exception_lines(text: str) -> list[str]:
+    """The exception headlines in a driver's output, root cause last, without repeats."""
+    found: list[str] = []
+    for raw in text.splitlines():
+        line = raw.rstrip()
+        if not _EXCEPTION.match(line):
+            continue
+        line = line.removeprefix("Caused by: ").removeprefix(": ")  # ": " starts py4j's
+        line = line if len(line) <= _MAX_LINE else line[: _MAX_LINE - 3] + "..."
+        if line in found:
+            found.remove(line)
+        found.append(line)
+    return found[-MAX_ERROR_LINES:]
+
+
+def is_deterministic(lines: list[str]) -> bool:
+    return any(name in line.split(":", 1)[0] for line in lines for name in DETERMINISTIC)

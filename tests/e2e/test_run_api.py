@@ -1,0 +1,56 @@
+"""`laminar run --http-port`: the pipeline cluster serves the service API (same endpoints,
+health checks and metrics as the platform) for the default tenant, and its run is recorded."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from pathlib import Path
+
+import httpx
+
+from pipeline_service.temporal.dev_server import free_port
+from tests.e2e.conftest import EXAMPLES, Cli, wait_for
+
+
+def test_laminar_run_serves_the_api_and_records_its_run(cli: Cli, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    http_port, metrics_port = free_port(), free_port()
+    proc = cli.start(
+        "run", EXAMPLES / "sales_report.yaml", "--no-ui", "--state-dir", state,
+        "--http-port", str(http_port), "--metrics-port", str(metrics_port),
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{http_port}"
+
+    def ready() -> bool:
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(f"{base}/health/ready").status_code == 200
+        return False
+
+    wait_for(ready, 60, f"the embedded API; laminar said:\n{proc.output()}")
+    assert f"{base}/docs" in proc.output()
+    key = (state / "api-key").read_text().strip()
+    assert (state / "api-key").stat().st_mode & 0o077 == 0
+    auth = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=base, headers=auth, timeout=30) as http:
+        deadline = time.monotonic() + 90
+        while True:
+            runs = http.get("/v1/runs").json()["items"]
+            if runs and runs[0]["status"] in ("SUCCEEDED", "FAILED"):
+                break
+            assert time.monotonic() < deadline, (runs, proc.output())
+            time.sleep(0.3)
+        run = http.get(f"/v1/runs/{runs[0]['id']}").json()
+        assert run["status"] == "SUCCEEDED", run
+        assert run["pipeline"] == "sales-report" and run["actor"] == "laminar-run"
+        assert all(s["status"] == "SUCCEEDED" and s["attempts"] for s in run["steps"])
+        assert http.get("/v1/pipelines/sales-report").json()["current_version"] == 1
+        assert http.get("/v1/runs", headers={"Authorization": "Bearer nope"}).status_code == 401
+    metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+    assert 'laminar_runs{status="SUCCEEDED",tenant="default"} 1.0' in metrics
+    assert 'laminar_step_duration_seconds_count{status="SUCCEEDED",type="sql"}' in metrics
+    assert 'laminar_runs_finished_total{status="SUCCEEDED",tenant="default"} 1.0' in metrics
+    proc.proc.send_signal(signal.SIGINT)
+    result = proc.wait(30)
+    assert result.code == 0, result.details

@@ -1,0 +1,80 @@
+"""Collects a run's transitions during one workflow task, for one `record_run_event` call.
+
+Pure and deterministic: event ids come from `workflow.uuid4()` (the same on replay), times
+from `workflow.now()`. The workflow notes a transition where it changes state and flushes the
+batch once per workflow task.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from schemas.recording import (
+        RecordedRunStatus,
+        RecordRunEventsInput,
+        RunEvent,
+        RunTransition,
+        StepTransition,
+    )
+    from schemas.run import StepState, StepStatus
+
+
+class RunRecorder:
+    def __init__(self, workflow_id: str, enabled: bool) -> None:
+        self.workflow_id = workflow_id
+        self.enabled = enabled
+        self._events: list[RunEvent] = []
+
+    def run(self, status: RecordedRunStatus, error: str | None = None) -> None:
+        if self.enabled:
+            now = workflow.now()
+            self._add(RunEvent(event_id=self._id(), at=now,
+                               run=RunTransition(status=status, at=now, error=error)))  # fmt: skip
+
+    def step(
+        self,
+        state: StepState,
+        *,
+        attempt: int | None = None,
+        status: StepStatus | None = None,
+        error: str | None = None,
+        error_type: str | None = None,
+        started_at: datetime | None = None,
+        finished_at: datetime | None = None,
+    ) -> None:
+        """The step's state now (or, with overrides, of an earlier attempt that failed)."""
+        if not self.enabled:
+            return
+        result = state.result
+        transition = StepTransition(
+            step_id=state.step_id,
+            type=state.type,
+            attempt=max(attempt if attempt is not None else state.attempt, 1),
+            status=status or state.status,
+            started_at=started_at or state.started_at,
+            finished_at=finished_at or state.finished_at,
+            error=(error or None) if error is not None else state.error,
+            error_type=error_type or state.error_type,
+            rows_affected=result.rows_affected if result else None,
+            outputs=result.outputs if result else {},
+            log_path=result.log_path if result else None,
+        )
+        self._add(RunEvent(event_id=self._id(), at=workflow.now(), step=transition))
+
+    def take(self) -> RecordRunEventsInput | None:
+        """The batch noted since the last call, or None when there is nothing to record."""
+        if not self._events:
+            return None
+        batch = RecordRunEventsInput(workflow_id=self.workflow_id, events=self._events)
+        self._events = []
+        return batch
+
+    def _add(self, event: RunEvent) -> None:
+        self._events.append(event)
+
+    @staticmethod
+    def _id() -> str:
+        return str(workflow.uuid4())
