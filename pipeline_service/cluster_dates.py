@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
-from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterBadCronError, croniter
+from pipeline_service.scheduling.fire_times import Cron
+from schemas.pipeline import Schedule
 
 
 class LogicalDateError(ValueError):
@@ -29,19 +28,12 @@ class DataInterval:
     end: datetime
 
 
-def pipeline_cron(schedule: dict[str, Any] | None) -> tuple[str | None, tzinfo]:
-    """The pipeline's `schedule: {cron, timezone}` (timezone defaults to UTC)."""
-    if not schedule:
+def pipeline_cron(schedule: Schedule | None) -> tuple[str | None, tzinfo]:
+    """The pipeline's `schedule: {cron, timezone}` (timezone defaults to UTC); validated with
+    the definition, so nothing is left to check here."""
+    if schedule is None:
         return None, UTC
-    cron = schedule.get("cron")
-    zone_name = schedule.get("timezone") or schedule.get("tz") or "UTC"
-    try:
-        zone: tzinfo = ZoneInfo(str(zone_name))
-    except (ZoneInfoNotFoundError, ValueError):
-        raise LogicalDateError(f"schedule.timezone: unknown time zone {zone_name!r}") from None
-    if cron is not None and not croniter.is_valid(str(cron)):
-        raise LogicalDateError(f"schedule.cron: invalid cron expression {cron!r}")
-    return (str(cron) if cron is not None else None), zone
+    return schedule.expression, schedule.zone
 
 
 def parse_logical_date(text: str, zone: tzinfo = UTC) -> datetime:
@@ -68,11 +60,8 @@ def interval_for(logical_date: datetime, cron: str | None, zone: tzinfo) -> Data
     the instant itself."""
     if cron is None:
         return DataInterval(logical_date, logical_date, logical_date)
-    try:
-        end = croniter(cron, logical_date.astimezone(zone)).get_next(datetime)
-    except CroniterBadCronError as exc:
-        raise LogicalDateError(f"schedule.cron: {exc}") from None
-    return DataInterval(logical_date, logical_date, _utc(end))
+    interval = Cron(cron, zone).interval_starting(logical_date)
+    return DataInterval(logical_date, logical_date, interval.end)
 
 
 def latest_interval(cron: str | None, zone: tzinfo, now: datetime | None = None) -> DataInterval:
@@ -82,13 +71,8 @@ def latest_interval(cron: str | None, zone: tzinfo, now: datetime | None = None)
             "--latest-interval needs the pipeline's cron (schedule: {cron: '0 6 * * *'}); "
             "give --logical-date instead"
         )
-    # A fire exactly at `now` has happened: start the search just after it.
-    now = (now or datetime.now(UTC)).astimezone(zone) + timedelta(seconds=1)
-    iterator = croniter(cron, now)
-    end = _utc(iterator.get_prev(datetime))
-    start = _utc(iterator.get_prev(datetime))
+    # A fire exactly at `now` has happened: search just after it.
+    fires = Cron(cron, zone).fires_before((now or datetime.now(UTC)) + timedelta(microseconds=1))
+    end = next(fires)
+    start = next(fires)
     return DataInterval(start, start, end)
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(fold=0)

@@ -9,9 +9,10 @@ ids, known dependencies, cycles, template variables, SQL parsing, script paths) 
 from __future__ import annotations
 
 import re
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
+from zoneinfo import ZoneInfo
 
 from pydantic import (
     AfterValidator,
@@ -20,11 +21,13 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    field_validator,
     model_validator,
 )
 
 from schemas.dialects import SqlDialect
 from schemas.quality import Check
+from schemas.schedule import Overlap, check_cron, check_zone, expand_cron, zone_instant
 
 EngineName = Literal["duckdb", "trino"]
 MAX_PREVIEW_ROWS = 1000
@@ -471,6 +474,65 @@ STEP_MODELS: dict[str, type[StepBase]] = {
 STEP_TYPES = tuple(STEP_MODELS)
 
 
+class Schedule(StrictModel):
+    """`cron` in `timezone`; runs for data intervals [fire, next fire) from `start_date`."""
+
+    cron: str = Field(max_length=200)
+    """Five fields (minute hour day-of-month month day-of-week) or @hourly/@daily/@weekly/..."""
+    timezone: str = "UTC"
+    """IANA zone the cron is read in (Europe/Berlin); fire times follow its DST changes."""
+    start_date: datetime | date | None = None
+    """The first interval starts at or after this; a date means midnight in `timezone`."""
+    end_date: datetime | date | None = None
+    """No interval starts at or after this."""
+    catchup: bool = False
+    """After downtime: run every missed interval (true) or only the latest one (false)."""
+    overlap: Overlap = Overlap.SKIP
+    jitter: Duration = timedelta(0)
+    """Delay each fire by a stable pseudo-random amount up to this (spreads many pipelines)."""
+    paused: bool = False
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        return check_cron(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        return check_zone(value)
+
+    @field_validator("jitter")
+    @classmethod
+    def _jitter(cls, value: timedelta) -> timedelta:
+        if value < timedelta(0) or value > timedelta(hours=1):
+            raise ValueError("jitter must be between 0 and 1h")
+        return value
+
+    @model_validator(mode="after")
+    def _dates_in_order(self) -> Schedule:
+        start, end = self.start, self.end
+        if start is not None and end is not None and end <= start:
+            raise ValueError(f"end_date ({end.isoformat()}) must be after start_date")
+        return self
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def expression(self) -> str:
+        return expand_cron(self.cron)
+
+    @property
+    def start(self) -> datetime | None:
+        return zone_instant(self.start_date, self.zone)
+
+    @property
+    def end(self) -> datetime | None:
+        return zone_instant(self.end_date, self.zone)
+
+
 class OnFailure(StrEnum):
     NONE = "none"
     COMPENSATE = "compensate"
@@ -484,8 +546,8 @@ class PipelineDefinition(StrictModel):
     timeout: PositiveDuration | None = None
     max_parallelism: int = Field(8, ge=1, le=256)
     on_failure: OnFailure = OnFailure.NONE
+    schedule: Schedule | None = None
     # Reserved for later capabilities; accepted so definitions can already carry them.
-    schedule: dict[str, Any] | None = None
     depends_on: list[dict[str, Any]] | None = None
     notifications: list[dict[str, Any]] | None = None
 
@@ -506,6 +568,7 @@ for _model in (
     QualityStep,
     NotificationStep,
     NoopStep,
+    Schedule,
     PipelineDefinition,
 ):
     _model.model_rebuild()

@@ -17,6 +17,7 @@ from pipeline_service.cluster_dates import (
     pipeline_cron,
 )
 from pipeline_service.settings import ConfigFileError, load_run_settings, unknown_env_warnings
+from schemas.pipeline import Schedule
 
 
 def test_seed_names_and_units() -> None:
@@ -77,7 +78,7 @@ def test_unknown_laminar_variables_name_the_closest_known_one() -> None:
 
 
 def test_logical_dates_and_intervals() -> None:
-    cron, zone = pipeline_cron({"cron": "0 6 * * *", "timezone": "Europe/Berlin"})
+    cron, zone = pipeline_cron(Schedule(cron="0 6 * * *", timezone="Europe/Berlin"))
     assert cron == "0 6 * * *" and zone == ZoneInfo("Europe/Berlin")
     day = parse_logical_date("2026-11-23", zone)
     assert day == datetime(2026, 11, 22, 23, tzinfo=UTC)
@@ -92,7 +93,5 @@ def test_logical_dates_and_intervals() -> None:
     assert just_before.end == datetime(2026, 11, 23, 5, tzinfo=UTC)
     with pytest.raises(LogicalDateError, match="needs the pipeline's cron"):
         latest_interval(None, UTC)
-    with pytest.raises(LogicalDateError, match="invalid cron"):
-        pipeline_cron({"cron": "every day"})
-    with pytest.raises(LogicalDateError, match="unknown time zone"):
-        pipeline_cron({"cron": "0 6 * * *", "timezone": "Mars/Olympus"})
+    assert pipeline_cron(None) == (None, UTC)
+    assert pipeline_cron(Schedule(cron="@daily")) == ("0 0 * * *", ZoneInfo("UTC"))

@@ -1,0 +1,1 @@
+"""Scheduling: DST-correct fire times, the scheduler and backfill activities."""
