@@ -17,3 +17,9 @@ STATE_QUERY = "state"
 RECORD_RUN_EVENT = "record_run_event"
 """Local activity: record one workflow task's run/step transitions (RecordRunEventsInput ->
 RecordRunEventsResult) in the service database, with their outbox rows."""
+
+PLAN_SCHEDULE = "plan_schedule"
+"""Reads the pipeline's schedule and says which intervals are due and when the next fires."""
+
+LAUNCH_SCHEDULED = "launch_scheduled"
+"""Starts one scheduled interval's run through the launcher, applying the overlap policy."""

@@ -213,6 +213,7 @@ async def _worker(
         max_concurrent_activities=max_concurrent_steps,
         sessions=session_factory(db),
         metrics=metrics,
+        source_dir=settings.source_dir,
     )
     console.print(
         f"laminar worker on task queue {settings.task_queue} (temporal "

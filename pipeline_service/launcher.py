@@ -66,6 +66,8 @@ class LaunchRequest:
     """Fixed by the caller (a retry names its own); default: derived from date or key."""
     max_parallelism: int | None = None
     """Overrides the definition's (`laminar run --parallelism`)."""
+    data_interval_end: datetime | None = None
+    """The end of the run's data interval (schedules, backfills); default: its logical date."""
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,7 @@ def _record(
             trigger=Trigger(run.trigger),
             logical_date=run.logical_date,
             data_interval_start=run.logical_date,
-            data_interval_end=run.logical_date,
+            data_interval_end=request.data_interval_end or run.logical_date,
             params=run.params,
         )
     return Launch(run, created), RunInput(

@@ -478,7 +478,8 @@ class Schedule(StrictModel):
     """`cron` in `timezone`; runs for data intervals [fire, next fire) from `start_date`."""
 
     cron: str = Field(max_length=200)
-    """Five fields (minute hour day-of-month month day-of-week) or @hourly/@daily/@weekly/..."""
+    """Five fields (minute hour day-of-month month day-of-week) or @hourly/@daily/@weekly/...;
+    an optional sixth field is seconds (`* * * * * */5`: every 5 s; for tests and demos)."""
     timezone: str = "UTC"
     """IANA zone the cron is read in (Europe/Berlin); fire times follow its DST changes."""
     start_date: datetime | date | None = None

@@ -49,10 +49,11 @@ def check_cron(expression: str) -> str:
             f"unknown cron alias {expression!r} (expected one of: {', '.join(CRON_ALIASES)})"
         )
     fields = expanded.split()
-    if len(fields) != 5:
+    if len(fields) not in (5, 6):
         raise ValueError(
             f"cron {expression!r} has {len(fields)} fields; expected 5 "
-            "(minute hour day-of-month month day-of-week) or an alias such as @daily"
+            "(minute hour day-of-month month day-of-week, optionally a 6th: seconds) "
+            "or an alias such as @daily"
         )
     if not croniter.is_valid(expanded):
         raise ValueError(f"invalid cron expression {expression!r}")

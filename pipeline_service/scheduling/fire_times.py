@@ -28,9 +28,7 @@ from croniter import croniter
 from schemas.pipeline import Schedule
 from schemas.schedule import expand_cron
 
-# The largest backward jump of a zone's clock (DST fall-back is 1 h; a few zones changed their
-# offset by up to ~3 h once). Matches within this window are sorted before they are emitted.
-_MAX_JUMP = timedelta(hours=3)
+_NEAR = timedelta(days=2)
 
 
 @dataclass(frozen=True)
@@ -70,10 +68,20 @@ class Cron:
             return [first]
         return [first, second] if self.every_hour else [first]
 
+    def _jump(self, wall: datetime) -> timedelta:
+        """How far the zone's clock jumps within two days of `wall` (0 away from DST changes):
+        wall-clock order and time-line order of matches differ by at most this."""
+        offsets = [
+            (wall + delta).replace(tzinfo=self.zone).utcoffset() or timedelta(0)
+            for delta in (-_NEAR, timedelta(0), _NEAR)
+        ]
+        return max(offsets) - min(offsets)
+
     def fires_after(self, after: datetime) -> Iterator[datetime]:
         """Fire times strictly after `after`, ascending, as UTC instants."""
         after = after.astimezone(UTC)
-        start = after.astimezone(self.zone).replace(tzinfo=None) - _MAX_JUMP
+        local = after.astimezone(self.zone).replace(tzinfo=None)
+        start = local - self._jump(local)
         walk = croniter(self.expression, start)
         pending: list[datetime] = []
         last: datetime | None = None
@@ -82,8 +90,8 @@ class Cron:
             for instant in self._instants(wall):
                 if instant > after:
                     heapq.heappush(pending, instant)
-            horizon = wall.replace(tzinfo=self.zone, fold=0).astimezone(UTC) - _MAX_JUMP
-            while pending and pending[0] < horizon:
+            horizon = wall.replace(tzinfo=self.zone, fold=0).astimezone(UTC) - self._jump(wall)
+            while pending and pending[0] <= horizon:
                 instant = heapq.heappop(pending)
                 if instant != last:
                     last = instant
@@ -92,7 +100,8 @@ class Cron:
     def fires_before(self, before: datetime) -> Iterator[datetime]:
         """Fire times strictly before `before`, descending, as UTC instants."""
         before = before.astimezone(UTC)
-        start = before.astimezone(self.zone).replace(tzinfo=None) + _MAX_JUMP
+        local = before.astimezone(self.zone).replace(tzinfo=None)
+        start = local + self._jump(local)
         walk = croniter(self.expression, start)
         pending: list[tuple[float, datetime]] = []
         last: datetime | None = None
@@ -101,8 +110,8 @@ class Cron:
             for instant in self._instants(wall):
                 if instant < before:
                     heapq.heappush(pending, (-instant.timestamp(), instant))
-            horizon = wall.replace(tzinfo=self.zone, fold=1).astimezone(UTC) + _MAX_JUMP
-            while pending and pending[0][1] > horizon:
+            horizon = wall.replace(tzinfo=self.zone, fold=1).astimezone(UTC) + self._jump(wall)
+            while pending and pending[0][1] >= horizon:
                 instant = heapq.heappop(pending)[1]
                 if instant != last:
                     last = instant

@@ -14,6 +14,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.recording import RecordingActivities
+from activities.scheduling import ScheduleActivities
 from activities.steps import HEARTBEAT_EVERY, StepActivities
 from pipeline_service.metrics import StepMetrics
 from pipeline_service.settings import FlinkSettings, KubernetesJobSettings, SparkSettings
@@ -22,6 +23,7 @@ from steps.flink_job import FlinkOptions
 from steps.registry import build_executors
 from steps.spark_submit import SparkOptions
 from workflows.pipeline_run import PipelineRunWorkflow
+from workflows.schedule import PipelineScheduleWorkflow
 
 
 @cache
@@ -48,13 +50,15 @@ def build_worker(
     metrics: StepMetrics | None = None,
     spark: SparkOptions | None = None,
     flink: FlinkOptions | None = None,
+    source_dir: Path | None = None,
 ) -> Worker:
     """A worker running pipeline workflows and their steps.
 
     `sticky_timeout` is how long the server waits for this worker before handing a cached
     workflow's next task to another worker; `laminar run` keeps it short because its previous
     worker is known to be gone after a restart. With `sessions` (the service database) the
-    worker records the state of runs started with `record` on.
+    worker records the state of runs started with `record` on; with `source_dir` too it
+    also runs the pipelines' schedulers (they start runs through the launcher).
     """
     # LAMINAR_SPARK__* and LAMINAR_FLINK__* from the environment unless given.
     spark = spark or SparkSettings().options()
@@ -63,12 +67,19 @@ def build_worker(
     executors = build_executors(engine, spark=spark, flink=flink, kubernetes=kubernetes)
     activities = StepActivities(executors, work_root, client)
     registered: list[Callable[..., Any]] = [activities.run_step]
+    workflows: list[type] = [PipelineRunWorkflow]
     if sessions is not None:
         registered.append(RecordingActivities(sessions, metrics).record_run_event)
+        if source_dir is not None:
+            scheduling = ScheduleActivities(
+                sessions, client, task_queue=task_queue, source_dir=source_dir
+            )
+            registered += [scheduling.plan_schedule, scheduling.launch_scheduled]
+            workflows.append(PipelineScheduleWorkflow)
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[PipelineRunWorkflow],
+        workflows=workflows,
         activities=registered,
         max_concurrent_activities=max_concurrent_activities,
         build_id=build_id(),

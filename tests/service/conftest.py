@@ -86,7 +86,12 @@ async def service(
     app = create_app(settings, temporal=client)
     engine = DuckDBEngine(work / "warehouse.duckdb")
     worker = build_worker(
-        client, task_queue=queue, engine=engine, work_root=settings.work_dir, sessions=sessions
+        client,
+        task_queue=queue,
+        engine=engine,
+        work_root=settings.work_dir,
+        sessions=sessions,
+        source_dir=EXAMPLES,
     )
     transport = httpx.ASGITransport(app=app)
     async with (

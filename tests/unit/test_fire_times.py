@@ -177,7 +177,7 @@ def test_schedule_block_validation_is_path_precise() -> None:
     assert schedule.jitter == timedelta(seconds=10)
     assert schedule_problems({"cron": "0 6 * *"}) == [
         "schedule.cron: cron '0 6 * *' has 4 fields; expected 5 (minute hour day-of-month "
-        "month day-of-week) or an alias such as @daily"
+        "month day-of-week, optionally a 6th: seconds) or an alias such as @daily"
     ]
     assert any(
         "schedule.cron" in p and "invalid cron" in p
