@@ -21,6 +21,7 @@ from pipeline_service.api.routers import (
     pipelines,
     run_actions,
     runs,
+    schedules,
     tenants,
 )
 from pipeline_service.api.services import Services
@@ -60,6 +61,7 @@ def create_app(settings: ServiceSettings, *, temporal: Client | None = None) -> 
         pipelines.router,
         runs.router,
         run_actions.router,
+        schedules.router,
         definitions.router,
         events.router,
         event_feed.router,

@@ -183,3 +183,29 @@ class RunPage(BaseModel):
 
 
 __all__ = ["PIPELINE_NAME_PATTERN"]
+
+
+class ScheduleFirePublic(BaseModel):
+    logical_date: datetime
+    fires_at: datetime
+
+
+class SchedulePublic(BaseModel):
+    pipeline: str
+    cron: str
+    timezone: str
+    catchup: bool
+    overlap: str
+    jitter_seconds: float
+    start_date: datetime | None
+    end_date: datetime | None
+    paused: bool
+    """Whether the schedule fires now (a pause/unpause, else the definition's `paused`)."""
+    running: bool
+    """Whether the pipeline's scheduler workflow is running."""
+    next_fires: list[datetime] = Field(description="Next fire times in the schedule's zone.")
+    last_handled: datetime | None = Field(
+        None, description="The end of the last interval the scheduler handled (its cursor)."
+    )
+    buffered: list[ScheduleFirePublic] = Field(default_factory=list)
+    recent: list[str] = Field(default_factory=list, description="Recent fires and outcomes.")

@@ -47,6 +47,15 @@ async def set_paused(
     await handle.signal(PipelineScheduleWorkflow.pause, PauseSignal(paused=paused))
 
 
+async def refresh_if_running(client: Client, tenant: str, pipeline: str) -> None:
+    handle = client.get_workflow_handle(scheduler_workflow_id(tenant, pipeline))
+    try:
+        await handle.signal(PipelineScheduleWorkflow.refresh, RefreshSignal())
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise
+
+
 async def scheduler_state(client: Client, tenant: str, pipeline: str) -> SchedulerState | None:
     """The running scheduler's state, or None when it is not running."""
     handle = client.get_workflow_handle(scheduler_workflow_id(tenant, pipeline))

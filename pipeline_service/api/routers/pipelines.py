@@ -27,6 +27,7 @@ from pipeline_service.api.models import (
     VersionPublic,
 )
 from pipeline_service.api.problems import ProblemError, not_found
+from pipeline_service.api.routers.schedules import sync_after_change
 from pipeline_service.db import pipelines as repo
 from pipeline_service.db.models import Pipeline, PipelineVersion
 from pipeline_service.db.outbox import add_event
@@ -123,6 +124,8 @@ def create(
         session.commit()
     except IntegrityError:  # created concurrently
         raise ProblemError(409, f"pipeline '{name}' exists already") from None
+    if checked.definition.schedule is not None:
+        sync_after_change(services, tenant.name, name, has_schedule=True)
     return _detail(session, pipeline)
 
 
@@ -225,6 +228,8 @@ def update(
         )
         _event(session, pipeline, EventType.PIPELINE_UPDATED, principal.actor)
         session.commit()
+        has_schedule = checked.definition.schedule is not None
+        sync_after_change(services, tenant_of(principal).name, name, has_schedule)
     return _detail(session, pipeline)
 
 

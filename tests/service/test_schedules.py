@@ -1,0 +1,119 @@
+"""Schedules end to end on the dev server: a schedule firing every 2 s starts runs through the
+launcher with the right logical dates and data intervals; preview; pause/unpause with catchup;
+changing the schedule never re-runs an interval; overlap policies; removing it stops it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import datetime, timedelta
+from typing import Any
+
+from temporalio.client import Client, WorkflowExecutionStatus
+
+from tests.service.conftest import Service, Tenant
+from workflows.schedule import scheduler_workflow_id
+
+TICK = timedelta(seconds=2)
+
+
+def ticker(name: str, **schedule: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "schedule": {"cron": "* * * * * */2", "timezone": "Europe/Berlin", **schedule},
+        "steps": [{"id": "a", "type": "noop"}],
+    }
+
+
+async def runs_of(tenant: Tenant, pipeline: str) -> list[dict[str, Any]]:
+    response = await tenant.http.get("/v1/runs", params={"pipeline": pipeline, "limit": 200})
+    assert response.status_code == 200, response.text
+    return sorted(response.json()["items"], key=lambda r: r["logical_date"])
+
+
+async def wait_runs(tenant: Tenant, pipeline: str, count: int, timeout: float = 40) -> list[Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = await runs_of(tenant, pipeline)
+        if len(runs) >= count:
+            return runs
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"{pipeline}: {len(runs)} runs after {timeout} s, expected {count}")
+
+
+def dates(runs: list[dict[str, Any]]) -> list[datetime]:
+    return [datetime.fromisoformat(r["logical_date"]) for r in runs]
+
+
+async def started_context(client: Client, workflow_id: str) -> dict[str, Any]:
+    """The run context the run's workflow was started with (from its history)."""
+    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    started = history.events[0].workflow_execution_started_event_attributes
+    return dict(json.loads(started.input.payloads[0].data)["context"])
+
+
+async def test_a_schedule_fires_runs_for_consecutive_intervals(
+    service: Service, client: Client
+) -> None:
+    tenant = await service.tenant()
+    await tenant.apply(ticker("ticker", catchup=True, overlap="allow_all"))
+    runs = await wait_runs(tenant, "ticker", 3)
+    assert {r["trigger"] for r in runs} == {"schedule"}
+    assert {r["actor"] for r in runs} == {"schedule"}
+    logical = dates(runs)
+    assert all(b - a == TICK for a, b in zip(logical, logical[1:], strict=False)), logical
+    for run, date in zip(runs, logical, strict=True):
+        assert run["workflow_id"] == f"{tenant.name}/ticker/{date.isoformat()}"
+    context = await started_context(client, runs[0]["workflow_id"])
+    start = datetime.fromisoformat(context["data_interval_start"])
+    end = datetime.fromisoformat(context["data_interval_end"])
+    assert (start, end - start, context["trigger"]) == (logical[0], TICK, "schedule")
+
+    response = await tenant.http.get("/v1/pipelines/ticker/schedule", params={"count": 5})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["running"] and not body["paused"] and body["timezone"] == "Europe/Berlin"
+    fires = [datetime.fromisoformat(f) for f in body["next_fires"]]
+    assert len(fires) == 5
+    assert {b - a for a, b in zip(fires, fires[1:], strict=False)} == {TICK}
+    assert {f.utcoffset() for f in fires} <= {timedelta(hours=1), timedelta(hours=2)}
+    assert datetime.fromisoformat(body["last_handled"]) >= logical[-1] + TICK
+
+    # Paused: nothing fires. Unpaused with catchup: the missed intervals run, none lost.
+    response = await tenant.http.post("/v1/pipelines/ticker/schedule/pause")
+    assert response.status_code == 200 and response.json()["paused"], response.text
+    await asyncio.sleep(1)
+    before = len(await runs_of(tenant, "ticker"))
+    await asyncio.sleep(5)
+    assert len(await runs_of(tenant, "ticker")) == before
+    response = await tenant.http.post("/v1/pipelines/ticker/schedule/unpause")
+    assert response.status_code == 200 and not response.json()["paused"], response.text
+    runs = await wait_runs(tenant, "ticker", before + 3)
+    logical = dates(runs)
+    assert all(b - a == TICK for a, b in zip(logical, logical[1:], strict=False)), logical
+
+    # A new schedule (every 3 s, no catchup) never fires an interval that already ran.
+    handled = datetime.fromisoformat(
+        (await tenant.http.get("/v1/pipelines/ticker/schedule")).json()["last_handled"]
+    )
+    changed = ticker("ticker", overlap="allow_all")
+    changed["schedule"]["cron"] = "* * * * * */3"
+    response = await tenant.http.put("/v1/pipelines/ticker", json={"definition": changed})
+    assert response.status_code == 200, response.text
+    known = {r["workflow_id"] for r in await runs_of(tenant, "ticker")}
+    runs = await wait_runs(tenant, "ticker", len(known) + 2)
+    new = [r for r in runs if r["workflow_id"] not in known]
+    every_3s = timedelta(seconds=3)
+    assert new and all(datetime.fromisoformat(r["logical_date"]) + every_3s > handled for r in new)
+    assert len({r["logical_date"] for r in runs}) == len(runs)
+
+    # Without a schedule the scheduler ends.
+    plain = {"name": "ticker", "steps": [{"id": "a", "type": "noop"}]}
+    response = await tenant.http.put("/v1/pipelines/ticker", json={"definition": plain})
+    assert response.status_code == 200, response.text
+    handle = client.get_workflow_handle(scheduler_workflow_id(tenant.name, "ticker"))
+    await asyncio.wait_for(handle.result(), timeout=20)
+    assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
+    response = await tenant.http.get("/v1/pipelines/ticker/schedule")
+    assert response.status_code == 404, response.text
