@@ -5,6 +5,7 @@ changing the schedule never re-runs an interval; overlap policies; removing it s
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from datetime import datetime, timedelta
@@ -62,7 +63,7 @@ async def test_a_schedule_fires_runs_for_consecutive_intervals(
     assert {r["trigger"] for r in runs} == {"schedule"}
     assert {r["actor"] for r in runs} == {"schedule"}
     logical = dates(runs)
-    assert all(b - a == TICK for a, b in zip(logical, logical[1:], strict=False)), logical
+    assert all(b - a == TICK for a, b in itertools.pairwise(logical)), logical
     for run, date in zip(runs, logical, strict=True):
         assert run["workflow_id"] == f"{tenant.name}/ticker/{date.isoformat()}"
     context = await started_context(client, runs[0]["workflow_id"])
@@ -76,7 +77,7 @@ async def test_a_schedule_fires_runs_for_consecutive_intervals(
     assert body["running"] and not body["paused"] and body["timezone"] == "Europe/Berlin"
     fires = [datetime.fromisoformat(f) for f in body["next_fires"]]
     assert len(fires) == 5
-    assert {b - a for a, b in zip(fires, fires[1:], strict=False)} == {TICK}
+    assert {b - a for a, b in itertools.pairwise(fires)} == {TICK}
     assert {f.utcoffset() for f in fires} <= {timedelta(hours=1), timedelta(hours=2)}
     assert datetime.fromisoformat(body["last_handled"]) >= logical[-1] + TICK
 
@@ -91,7 +92,7 @@ async def test_a_schedule_fires_runs_for_consecutive_intervals(
     assert response.status_code == 200 and not response.json()["paused"], response.text
     runs = await wait_runs(tenant, "ticker", before + 3)
     logical = dates(runs)
-    assert all(b - a == TICK for a, b in zip(logical, logical[1:], strict=False)), logical
+    assert all(b - a == TICK for a, b in itertools.pairwise(logical)), logical
 
     # A new schedule (every 3 s, no catchup) never fires an interval that already ran.
     handled = datetime.fromisoformat(
