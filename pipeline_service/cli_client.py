@@ -143,6 +143,48 @@ def pipelines_show(name: str, url: Url = DEFAULT_URL, api_key: Key = None) -> No
     console.print(detail["source"] or json.dumps(detail["definition"], indent=2), markup=False)
 
 
+schedule_app = typer.Typer(
+    help="A pipeline's schedule: next fire times, pause, unpause.", no_args_is_help=True
+)
+
+
+def _show_schedule(body: dict[str, Any]) -> None:
+    state = "paused" if body["paused"] else "active"
+    running = "" if body["running"] else " (scheduler not running)"
+    console.print(
+        f"[cyan]{body['pipeline']}[/] {body['cron']} in {body['timezone']}: {state}{running}; "
+        f"catchup {str(body['catchup']).lower()}, overlap {body['overlap']}"
+    )
+    if body["last_handled"]:
+        console.print(f"last interval handled: up to {body['last_handled']}", markup=False)
+    for fire in body["next_fires"]:
+        console.print(f"  next: {fire}", markup=False)
+
+
+@schedule_app.command("show")
+def schedule_show(
+    name: str,
+    count: Annotated[int, typer.Option(help="How many next fire times.")] = 10,
+    url: Url = DEFAULT_URL,
+    api_key: Key = None,
+) -> None:
+    """The next fire times in the pipeline's time zone, and the scheduler's state."""
+    body = Api(url, api_key).call("GET", f"/v1/pipelines/{name}/schedule", params={"count": count})
+    _show_schedule(body)
+
+
+@schedule_app.command("pause")
+def schedule_pause(name: str, url: Url = DEFAULT_URL, api_key: Key = None) -> None:
+    """Stop firing (runs in flight continue)."""
+    _show_schedule(Api(url, api_key).call("POST", f"/v1/pipelines/{name}/schedule/pause"))
+
+
+@schedule_app.command("unpause")
+def schedule_unpause(name: str, url: Url = DEFAULT_URL, api_key: Key = None) -> None:
+    """Fire again; with catchup, the intervals missed while paused run first."""
+    _show_schedule(Api(url, api_key).call("POST", f"/v1/pipelines/{name}/schedule/unpause"))
+
+
 def _show_run(run: dict[str, Any]) -> None:
     table = Table("step", "status", "attempts", "ms", "error", title=f"run {run['id']}")
     for step in run.get("steps", []):
@@ -268,6 +310,7 @@ def keys_create(
 
 def register(app: typer.Typer) -> None:
     app.add_typer(pipelines_app, name="pipelines")
+    app.add_typer(schedule_app, name="schedule")
     app.add_typer(runs_app, name="runs")
     app.add_typer(tenants_app, name="tenants")
     app.add_typer(keys_app, name="keys")

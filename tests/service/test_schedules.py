@@ -8,12 +8,18 @@ import asyncio
 import itertools
 import json
 import time
+import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.worker import Worker
 
-from tests.service.conftest import Service, Tenant
+from pipeline_service.db.pipelines import create_pipeline
+from pipeline_service.db.tenants import get_tenant
+from pipeline_service.scheduling.sync import sync_schedule
+from pipeline_service.temporal.worker import build_worker
+from tests.service.conftest import EXAMPLES, Service, Tenant
 from workflows.schedule import scheduler_workflow_id
 
 TICK = timedelta(seconds=2)
@@ -118,3 +124,89 @@ async def test_a_schedule_fires_runs_for_consecutive_intervals(
     assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
     response = await tenant.http.get("/v1/pipelines/ticker/schedule")
     assert response.status_code == 404, response.text
+
+
+ACTIVE = {"QUEUED", "RUNNING", "RETRYING"}
+
+
+def slow(name: str, overlap: str) -> dict[str, Any]:
+    definition = ticker(name, overlap=overlap, catchup=True)
+    definition["steps"] = [
+        {"id": "work", "type": "python", "script": "scripts/wait_seconds.py", "args": ["3.5"]}
+    ]
+    return definition
+
+
+async def test_overlap_policies(service: Service, client: Client) -> None:
+    """A 2 s schedule of ~4 s runs: skip and buffer_one/buffer_all never run two at once
+    (sampled); skip and buffer_one drop intervals, buffer_all keeps every one in order;
+    cancel_other cancels the running one."""
+    tenant = await service.tenant()
+    policies = ["skip", "buffer_one", "buffer_all", "cancel_other"]
+    for policy in policies:
+        await tenant.apply(slow(policy.replace("_", "-"), policy))
+    peak = dict.fromkeys(policies, 0)
+    deadline = time.monotonic() + 16
+    while time.monotonic() < deadline:
+        for policy in policies:
+            runs = await runs_of(tenant, policy.replace("_", "-"))
+            peak[policy] = max(peak[policy], sum(r["status"] in ACTIVE for r in runs))
+        await asyncio.sleep(0.25)
+    for policy in policies:  # stop firing before looking at the result
+        await tenant.http.post(f"/v1/pipelines/{policy.replace('_', '-')}/schedule/pause")
+    assert peak["skip"] == peak["buffer_one"] == peak["buffer_all"] == 1, peak
+    result = {p: await runs_of(tenant, p.replace("_", "-")) for p in policies}
+    for policy in ("skip", "buffer_one"):
+        gaps = [b - a for a, b in itertools.pairwise(dates(result[policy]))]
+        assert len(result[policy]) >= 2 and max(gaps) > TICK, (policy, gaps)
+    # buffer_all: every interval since the first, in order, none dropped.
+    gaps = {b - a for a, b in itertools.pairwise(dates(result["buffer_all"]))}
+    assert len(result["buffer_all"]) >= 2 and gaps == {TICK}, gaps
+    state = (await tenant.http.get("/v1/pipelines/buffer-all/schedule")).json()
+    assert state["buffered"], state  # fires keep coming faster than runs end
+    assert {r["status"] for r in result["cancel_other"]} >= {"CANCELLED"}
+    skip_state = (await tenant.http.get("/v1/pipelines/skip/schedule")).json()
+    assert any(line.endswith("skipped") for line in skip_state["recent"]), skip_state
+
+
+async def test_catchup_after_the_worker_was_down(service: Service, client: Client) -> None:
+    """The scheduler's worker stops for ~6 s: with catchup every missed interval runs when it
+    is back; without, only the latest one."""
+    tenant = await service.tenant()
+    queue = f"schedules-{uuid.uuid4()}"
+    with service.sessions() as session:
+        tenant_row = get_tenant(session, tenant.name)
+        assert tenant_row is not None
+        # buffer_all: catch-up runs start one after the other (skip would drop some).
+        for name, catchup in (("with-catchup", True), ("latest-only", False)):
+            definition = ticker(name, catchup=catchup, overlap="buffer_all")
+            create_pipeline(session, tenant_row.id, name, definition, actor="test")
+        session.commit()
+
+    def worker() -> Worker:
+        return build_worker(
+            client,
+            task_queue=queue,
+            engine=service.warehouse,
+            work_root=service.settings.work_dir,
+            sessions=service.sessions,
+            source_dir=EXAMPLES,
+        )
+
+    async with worker():
+        for name in ("with-catchup", "latest-only"):
+            await sync_schedule(client, tenant.name, name, task_queue=queue)
+        await wait_runs(tenant, "with-catchup", 2)
+        await wait_runs(tenant, "latest-only", 2)
+    down = {n: len(await runs_of(tenant, n)) for n in ("with-catchup", "latest-only")}
+    await asyncio.sleep(6)  # ~3 intervals end while no worker runs the scheduler
+    assert {n: len(await runs_of(tenant, n)) for n in down} == down
+    async with worker():
+        await wait_runs(tenant, "with-catchup", down["with-catchup"] + 4)
+        await wait_runs(tenant, "latest-only", down["latest-only"] + 2)
+        for name in down:
+            await client.get_workflow_handle(scheduler_workflow_id(tenant.name, name)).terminate()
+    gaps = [b - a for a, b in itertools.pairwise(dates(await runs_of(tenant, "with-catchup")))]
+    assert set(gaps) == {TICK}, gaps
+    gaps = [b - a for a, b in itertools.pairwise(dates(await runs_of(tenant, "latest-only")))]
+    assert max(gaps) >= 3 * TICK, gaps
