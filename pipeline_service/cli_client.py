@@ -220,6 +220,10 @@ def runs_trigger(
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="key=value")] = None,
     logical_date: Annotated[str | None, typer.Option(help="ISO date-time with zone")] = None,
     idempotency_key: Annotated[str | None, typer.Option(help="Same key, same run.")] = None,
+    rerun: Annotated[
+        bool,
+        typer.Option("--rerun", help="Run a logical date that has a scheduled run again."),
+    ] = False,
     wait: Annotated[
         bool, typer.Option("--wait", help="Follow the run; exit 1 if it fails.")
     ] = False,
@@ -230,6 +234,8 @@ def runs_trigger(
     body: dict[str, Any] = {"params": _params(param or [])}
     if logical_date:
         body["logical_date"] = logical_date
+    if rerun:
+        body["rerun"] = True
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
     run = api.call("POST", f"/v1/pipelines/{name}/runs", json=body, headers=headers)
     console.print(f"run [cyan]{run['id']}[/] ({run['status']})")

@@ -131,6 +131,11 @@ class RunTrigger(Request):
     logical_date: AwareDatetime | None = Field(
         None, description="Makes the run the pipeline's run for this date (one per date)."
     )
+    rerun: bool = Field(
+        False,
+        description="Run the logical date again although it has a scheduled, backfill or "
+        "dependency run (without: 409).",
+    )
 
 
 class StepAttempt(BaseModel):

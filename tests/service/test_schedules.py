@@ -76,6 +76,7 @@ async def test_a_schedule_fires_runs_for_consecutive_intervals(
     start = datetime.fromisoformat(context["data_interval_start"])
     end = datetime.fromisoformat(context["data_interval_end"])
     assert (start, end - start, context["trigger"]) == (logical[0], TICK, "schedule")
+    first, first_date = runs[0], logical[0]
 
     response = await tenant.http.get("/v1/pipelines/ticker/schedule", params={"count": 5})
     assert response.status_code == 200, response.text
@@ -114,6 +115,18 @@ async def test_a_schedule_fires_runs_for_consecutive_intervals(
     every_3s = timedelta(seconds=3)
     assert new and all(datetime.fromisoformat(r["logical_date"]) + every_3s > handled for r in new)
     assert len({r["logical_date"] for r in runs}) == len(runs)
+
+    # By hand, a date that has a scheduled run is refused unless rerun.
+    manual = {"logical_date": first_date.isoformat()}
+    response = await tenant.http.post("/v1/pipelines/ticker/runs", json=manual)
+    assert response.status_code == 409, response.text
+    assert "already has a schedule run" in response.json()["detail"]
+    response = await tenant.http.post("/v1/pipelines/ticker/runs", json={**manual, "rerun": True})
+    assert response.status_code == 201, response.text
+    rerun = response.json()
+    assert rerun["workflow_id"].startswith(first["workflow_id"] + "/rerun:")
+    assert (rerun["trigger"], rerun["retry_of"]) == ("manual", first["id"])
+    assert datetime.fromisoformat(rerun["logical_date"]) == first_date
 
     # Without a schedule the scheduler ends.
     plain = {"name": "ticker", "steps": [{"id": "a", "type": "noop"}]}

@@ -37,7 +37,7 @@ from pipeline_service.db.models import PipelineVersion, Run, StepRun
 from pipeline_service.db.pipelines import get_pipeline
 from pipeline_service.db.recording import record_run_events
 from pipeline_service.db.session import transaction
-from pipeline_service.launcher import LaunchRefused, LaunchRequest, launch_run
+from pipeline_service.launcher import LaunchRefused, LaunchRequest, launch_run, workflow_id_for
 from schemas.loading import PipelineValidationError
 from schemas.recording import (
     RUN_FINISHED,
@@ -46,6 +46,7 @@ from schemas.recording import (
     RunEvent,
     RunTransition,
 )
+from schemas.run import Trigger
 
 router = APIRouter(tags=["runs"])
 
@@ -155,6 +156,9 @@ async def trigger(
 ) -> RunDetail:
     """Start a run (201), or return the run this key or logical date already started (200)."""
     tenant = tenant_of(principal)
+    rerun_of = await anyio.to_thread.run_sync(
+        _dated_run_check, services, tenant.id, tenant.name, name, body
+    )
     request = LaunchRequest(
         tenant=tenant,
         pipeline=name,
@@ -162,6 +166,8 @@ async def trigger(
         params=body.params,
         logical_date=body.logical_date,
         idempotency_key=idempotency_key,
+        retry_of_id=rerun_of.id if rerun_of else None,
+        workflow_id=_rerun_id(rerun_of, idempotency_key) if rerun_of else None,
     )
     try:
         temporal = await services.temporal_client()
@@ -200,6 +206,40 @@ async def trigger(
             return _detail(session, run, work_dir)
 
     return await anyio.to_thread.run_sync(answer)
+
+
+_NOT_BY_HAND = {Trigger.SCHEDULE.value, Trigger.BACKFILL.value, Trigger.DEPENDENCY.value}
+
+
+def _dated_run_check(
+    services: Services, tenant_id: int, tenant: str, name: str, body: RunTrigger
+) -> Run | None:
+    """A logical date that already has a scheduled (backfill, dependency) run: refused, or with
+    `rerun` the run to run again. None: start (or return) the date's run as usual."""
+    if body.logical_date is None:
+        return None
+    with services.sessions() as session:
+        existing = repo.get_run_by_workflow_id(
+            session, workflow_id_for(tenant, name, body.logical_date, None)
+        )
+        if existing is None or existing.tenant_id != tenant_id:
+            return None
+        if existing.trigger not in _NOT_BY_HAND and not body.rerun:
+            return None  # the same manual request again: answered with its run (200)
+        if not body.rerun:
+            raise ProblemError(
+                409,
+                f"{body.logical_date.isoformat()} already has a {existing.trigger} run "
+                f"({existing.public_id}, {existing.status}); send rerun: true "
+                "(`laminar runs trigger --rerun`) to run it again",
+            )
+        return existing
+
+
+def _rerun_id(run: Run, key: str | None) -> str:
+    """A rerun's own workflow id: with an Idempotency-Key the same request is the same rerun."""
+    suffix = f"key:{key}" if key else uuid.uuid4().hex[:12]
+    return f"{run.workflow_id}/rerun:{suffix}"
 
 
 @router.get("/v1/runs", response_model=RunPage)
