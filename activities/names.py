@@ -23,3 +23,9 @@ PLAN_SCHEDULE = "plan_schedule"
 
 LAUNCH_SCHEDULED = "launch_scheduled"
 """Starts one scheduled interval's run through the launcher, applying the overlap policy."""
+
+PLAN_BACKFILL_PAGE = "plan_backfill_page"
+LAUNCH_BACKFILL_RUN = "launch_backfill_run"
+WAIT_RUNS = "wait_runs"
+CANCEL_RUNS = "cancel_runs"
+RECORD_BACKFILL_EVENT = "record_backfill_event"

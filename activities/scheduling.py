@@ -58,22 +58,8 @@ class ScheduleActivities:
         return plan(found, f"{request.tenant}/{request.pipeline}", request.cursor, now)
 
     def _schedule(self, tenant_name: str, name: str) -> Schedule | str:
-        """The pipeline's current schedule, or why it has none."""
         with self.sessions() as session:
-            tenant = get_tenant(session, tenant_name)
-            pipeline = get_pipeline(session, tenant.id, name) if tenant else None
-            if pipeline is None:
-                return f"pipeline '{name}' not found"
-            if pipeline.status == PipelineStatus.ARCHIVED.value:
-                return f"pipeline '{name}' is archived"
-            version = get_version(session, pipeline, pipeline.current_version)
-            raw = version.definition.get("schedule") if version else None
-            if not raw:
-                return f"pipeline '{name}' has no schedule"
-            try:
-                return Schedule.model_validate(raw)
-            except ValidationError as exc:  # stored definitions were validated; be safe
-                return f"pipeline '{name}' has an invalid schedule: {exc.errors()[0]['msg']}"
+            return current_schedule(session, tenant_name, name)
 
     @activity.defn(name=LAUNCH_SCHEDULED)
     async def launch_scheduled(self, request: LaunchScheduledInput) -> LaunchScheduledResult:
@@ -149,3 +135,21 @@ class ScheduleActivities:
         except RPCError as exc:
             if exc.status != RPCStatusCode.NOT_FOUND:
                 raise
+
+
+def current_schedule(session: Session, tenant_name: str, name: str) -> Schedule | str:
+    """The pipeline's current schedule, or why it has none."""
+    tenant = get_tenant(session, tenant_name)
+    pipeline = get_pipeline(session, tenant.id, name) if tenant else None
+    if pipeline is None:
+        return f"pipeline '{name}' not found"
+    if pipeline.status == PipelineStatus.ARCHIVED.value:
+        return f"pipeline '{name}' is archived"
+    version = get_version(session, pipeline, pipeline.current_version)
+    raw = version.definition.get("schedule") if version else None
+    if not raw:
+        return f"pipeline '{name}' has no schedule"
+    try:
+        return Schedule.model_validate(raw)
+    except ValidationError as exc:  # stored definitions were validated; be safe
+        return f"pipeline '{name}' has an invalid schedule: {exc.errors()[0]['msg']}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -99,3 +100,137 @@ class SchedulerState(BaseModel):
 
 class SchedulerResult(BaseModel):
     reason: str
+
+
+class Reprocess(StrEnum):
+    MISSING = "missing"
+    """Only logical dates without a run."""
+    FAILED = "failed"
+    """Dates without a run, and dates whose run failed or was cancelled (run again)."""
+    ALL = "all"
+    """Every date (finished runs run again; a run still going is left alone)."""
+
+
+class BackfillOrder(StrEnum):
+    FORWARD = "forward"
+    REVERSE = "reverse"
+
+
+class BackfillSpec(BaseModel):
+    """What a backfill covers; its id is derived from it (the same backfill twice is one)."""
+
+    tenant: str
+    pipeline: str
+    start: datetime
+    end: datetime
+    max_concurrency: int = Field(4, ge=1, le=1000)
+    reprocess: Reprocess = Reprocess.MISSING
+    order: BackfillOrder = BackfillOrder.FORWARD
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class BackfillItem(BaseModel):
+    logical_date: datetime
+    interval_end: datetime
+    workflow_id: str
+    rerun_of: str | None = None
+    """The workflow id of the date's earlier run that this one runs again."""
+
+
+class BackfillCounts(BaseModel):
+    planned: int = 0
+    skipped: int = 0
+    started: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+
+class BackfillInput(BaseModel):
+    backfill_id: str
+    spec: BackfillSpec
+    cursor: datetime | None = None
+    """The last interval enumerated (its logical date): the next page starts after it."""
+    exhausted: bool = False
+    queue: list[BackfillItem] = Field(default_factory=list)
+    in_flight: list[str] = Field(default_factory=list)
+    counts: BackfillCounts = Field(default_factory=BackfillCounts)
+    total: int | None = None
+    peak_in_flight: int = 0
+    paused: bool = False
+    cancelling: bool = False
+    announced: bool = False
+
+
+class BackfillPageInput(BaseModel):
+    backfill_id: str
+    spec: BackfillSpec
+    cursor: datetime | None
+    limit: int
+    count_total: bool = False
+
+
+class BackfillPage(BaseModel):
+    items: list[BackfillItem]
+    skipped: list[datetime]
+    cursor: datetime | None
+    exhausted: bool
+    total: int | None = None
+
+
+class BackfillLaunchInput(BaseModel):
+    backfill_id: str
+    spec: BackfillSpec
+    item: BackfillItem
+
+
+class BackfillLaunchResult(BaseModel):
+    workflow_id: str
+    status: str
+    """The run's recorded status (an existing run may have finished already)."""
+    refused: str | None = None
+
+
+class RunsWaitInput(BaseModel):
+    workflow_ids: list[str]
+    timeout_seconds: float = 5.0
+
+
+class RunsWaitResult(BaseModel):
+    finished: dict[str, str] = Field(default_factory=dict)
+    """workflow id -> final status, for the runs that have finished."""
+
+
+class RunsCancelInput(BaseModel):
+    workflow_ids: list[str]
+
+
+class BackfillEventInput(BaseModel):
+    backfill_id: str
+    event_id: str
+    tenant: str
+    pipeline: str
+    type: str
+    status: str
+    reason: str
+
+
+class BackfillProgress(BaseModel):
+    backfill_id: str
+    pipeline: str
+    state: str
+    """RUNNING, PAUSED, CANCELLING, COMPLETED, CANCELLED."""
+    start: datetime
+    end: datetime
+    max_concurrency: int
+    reprocess: str
+    order: str
+    total: int | None
+    counts: BackfillCounts
+    in_flight: int
+    peak_in_flight: int
+    queued: int
+
+
+class Empty(BaseModel):
+    pass

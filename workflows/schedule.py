@@ -44,8 +44,10 @@ def scheduler_workflow_id(tenant: str, pipeline: str) -> str:
 
 @workflow.defn(name="PipelineSchedule")
 class PipelineScheduleWorkflow:
-    def __init__(self) -> None:
-        self._state = SchedulerInput(tenant="", pipeline="")
+    @workflow.init
+    def __init__(self, start: SchedulerInput) -> None:
+        # Set here, not in run(): a signal delivered with the start must find the state.
+        self._state = start.model_copy(deep=True)
         self._woken = False
         self._refreshed = False
         self._next: ScheduledFire | None = None
@@ -54,7 +56,6 @@ class PipelineScheduleWorkflow:
 
     @workflow.run
     async def run(self, start: SchedulerInput) -> SchedulerResult:
-        self._state = start.model_copy(deep=True)
         for _ in range(MAX_LOOPS):
             self._woken = False
             plan = await self._plan()

@@ -14,6 +14,7 @@ from temporalio.client import Client
 from pipeline_service.api.limits import BodyLimitMiddleware
 from pipeline_service.api.problems import PROBLEM_RESPONSES, ProblemBody, install_handlers
 from pipeline_service.api.routers import (
+    backfills,
     definitions,
     event_feed,
     events,
@@ -62,6 +63,7 @@ def create_app(settings: ServiceSettings, *, temporal: Client | None = None) -> 
         runs.router,
         run_actions.router,
         schedules.router,
+        backfills.router,
         definitions.router,
         events.router,
         event_feed.router,

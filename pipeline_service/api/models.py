@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
@@ -214,3 +214,26 @@ class SchedulePublic(BaseModel):
     )
     buffered: list[ScheduleFirePublic] = Field(default_factory=list)
     recent: list[str] = Field(default_factory=list, description="Recent fires and outcomes.")
+
+
+class BackfillCreate(Request):
+    start: AwareDatetime | date = Field(
+        description="First logical date (a date: midnight in the pipeline's time zone)."
+    )
+    end: AwareDatetime | date = Field(description="Intervals end at or before this.")
+    max_concurrency: int = Field(4, ge=1, le=1000)
+    reprocess: Literal["missing", "failed", "all"] = "missing"
+    order: Literal["forward", "reverse"] = "forward"
+    dry_run: bool = False
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class BackfillDryRun(BaseModel):
+    dry_run: Literal[True] = True
+    pipeline: str
+    total: int
+    """Intervals in the range."""
+    logical_dates: list[datetime]
+    """The dates a backfill would run (in its order; at most 10,000 listed)."""
+    skipped: int
+    """Dates left alone per `reprocess`."""

@@ -143,6 +143,17 @@ class Cron:
             previous = fire
 
 
+def intervals_reversed(cron: Cron, start: datetime, end: datetime) -> Iterator[Interval]:
+    """`cron.intervals(start, end)` newest first."""
+    fires = cron.fires_before(end + timedelta(microseconds=1))
+    later = next(fires)
+    for fire in fires:
+        if fire < start:
+            return
+        yield Interval(fire, later)
+        later = fire
+
+
 def schedule_intervals(schedule: Schedule, after: datetime) -> Iterator[Interval]:
     """The schedule's intervals that end (fire) after `after`, in order: each starts at or
     after start_date and before end_date."""

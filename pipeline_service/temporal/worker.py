@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.backfill import BackfillActivities
 from activities.recording import RecordingActivities
 from activities.scheduling import ScheduleActivities
 from activities.steps import HEARTBEAT_EVERY, StepActivities
@@ -22,6 +23,7 @@ from steps.engines.duckdb import DuckDBEngine
 from steps.flink_job import FlinkOptions
 from steps.registry import build_executors
 from steps.spark_submit import SparkOptions
+from workflows.backfill import BackfillWorkflow
 from workflows.pipeline_run import PipelineRunWorkflow
 from workflows.schedule import PipelineScheduleWorkflow
 
@@ -74,8 +76,19 @@ def build_worker(
             scheduling = ScheduleActivities(
                 sessions, client, task_queue=task_queue, source_dir=source_dir
             )
-            registered += [scheduling.plan_schedule, scheduling.launch_scheduled]
-            workflows.append(PipelineScheduleWorkflow)
+            backfill = BackfillActivities(
+                sessions, client, task_queue=task_queue, source_dir=source_dir
+            )
+            registered += [
+                scheduling.plan_schedule,
+                scheduling.launch_scheduled,
+                backfill.plan_backfill_page,
+                backfill.launch_backfill_run,
+                backfill.wait_runs,
+                backfill.cancel_runs,
+                backfill.record_backfill_event,
+            ]
+            workflows += [PipelineScheduleWorkflow, BackfillWorkflow]
     return Worker(
         client,
         task_queue=task_queue,
