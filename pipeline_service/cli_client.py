@@ -185,6 +185,84 @@ def schedule_unpause(name: str, url: Url = DEFAULT_URL, api_key: Key = None) -> 
     _show_schedule(Api(url, api_key).call("POST", f"/v1/pipelines/{name}/schedule/unpause"))
 
 
+backfills_app = typer.Typer(
+    help="Backfills: progress, pause, resume, cancel.", no_args_is_help=True
+)
+
+
+def _show_backfill(progress: dict[str, Any]) -> None:
+    counts = ", ".join(f"{k} {v}" for k, v in progress["counts"].items())
+    total = progress["total"] if progress["total"] is not None else "?"
+    console.print(
+        f"backfill [cyan]{progress['backfill_id']}[/] of {progress['pipeline']}: "
+        f"{progress['state']}; {total} intervals; {counts}; in flight {progress['in_flight']} "
+        f"(at most {progress['peak_in_flight']} of {progress['max_concurrency']})"
+    )
+
+
+def backfill(
+    name: str,
+    start: Annotated[str, typer.Option(help="First logical date (2026-01-01 or ISO with zone).")],
+    end: Annotated[str, typer.Option(help="Intervals end at or before this.")],
+    max_concurrency: Annotated[int, typer.Option(help="Runs at once, at most.")] = 4,
+    reprocess: Annotated[
+        str, typer.Option(help="missing (default), failed (and missing) or all.")
+    ] = "missing",
+    order: Annotated[str, typer.Option(help="forward or reverse.")] = "forward",
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="key=value")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the dates; run none.")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow it until it ends.")] = False,
+    url: Url = DEFAULT_URL,
+    api_key: Key = None,
+) -> None:
+    """Run the pipeline for every interval of its schedule from START to END."""
+    api = Api(url, api_key)
+    body = {
+        "start": start,
+        "end": end,
+        "max_concurrency": max_concurrency,
+        "reprocess": reprocess,
+        "order": order,
+        "dry_run": dry_run,
+        "params": _params(param or []),
+    }
+    result = api.call("POST", f"/v1/pipelines/{name}/backfills", json=body)
+    if dry_run:
+        for logical_date in result["logical_dates"]:
+            console.print(logical_date, markup=False, highlight=False)
+        errors.print(
+            f"{len(result['logical_dates'])} of {result['total']} intervals would run "
+            f"({result['skipped']} left alone per --reprocess {reprocess})"
+        )
+        return
+    _show_backfill(result)
+    while wait and result["state"] not in ("COMPLETED", "CANCELLED"):
+        time.sleep(1)
+        result = api.call("GET", f"/v1/backfills/{result['backfill_id']}")
+        _show_backfill(result)
+
+
+@backfills_app.command("show")
+def backfills_show(backfill_id: str, url: Url = DEFAULT_URL, api_key: Key = None) -> None:
+    _show_backfill(Api(url, api_key).call("GET", f"/v1/backfills/{backfill_id}"))
+
+
+@backfills_app.command("pause")
+def backfills_pause(backfill_id: str, url: Url = DEFAULT_URL, api_key: Key = None) -> None:
+    _show_backfill(Api(url, api_key).call("POST", f"/v1/backfills/{backfill_id}/pause"))
+
+
+@backfills_app.command("resume")
+def backfills_resume(backfill_id: str, url: Url = DEFAULT_URL, api_key: Key = None) -> None:
+    _show_backfill(Api(url, api_key).call("POST", f"/v1/backfills/{backfill_id}/resume"))
+
+
+@backfills_app.command("cancel")
+def backfills_cancel(backfill_id: str, url: Url = DEFAULT_URL, api_key: Key = None) -> None:
+    """Stop it and cancel its runs in flight."""
+    _show_backfill(Api(url, api_key).call("POST", f"/v1/backfills/{backfill_id}/cancel"))
+
+
 def _show_run(run: dict[str, Any]) -> None:
     table = Table("step", "status", "attempts", "ms", "error", title=f"run {run['id']}")
     for step in run.get("steps", []):
@@ -317,6 +395,8 @@ def keys_create(
 def register(app: typer.Typer) -> None:
     app.add_typer(pipelines_app, name="pipelines")
     app.add_typer(schedule_app, name="schedule")
+    app.add_typer(backfills_app, name="backfills")
+    app.command("backfill")(backfill)
     app.add_typer(runs_app, name="runs")
     app.add_typer(tenants_app, name="tenants")
     app.add_typer(keys_app, name="keys")
