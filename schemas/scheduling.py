@@ -160,6 +160,8 @@ class BackfillInput(BaseModel):
     paused: bool = False
     cancelling: bool = False
     announced: bool = False
+    history_limit: int = 8000
+    """History events after which the workflow continues as new."""
 
 
 class BackfillPageInput(BaseModel):

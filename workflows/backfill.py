@@ -42,8 +42,6 @@ with workflow.unsafe.imports_passed_through():
     )
 
 PAGE = 200
-HISTORY_LIMIT = 8000
-"""Events after which the workflow continues as new (well below Temporal's warnings)."""
 FINISHED = {"SUCCEEDED": "succeeded", "FAILED": "failed", "CANCELLED": "cancelled"}
 _RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10))
 _SHORT = timedelta(seconds=60)
@@ -81,7 +79,7 @@ class BackfillWorkflow:
                 await self._wait()
             else:
                 await self._idle()
-            if workflow.info().get_current_history_length() > HISTORY_LIMIT:
+            if workflow.info().get_current_history_length() > s.history_limit:
                 workflow.continue_as_new(s)
         progress = self.progress()
         reason = ", ".join(f"{k} {v}" for k, v in progress.counts.model_dump().items())

@@ -1,0 +1,207 @@
+"""BackfillWorkflow and PipelineScheduleWorkflow on the dev server with stand-in activities
+(registered under the real names; the real ones are exercised in tests/service): a backfill
+continues as new without losing or repeating an interval and never exceeds max_concurrency;
+saved histories of both workflows replay (LAMINAR_RECORD_HISTORIES=1 records missing ones)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from temporalio import activity
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer, Worker
+
+from activities.names import (
+    CANCEL_RUNS,
+    LAUNCH_BACKFILL_RUN,
+    LAUNCH_SCHEDULED,
+    PLAN_BACKFILL_PAGE,
+    PLAN_SCHEDULE,
+    RECORD_BACKFILL_EVENT,
+    WAIT_RUNS,
+)
+from schemas.scheduling import (
+    BackfillEventInput,
+    BackfillInput,
+    BackfillItem,
+    BackfillLaunchInput,
+    BackfillLaunchResult,
+    BackfillPage,
+    BackfillPageInput,
+    BackfillSpec,
+    LaunchOutcome,
+    LaunchScheduledInput,
+    LaunchScheduledResult,
+    PlanScheduleInput,
+    RunsCancelInput,
+    RunsWaitInput,
+    RunsWaitResult,
+    ScheduledFire,
+    SchedulePlan,
+    SchedulerInput,
+)
+from workflows.backfill import BackfillWorkflow
+from workflows.schedule import PipelineScheduleWorkflow
+
+HISTORIES = Path(__file__).resolve().parent.parent / "histories"
+START = datetime(2027, 1, 1, tzinfo=UTC)
+
+
+class FakeRuns:
+    """Runs that finish shortly after they start; counts what is running at once."""
+
+    def __init__(self, intervals: int, page: int) -> None:
+        self.intervals, self.page = intervals, page
+        self.launched: list[str] = []
+        self.running: set[str] = set()
+        self.peak = 0
+        self.events: list[str] = []
+
+    @activity.defn(name=PLAN_BACKFILL_PAGE)
+    async def plan(self, request: BackfillPageInput) -> BackfillPage:
+        done = 0 if request.cursor is None else (request.cursor - START) // timedelta(hours=1) + 1
+        hours = range(done, min(done + self.page, self.intervals))
+        items = [
+            BackfillItem(
+                logical_date=START + timedelta(hours=h),
+                interval_end=START + timedelta(hours=h + 1),
+                workflow_id=f"t/p/{h}",
+            )
+            for h in hours
+        ]
+        return BackfillPage(
+            items=items,
+            skipped=[],
+            cursor=items[-1].logical_date if items else request.cursor,
+            exhausted=hours.stop >= self.intervals,
+            total=self.intervals if request.count_total else None,
+        )
+
+    @activity.defn(name=LAUNCH_BACKFILL_RUN)
+    async def launch(self, request: BackfillLaunchInput) -> BackfillLaunchResult:
+        workflow_id = request.item.workflow_id
+        if workflow_id not in self.launched:
+            self.launched.append(workflow_id)
+            self.running.add(workflow_id)
+        self.peak = max(self.peak, len(self.running))
+        return BackfillLaunchResult(workflow_id=workflow_id, status="QUEUED")
+
+    @activity.defn(name=WAIT_RUNS)
+    async def wait(self, request: RunsWaitInput) -> RunsWaitResult:
+        await asyncio.sleep(0.01)
+        first = request.workflow_ids[0]
+        self.running.discard(first)
+        return RunsWaitResult(finished={first: "SUCCEEDED"})
+
+    @activity.defn(name=CANCEL_RUNS)
+    async def cancel(self, request: RunsCancelInput) -> None:
+        self.running -= set(request.workflow_ids)
+
+    @activity.defn(name=RECORD_BACKFILL_EVENT)
+    async def event(self, request: BackfillEventInput) -> None:
+        self.events.append(request.type)
+
+
+async def run_backfill(client: Client, runs: FakeRuns, history_limit: int) -> tuple[str, str]:
+    queue = f"backfill-{uuid.uuid4()}"
+    spec = BackfillSpec(
+        tenant="t", pipeline="p", start=START, end=START + timedelta(days=10), max_concurrency=3
+    )
+    async with Worker(
+        client,
+        task_queue=queue,
+        workflows=[BackfillWorkflow],
+        activities=[runs.plan, runs.launch, runs.wait, runs.cancel, runs.event],
+    ):
+        handle = await client.start_workflow(
+            BackfillWorkflow.run,
+            BackfillInput(backfill_id="bf-test", spec=spec, history_limit=history_limit),
+            id=f"backfill-test-{uuid.uuid4()}",
+            task_queue=queue,
+        )
+        progress = await handle.result()
+    assert progress.state == "COMPLETED"
+    assert progress.counts.succeeded == progress.counts.started == runs.intervals
+    assert progress.peak_in_flight <= 3
+    return handle.id, handle.first_execution_run_id or ""
+
+
+async def test_a_backfill_continues_as_new_without_losing_or_repeating_intervals(
+    client: Client,
+) -> None:
+    runs = FakeRuns(intervals=120, page=25)
+    workflow_id, first_run = await run_backfill(client, runs, history_limit=150)
+    assert runs.launched == [f"t/p/{h}" for h in range(120)]  # each once, in order
+    assert 1 <= runs.peak <= 3
+    assert runs.events == ["BACKFILL_STARTED", "BACKFILL_COMPLETED"]
+    first = await client.get_workflow_handle(workflow_id, run_id=first_run).describe()
+    assert first.status == WorkflowExecutionStatus.CONTINUED_AS_NEW
+
+
+class FakeSchedule:
+    """Three fires 0.2 s apart, then the schedule is gone."""
+
+    def __init__(self) -> None:
+        self.plans = 0
+        self.launched: list[datetime] = []
+
+    @activity.defn(name=PLAN_SCHEDULE)
+    async def plan(self, request: PlanScheduleInput) -> SchedulePlan:
+        self.plans += 1
+        if len(self.launched) >= 3:
+            return SchedulePlan(active=False, reason="no schedule")
+        now = request.now
+        due = ScheduledFire(logical_date=now - timedelta(seconds=1), interval_end=now, wake_at=now)
+        upcoming = now + timedelta(milliseconds=200)
+        fire = ScheduledFire(logical_date=now, interval_end=upcoming, wake_at=upcoming)
+        return SchedulePlan(active=True, cursor=now, due=[due], next=fire, overlap="skip")
+
+    @activity.defn(name=LAUNCH_SCHEDULED)
+    async def launch(self, request: LaunchScheduledInput) -> LaunchScheduledResult:
+        self.launched.append(request.fire.logical_date)
+        return LaunchScheduledResult(outcome=LaunchOutcome.STARTED, workflow_id="t/p/x")
+
+
+async def run_scheduler(client: Client) -> str:
+    fake = FakeSchedule()
+    queue = f"schedule-{uuid.uuid4()}"
+    async with Worker(
+        client,
+        task_queue=queue,
+        workflows=[PipelineScheduleWorkflow],
+        activities=[fake.plan, fake.launch],
+    ):
+        handle = await client.start_workflow(
+            PipelineScheduleWorkflow.run,
+            SchedulerInput(tenant="t", pipeline="p"),
+            id=f"schedule-test-{uuid.uuid4()}",
+            task_queue=queue,
+        )
+        result = await handle.result()
+    assert result.reason == "no schedule" and len(fake.launched) == 3
+    return handle.id
+
+
+@pytest.mark.parametrize("name", ["backfill_continue_as_new", "schedule_three_fires"])
+async def test_replay_saved_history(name: str, client: Client) -> None:
+    path = HISTORIES / f"{name}.json"
+    if not path.exists():
+        if not os.environ.get("LAMINAR_RECORD_HISTORIES"):
+            pytest.fail(f"{path} is missing: record it with LAMINAR_RECORD_HISTORIES=1")
+        if name == "schedule_three_fires":
+            workflow_id, run_id = await run_scheduler(client), None
+        else:
+            workflow_id, run_id = await run_backfill(client, FakeRuns(30, 10), history_limit=60)
+        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+        path.write_text(history.to_json())
+    replayer = Replayer(
+        workflows=[BackfillWorkflow, PipelineScheduleWorkflow],
+        data_converter=pydantic_data_converter,
+    )
+    await replayer.replay_workflow(WorkflowHistory.from_json(name, path.read_text()))
