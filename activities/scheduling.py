@@ -3,6 +3,7 @@ the launcher (the only start path) with the schedule's overlap policy applied.""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,7 +55,10 @@ class ScheduleActivities:
         found = await anyio.to_thread.run_sync(self._schedule, request.tenant, request.pipeline)
         if isinstance(found, str):
             return SchedulePlan(active=False, reason=found)
-        now = max(datetime.now(UTC), request.now)
+        if request.wait_until is not None:
+            delay = (request.wait_until - datetime.now(UTC)).total_seconds()
+            await asyncio.sleep(min(max(delay, 0), 5))
+        now = max(datetime.now(UTC), request.now, request.wait_until or request.now)
         return plan(found, f"{request.tenant}/{request.pipeline}", request.cursor, now)
 
     def _schedule(self, tenant_name: str, name: str) -> Schedule | str:

@@ -26,6 +26,9 @@ class PlanScheduleInput(BaseModel):
     """The end of the last interval the schedule handled; None: just created."""
     now: datetime
     """The workflow's time (the plan never runs a fire before its timer went off)."""
+    wait_until: datetime | None = None
+    """Plan only from this instant on: the last second or so before a fire is waited out in
+    the activity, as Temporal rounds timers shorter than 1 s up to 1 s."""
 
 
 class SchedulePlan(BaseModel):

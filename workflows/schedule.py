@@ -31,6 +31,9 @@ with workflow.unsafe.imports_passed_through():
         SchedulerState,
     )
 
+SHORT_WAIT = timedelta(milliseconds=1500)
+"""A fire closer than this is waited for in the plan activity, not on a timer: the server
+rounds timers under 1 s up to 1 s (measured on the dev server: 0.3 s fired after 0.98 s)."""
 BUFFER_POLL = timedelta(seconds=2)
 """How often a buffered fire checks whether the previous run has ended."""
 MAX_LOOPS = 500
@@ -50,6 +53,7 @@ class PipelineScheduleWorkflow:
         self._state = start.model_copy(deep=True)
         self._woken = False
         self._refreshed = False
+        self._wait_until: datetime | None = None
         self._next: ScheduledFire | None = None
         self._outcomes: list[str] = []
         self._definition_paused = False
@@ -88,6 +92,7 @@ class PipelineScheduleWorkflow:
                 pipeline=self._state.pipeline,
                 cursor=self._state.cursor,
                 now=workflow.now(),
+                wait_until=self._wait_until,
             ),
             result_type=SchedulePlan,
             start_to_close_timeout=timedelta(seconds=30),
@@ -146,7 +151,11 @@ class PipelineScheduleWorkflow:
             if self._state.buffered:
                 poll = workflow.now() + BUFFER_POLL
                 wake = poll if wake is None else min(wake, poll)
-        timeout = None if wake is None else max(wake - workflow.now(), timedelta(milliseconds=1))
+        self._wait_until = None
+        if wake is not None and wake - workflow.now() < SHORT_WAIT and not self._woken:
+            self._wait_until = wake
+            return
+        timeout = None if wake is None else wake - workflow.now()
         with contextlib.suppress(TimeoutError):
             await workflow.wait_condition(lambda: self._woken, timeout=timeout)
 
