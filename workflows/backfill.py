@@ -58,6 +58,8 @@ class BackfillWorkflow:
         # Set here, not in run(): a signal delivered with the start must find the state.
         self._state = start.model_copy(deep=True)
         self._changed = False
+        self._launching = 0
+        """Launches in progress (their intervals are neither queued nor in flight yet)."""
 
     @workflow.run
     async def run(self, start: BackfillInput) -> BackfillProgress:
@@ -115,7 +117,11 @@ class BackfillWorkflow:
                 continue
             room = spec.max_concurrency - len(s.in_flight)
             batch, s.queue = s.queue[:room], s.queue[room:]
-            results = await asyncio.gather(*(self._launch(item) for item in batch))
+            self._launching = len(batch)
+            try:
+                results = await asyncio.gather(*(self._launch(item) for item in batch))
+            finally:
+                self._launching = 0
             for result in results:
                 if result.refused is not None:
                     s.counts.skipped += 1
@@ -220,9 +226,10 @@ class BackfillWorkflow:
     @workflow.query(name="progress")
     def progress(self) -> BackfillProgress:
         s = self._state
-        done = s.exhausted and not s.queue and not s.in_flight
+        busy = bool(s.queue or s.in_flight or self._launching)
+        done = s.exhausted and not busy
         if s.cancelling:
-            state = "CANCELLED" if not s.in_flight else "CANCELLING"
+            state = "CANCELLING" if s.in_flight or self._launching else "CANCELLED"
         elif done:
             state = "COMPLETED"
         else:
