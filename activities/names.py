@@ -29,3 +29,7 @@ LAUNCH_BACKFILL_RUN = "launch_backfill_run"
 WAIT_RUNS = "wait_runs"
 CANCEL_RUNS = "cancel_runs"
 RECORD_BACKFILL_EVENT = "record_backfill_event"
+
+CHECK_DEPENDENCIES = "check_dependencies"
+LAUNCH_DEPENDENT = "launch_dependent"
+FAIL_DEPENDENT = "fail_dependent"

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 from temporalio import activity
@@ -31,9 +33,19 @@ _Pending = tuple[RecordRunEventsInput, "asyncio.Future[RecordRunEventsResult]"]
 
 
 class RecordingActivities:
-    def __init__(self, sessions: sessionmaker[Session], metrics: StepMetrics | None = None) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        metrics: StepMetrics | None = None,
+        after_run_finished: Callable[[RecordRunEventsInput], Coroutine[Any, Any, None]]
+        | None = None,
+    ) -> None:
+        """`after_run_finished`: called (in the background, off the run's path) with each
+        recorded batch that finishes a run; e.g. to release the downstream runs it gates."""
         self._sessions = sessions
         self._metrics = metrics
+        self._after_run_finished = after_run_finished
+        self._background: set[asyncio.Task[None]] = set()
         self._pending: list[_Pending] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -68,6 +80,15 @@ class RecordingActivities:
                     future.set_result(result)
                 if self._metrics is not None and result.recorded:
                     self._observe(batch)
+                if self._after_run_finished is not None and result.recorded:
+                    self._notify(batch)
+
+    def _notify(self, batch: RecordRunEventsInput) -> None:
+        assert self._after_run_finished is not None
+        if any(e.run is not None and e.run.status in RUN_FINISHED for e in batch.events):
+            task = asyncio.create_task(self._after_run_finished(batch))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     def _observe(self, batch: RecordRunEventsInput) -> None:
         assert self._metrics is not None

@@ -16,6 +16,7 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.dependencies import current_definition, open_gate
 from activities.names import LAUNCH_SCHEDULED, PLAN_SCHEDULE
 from pipeline_service.db.models import Pipeline, Run, Tenant
 from pipeline_service.db.pipelines import get_pipeline, get_version
@@ -27,11 +28,13 @@ from schemas.pipeline import Schedule
 from schemas.recording import RUN_FINISHED, PipelineStatus
 from schemas.run import Trigger
 from schemas.scheduling import (
+    GateInput,
     LaunchOutcome,
     LaunchScheduledInput,
     LaunchScheduledResult,
     PlanScheduleInput,
     SchedulePlan,
+    UpstreamSignal,
 )
 
 log = logging.getLogger(__name__)
@@ -85,6 +88,18 @@ class ScheduleActivities:
                 for workflow_id in active:
                     await self._cancel(workflow_id)
         fire = request.fire
+        if await anyio.to_thread.run_sync(self._has_dependencies, tenant, request.pipeline):
+            # The run waits for its upstream runs in the date's gate, which starts it.
+            gate = GateInput(
+                tenant=tenant.name,
+                pipeline=request.pipeline,
+                logical_date=fire.logical_date,
+                interval_end=fire.interval_end,
+                trigger=Trigger.SCHEDULE.value,
+            )
+            signal = UpstreamSignal(pipeline=request.pipeline, logical_date=fire.logical_date)
+            gate_id = await open_gate(self.client, gate, task_queue=self.task_queue, signal=signal)
+            return LaunchScheduledResult(outcome=LaunchOutcome.STARTED, workflow_id=gate_id)
         launch_request = LaunchRequest(
             tenant=tenant,
             pipeline=request.pipeline,
@@ -109,6 +124,11 @@ class ScheduleActivities:
             outcome=LaunchOutcome.STARTED if launch.created else LaunchOutcome.EXISTING,
             workflow_id=launch.run.workflow_id,
         )
+
+    def _has_dependencies(self, tenant: Tenant, pipeline: str) -> bool:
+        with self.sessions() as session:
+            definition = current_definition(session, tenant.id, pipeline)
+            return bool(definition and definition.get("depends_on"))
 
     def _running(self, request: LaunchScheduledInput) -> tuple[Tenant | None, list[str]]:
         """The tenant, and the workflow ids of this pipeline's unfinished scheduled runs other

@@ -21,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -534,6 +535,17 @@ class Schedule(StrictModel):
         return zone_instant(self.end_date, self.zone)
 
 
+class Dependency(StrictModel):
+    """An upstream pipeline (same tenant) whose runs must have succeeded before this one's run
+    for a logical date starts: every upstream run whose logical date lies in this run's data
+    interval (one for the same cadence, 24 hourly runs for a daily downstream)."""
+
+    pipeline: PipelineName
+    timeout: PositiveDuration = timedelta(hours=6)
+    """How long after the downstream's interval ends its run may wait; then it FAILS, naming
+    the upstream runs that are missing."""
+
+
 class OnFailure(StrEnum):
     NONE = "none"
     COMPENSATE = "compensate"
@@ -548,9 +560,20 @@ class PipelineDefinition(StrictModel):
     max_parallelism: int = Field(8, ge=1, le=256)
     on_failure: OnFailure = OnFailure.NONE
     schedule: Schedule | None = None
+    depends_on: list[Dependency] = Field(default_factory=list, max_length=100)
     # Reserved for later capabilities; accepted so definitions can already carry them.
-    depends_on: list[dict[str, Any]] | None = None
     notifications: list[dict[str, Any]] | None = None
+
+    @field_validator("depends_on")
+    @classmethod
+    def _no_self_dependency(cls, value: list[Dependency], info: ValidationInfo) -> list[Dependency]:
+        names = [d.pipeline for d in value]
+        own = info.data.get("name")
+        if own in names:
+            raise ValueError(f"cycle {own} -> {own} (a pipeline cannot depend on itself)")
+        if len(set(names)) != len(names):
+            raise ValueError("an upstream pipeline is listed twice")
+        return value
 
     def step(self, step_id: str) -> Step:
         for step in self.steps:
@@ -570,6 +593,7 @@ for _model in (
     NotificationStep,
     NoopStep,
     Schedule,
+    Dependency,
     PipelineDefinition,
 ):
     _model.model_rebuild()

@@ -239,3 +239,50 @@ class BackfillProgress(BaseModel):
 
 class Empty(BaseModel):
     pass
+
+
+class GateInput(BaseModel):
+    """A downstream run waiting for its upstream runs (one gate per pipeline and date)."""
+
+    tenant: str
+    pipeline: str
+    logical_date: datetime
+    interval_end: datetime
+    trigger: str = "dependency"
+    """Who opened the gate: `schedule` (the downstream's own fire) or `dependency`."""
+    waiting_since: datetime | None = None
+    """Carried over continue-as-new: when the gate opened."""
+
+
+class GateFailInput(BaseModel):
+    gate: GateInput
+    reason: str
+
+
+class GateCheckInput(BaseModel):
+    gate: GateInput
+    waiting_since: datetime
+    now: datetime
+
+
+class GateCheck(BaseModel):
+    ready: bool = False
+    """Every upstream run in the interval has succeeded (and the interval has ended)."""
+    missing: list[str] = Field(default_factory=list)
+    """`pipeline@logical date` of the upstream runs not (yet) succeeded."""
+    expired: list[str] = Field(default_factory=list)
+    """The missing runs whose dependency's wait timeout has passed."""
+    next_check: datetime | None = None
+    """When to look again at the latest (a deadline, or the interval's end)."""
+    gone: str | None = None
+    """The downstream pipeline no longer exists or has no dependencies: stop."""
+
+
+class GateOutcome(BaseModel):
+    workflow_id: str | None = None
+    detail: str = ""
+
+
+class UpstreamSignal(BaseModel):
+    pipeline: str
+    logical_date: datetime

@@ -14,6 +14,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.backfill import BackfillActivities
+from activities.dependencies import DependencyActivities, DownstreamNotifier
 from activities.recording import RecordingActivities
 from activities.scheduling import ScheduleActivities
 from activities.steps import HEARTBEAT_EVERY, StepActivities
@@ -24,6 +25,7 @@ from steps.flink_job import FlinkOptions
 from steps.registry import build_executors
 from steps.spark_submit import SparkOptions
 from workflows.backfill import BackfillWorkflow
+from workflows.dependency_gate import DependencyGateWorkflow
 from workflows.pipeline_run import PipelineRunWorkflow
 from workflows.schedule import PipelineScheduleWorkflow
 
@@ -71,8 +73,14 @@ def build_worker(
     registered: list[Callable[..., Any]] = [activities.run_step]
     workflows: list[type] = [PipelineRunWorkflow]
     if sessions is not None:
-        registered.append(RecordingActivities(sessions, metrics).record_run_event)
+        notifier = None
         if source_dir is not None:
+            notifier = DownstreamNotifier(sessions, client, task_queue=task_queue)
+        registered.append(RecordingActivities(sessions, metrics, notifier).record_run_event)
+        if source_dir is not None:
+            dependencies = DependencyActivities(
+                sessions, client, task_queue=task_queue, source_dir=source_dir
+            )
             scheduling = ScheduleActivities(
                 sessions, client, task_queue=task_queue, source_dir=source_dir
             )
@@ -87,8 +95,11 @@ def build_worker(
                 backfill.wait_runs,
                 backfill.cancel_runs,
                 backfill.record_backfill_event,
+                dependencies.check_dependencies,
+                dependencies.launch_dependent,
+                dependencies.fail_dependent,
             ]
-            workflows += [PipelineScheduleWorkflow, BackfillWorkflow]
+            workflows += [PipelineScheduleWorkflow, BackfillWorkflow, DependencyGateWorkflow]
     return Worker(
         client,
         task_queue=task_queue,

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import yaml
 from fastapi import APIRouter, Query
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -31,6 +32,7 @@ from pipeline_service.api.routers.schedules import sync_after_change
 from pipeline_service.db import pipelines as repo
 from pipeline_service.db.models import Pipeline, PipelineVersion
 from pipeline_service.db.outbox import add_event
+from pipeline_service.scheduling.dependencies import dependency_cycle
 from schemas.events import EventType
 from schemas.loading import PipelineValidationError, validate_pipeline
 from schemas.pipeline import PipelineDefinition
@@ -101,6 +103,34 @@ def _event(session: Session, pipeline: Pipeline, type: EventType, actor: str) ->
     )
 
 
+def _check_dependency_cycle(
+    session: Session, tenant_id: int, definition: PipelineDefinition
+) -> None:
+    """422 naming the cycle if this definition closes one among the tenant's pipelines."""
+    if not definition.depends_on:
+        return
+    rows = session.execute(
+        select(Pipeline.name, PipelineVersion.definition)
+        .join(
+            PipelineVersion,
+            (PipelineVersion.pipeline_id == Pipeline.id)
+            & (PipelineVersion.version == Pipeline.current_version),
+        )
+        .where(Pipeline.tenant_id == tenant_id)
+    ).all()
+    graph = {name: [d["pipeline"] for d in data.get("depends_on") or []] for name, data in rows}
+    graph[definition.name] = [d.pipeline for d in definition.depends_on]
+    cycle = dependency_cycle(graph)
+    if cycle is not None:
+        message = f"cycle {' -> '.join(cycle)}"
+        raise ProblemError(
+            422,
+            f"the pipeline definition has 1 problem(s): depends_on: {message}",
+            title="Invalid pipeline definition",
+            errors=[{"path": "depends_on", "message": message, "line": None, "column": None}],
+        )
+
+
 @router.post("", status_code=201, response_model=PipelineDetail)
 def create(
     body: DefinitionIn, principal: OperatorDep, session: SessionDep, services: ServicesDep
@@ -111,6 +141,7 @@ def create(
     name = checked.definition.name
     if repo.get_pipeline(session, tenant.id, name) is not None:
         raise ProblemError(409, f"pipeline '{name}' exists already; PUT /v1/pipelines/{name}")
+    _check_dependency_cycle(session, tenant.id, checked.definition)
     try:
         pipeline, _ = repo.create_pipeline(
             session,
@@ -222,6 +253,7 @@ def update(
             "(a pipeline cannot be renamed)",
         )
     current = _version(session, pipeline, pipeline.current_version)
+    _check_dependency_cycle(session, pipeline.tenant_id, checked.definition)
     if repo.definition_digest(checked.data) != current.digest:
         repo.add_version(
             session, pipeline, checked.data, actor=principal.actor, source_text=checked.source
