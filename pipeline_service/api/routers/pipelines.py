@@ -122,6 +122,10 @@ def _check_dependency_cycle(
     graph[definition.name] = [d.pipeline for d in definition.depends_on]
     cycle = dependency_cycle(graph)
     if cycle is not None:
+        if definition.name in cycle:  # read it from the pipeline being stored
+            ring = cycle[:-1]
+            at = ring.index(definition.name)
+            cycle = ring[at:] + ring[:at] + [definition.name]
         message = f"cycle {' -> '.join(cycle)}"
         raise ProblemError(
             422,
