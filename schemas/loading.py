@@ -43,6 +43,7 @@ from schemas.pipeline import (
 )
 from schemas.quality import CHECK_TYPES
 from schemas.sql_templates import INT64_MAX, INT64_MIN
+from schemas.triggers import trigger_problems
 
 __all__ = [
     "DOCUMENT",
@@ -392,6 +393,8 @@ def validate_pipeline(data: Any, *, source_dir: Path) -> PipelineDefinition:
                 _step_error_problem(f"steps[{i}]", err) for err in exc.errors(include_url=False)
             )
     problems.extend(check_pipeline(raw_steps, steps, _validation_params(names, specs), source_dir))
+    if pipeline is not None:
+        problems.extend(trigger_problems(pipeline))
 
     if problems:
         raise PipelineValidationError(_ordered(problems))

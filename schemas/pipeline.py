@@ -546,6 +546,29 @@ class Dependency(StrictModel):
     the upstream runs that are missing."""
 
 
+JsonPath = Annotated[str, Field(min_length=1, max_length=500)]
+"""Checked by `schemas.triggers` when a definition is loaded (not in the model: the JSONPath
+parser cannot run inside a workflow, where run inputs are decoded)."""
+
+
+class KafkaTrigger(StrictModel):
+    """A message on `topic` starts a run (at least once; never two runs for one message)."""
+
+    topic: str = Field(pattern=r"^[A-Za-z0-9._\-]{1,249}$")
+    filter: JsonPath | None = None
+    """Only messages where this finds a value start a run: `$.status` (present and not
+    false/null/empty), `$[?(@.status == 'paid')]`."""
+    params_from: dict[str, JsonPath] = Field(default_factory=dict)
+    """Run params from the message (JSON): param name -> JSONPath of its value."""
+    key_field: JsonPath | None = None
+    """A field that identifies the event: one run per value (default: one per message, by
+    topic/partition/offset)."""
+
+
+class EventTrigger(StrictModel):
+    kafka: KafkaTrigger
+
+
 class OnFailure(StrEnum):
     NONE = "none"
     COMPENSATE = "compensate"
@@ -561,6 +584,7 @@ class PipelineDefinition(StrictModel):
     on_failure: OnFailure = OnFailure.NONE
     schedule: Schedule | None = None
     depends_on: list[Dependency] = Field(default_factory=list, max_length=100)
+    triggers: list[EventTrigger] = Field(default_factory=list, max_length=20)
     # Reserved for later capabilities; accepted so definitions can already carry them.
     notifications: list[dict[str, Any]] | None = None
 
@@ -594,6 +618,8 @@ for _model in (
     NoopStep,
     Schedule,
     Dependency,
+    KafkaTrigger,
+    EventTrigger,
     PipelineDefinition,
 ):
     _model.model_rebuild()

@@ -44,6 +44,7 @@ class Trigger(StrEnum):
     SCHEDULE = "schedule"
     DEPENDENCY = "dependency"
     BACKFILL = "backfill"
+    EVENT = "event"
 
 
 class RunContext(BaseModel):
