@@ -53,6 +53,61 @@ def relay(
         engine.dispose()
 
 
+@events_app.command("triggers")
+def triggers(
+    tenant: Annotated[str, typer.Option(help="The tenant whose pipelines' Kafka triggers to run.")],
+) -> None:
+    """Start the runs that the tenant's Kafka `triggers` ask for, until stopped (one consumer
+    group per tenant: `laminar-triggers-<tenant>`)."""
+    import asyncio
+
+    settings = _settings()
+    if not settings.kafka_bootstrap_servers:
+        raise _fail("LAMINAR_KAFKA_BOOTSTRAP_SERVERS is not set: there is no Kafka to read")
+    try:
+        asyncio.run(_triggers(settings, tenant))
+    except ConnectionError as exc:
+        raise _fail(str(exc)) from None
+
+
+async def _triggers(settings: ServiceSettings, tenant: str) -> None:
+    import asyncio
+
+    from pipeline_service.db.session import make_engine, session_factory
+    from pipeline_service.events.triggers import TriggerConsumer
+    from pipeline_service.temporal.client import connect
+
+    try:
+        temporal = await asyncio.wait_for(
+            connect(settings.temporal_address, settings.temporal_namespace), timeout=15
+        )
+    except Exception as exc:
+        raise ConnectionError(
+            f"cannot reach Temporal at {settings.temporal_address}: {exc}"
+        ) from None
+    engine = make_engine(settings.database_url)
+    assert settings.kafka_bootstrap_servers is not None
+    consumer = TriggerConsumer(
+        session_factory(engine),
+        temporal,
+        tenant=tenant,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        task_queue=settings.task_queue,
+        source_dir=settings.source_dir,
+        kafka_config=dict(settings.kafka_config),
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    console.print(f"laminar events triggers: tenant {tenant}; Ctrl-C stops")
+    try:
+        await consumer.run(stop)
+    finally:
+        consumer.close()
+        engine.dispose()
+
+
 @events_app.command("tail")
 def tail(
     url: Url = DEFAULT_URL,
