@@ -1,6 +1,6 @@
-"""BackfillWorkflow and PipelineScheduleWorkflow on the dev server with stand-in activities
-(registered under the real names; the real ones are exercised in tests/service): a backfill
-continues as new without losing or repeating an interval and never exceeds max_concurrency;
+"""BackfillWorkflow, PipelineScheduleWorkflow and DependencyGateWorkflow on the dev server with
+stand-in activities (registered under the real names; the real ones are exercised in
+tests/service): a gate checks again on each upstream signal; a backfill continues as new without losing or repeating an interval and never exceeds max_concurrency;
 saved histories of both workflows replay (LAMINAR_RECORD_HISTORIES=1 records missing ones)."""
 
 from __future__ import annotations
@@ -19,7 +19,10 @@ from temporalio.worker import Replayer, Worker
 
 from activities.names import (
     CANCEL_RUNS,
+    CHECK_DEPENDENCIES,
+    FAIL_DEPENDENT,
     LAUNCH_BACKFILL_RUN,
+    LAUNCH_DEPENDENT,
     LAUNCH_SCHEDULED,
     PLAN_BACKFILL_PAGE,
     PLAN_SCHEDULE,
@@ -35,6 +38,11 @@ from schemas.scheduling import (
     BackfillPage,
     BackfillPageInput,
     BackfillSpec,
+    GateCheck,
+    GateCheckInput,
+    GateFailInput,
+    GateInput,
+    GateOutcome,
     LaunchOutcome,
     LaunchScheduledInput,
     LaunchScheduledResult,
@@ -45,8 +53,10 @@ from schemas.scheduling import (
     ScheduledFire,
     SchedulePlan,
     SchedulerInput,
+    UpstreamSignal,
 )
 from workflows.backfill import BackfillWorkflow
+from workflows.dependency_gate import DependencyGateWorkflow
 from workflows.schedule import PipelineScheduleWorkflow
 
 HISTORIES = Path(__file__).resolve().parent.parent / "histories"
@@ -188,7 +198,64 @@ async def run_scheduler(client: Client) -> str:
     return handle.id
 
 
-@pytest.mark.parametrize("name", ["backfill_continue_as_new", "schedule_three_fires"])
+class FakeGate:
+    """Upstream runs arrive one by one (signals), then the run starts."""
+
+    def __init__(self) -> None:
+        self.checks = 0
+        self.launched = 0
+
+    @activity.defn(name=CHECK_DEPENDENCIES)
+    async def check(self, request: GateCheckInput) -> GateCheck:
+        self.checks += 1
+        if self.checks < 3:
+            return GateCheck(
+                missing=[f"up@{self.checks}"], next_check=request.now + timedelta(hours=1)
+            )
+        return GateCheck(ready=True)
+
+    @activity.defn(name=LAUNCH_DEPENDENT)
+    async def launch(self, gate: GateInput) -> GateOutcome:
+        self.launched += 1
+        return GateOutcome(workflow_id=f"{gate.tenant}/{gate.pipeline}/x")
+
+    @activity.defn(name=FAIL_DEPENDENT)
+    async def fail(self, request: GateFailInput) -> None:
+        raise AssertionError("not expected")
+
+
+async def run_gate(client: Client) -> str:
+    fake = FakeGate()
+    queue = f"gate-{uuid.uuid4()}"
+    async with Worker(
+        client,
+        task_queue=queue,
+        workflows=[DependencyGateWorkflow],
+        activities=[fake.check, fake.launch, fake.fail],
+    ):
+        gate = GateInput(tenant="t", pipeline="down", logical_date=START, interval_end=START)
+        handle = await client.start_workflow(
+            DependencyGateWorkflow.run, gate, id=f"gate-test-{uuid.uuid4()}", task_queue=queue
+        )
+        for _ in range(2):  # each upstream success signals the gate; it checks again at once
+            while fake.checks < _ + 1:
+                await asyncio.sleep(0.05)
+            await handle.signal(
+                DependencyGateWorkflow.upstream_succeeded,
+                UpstreamSignal(pipeline="up", logical_date=START),
+            )
+        outcome = await asyncio.wait_for(handle.result(), timeout=20)
+    assert outcome.workflow_id == "t/down/x" and fake.launched == 1 and fake.checks == 3
+    return handle.id
+
+
+async def test_a_gate_checks_again_on_each_upstream_signal(client: Client) -> None:
+    await run_gate(client)
+
+
+@pytest.mark.parametrize(
+    "name", ["backfill_continue_as_new", "schedule_three_fires", "dependency_gate_signals"]
+)
 async def test_replay_saved_history(name: str, client: Client) -> None:
     path = HISTORIES / f"{name}.json"
     if not path.exists():
@@ -196,12 +263,14 @@ async def test_replay_saved_history(name: str, client: Client) -> None:
             pytest.fail(f"{path} is missing: record it with LAMINAR_RECORD_HISTORIES=1")
         if name == "schedule_three_fires":
             workflow_id, run_id = await run_scheduler(client), None
+        elif name == "dependency_gate_signals":
+            workflow_id, run_id = await run_gate(client), None
         else:
             workflow_id, run_id = await run_backfill(client, FakeRuns(30, 10), history_limit=60)
         history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
         path.write_text(history.to_json())
     replayer = Replayer(
-        workflows=[BackfillWorkflow, PipelineScheduleWorkflow],
+        workflows=[BackfillWorkflow, PipelineScheduleWorkflow, DependencyGateWorkflow],
         data_converter=pydantic_data_converter,
     )
     await replayer.replay_workflow(WorkflowHistory.from_json(name, path.read_text()))
