@@ -1,7 +1,8 @@
 """BackfillWorkflow, PipelineScheduleWorkflow and DependencyGateWorkflow on the dev server with
 stand-in activities (registered under the real names; the real ones are exercised in
-tests/service): a gate checks again on each upstream signal; a backfill continues as new without losing or repeating an interval and never exceeds max_concurrency;
-saved histories of both workflows replay (LAMINAR_RECORD_HISTORIES=1 records missing ones)."""
+tests/service): a gate checks again on each upstream signal; a backfill continues as new
+without losing or repeating an interval and never exceeds max_concurrency; saved histories of
+all three replay (LAMINAR_RECORD_HISTORIES=1 records missing ones)."""
 
 from __future__ import annotations
 
