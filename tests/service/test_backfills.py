@@ -9,6 +9,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 
 from pipeline_service.db.models import Pipeline, Run
@@ -52,6 +53,7 @@ async def wait_state(tenant: Tenant, backfill: str, states: set[str], timeout: f
     raise AssertionError(f"backfill {backfill}: {response.json()}")
 
 
+@pytest.mark.slow
 async def test_a_year_of_daily_intervals_runs_exactly_once_within_max_concurrency(
     service: Service,
 ) -> None:

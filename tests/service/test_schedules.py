@@ -12,6 +12,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
+import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.worker import Worker
 
@@ -150,6 +151,7 @@ def slow(name: str, overlap: str) -> dict[str, Any]:
     return definition
 
 
+@pytest.mark.slow
 async def test_overlap_policies(service: Service, client: Client) -> None:
     """A 2 s schedule of ~4 s runs: skip and buffer_one/buffer_all never run two at once
     (sampled); skip and buffer_one drop intervals, buffer_all keeps every one in order;
@@ -182,6 +184,7 @@ async def test_overlap_policies(service: Service, client: Client) -> None:
     assert any(line.endswith("skipped") for line in skip_state["recent"]), skip_state
 
 
+@pytest.mark.slow
 async def test_catchup_after_the_worker_was_down(service: Service, client: Client) -> None:
     """The scheduler's worker stops for ~6 s: with catchup every missed interval runs when it
     is back; without, only the latest one."""
