@@ -151,3 +151,26 @@ async def test_pause_resume_cancel_and_reprocess(service: Service) -> None:
             json={**body, "dry_run": True, "reprocess": reprocess},
         )
         assert len(dry.json()["logical_dates"]) == expected, (reprocess, dry.json())
+
+
+async def test_bad_backfill_requests_get_clear_errors(service: Service) -> None:
+    tenant = await service.tenant()
+    await tenant.apply(daily("fine", cron="* * * * * *"))
+    await tenant.apply({"name": "unscheduled", "steps": [{"id": "a", "type": "noop"}]})
+    cases = [
+        ("fine", {"start": "2025-01-02", "end": "2025-01-01"}, 422, "must be after start"),
+        ("fine", {"start": "2000-01-01", "end": "2025-01-01"}, 422, "at most 1,000,000"),
+        ("unscheduled", {"start": "2025-01-01", "end": "2025-01-02"}, 422, "has no schedule"),
+        ("nope", {"start": "2025-01-01", "end": "2025-01-02"}, 404, "not found"),
+        ("fine", {"start": "2025-01-01", "end": "x"}, 422, ""),
+        ("fine", {"start": "2025-01-01", "end": "2025-01-02", "reprocess": "some"}, 422, ""),
+    ]
+    for name, body, status, phrase in cases:
+        response = await tenant.http.post(f"/v1/pipelines/{name}/backfills", json=body)
+        assert response.status_code == status, (body, response.text)
+        assert phrase in response.json()["detail"], response.text
+    response = await tenant.http.get("/v1/backfills/bf-unknown")
+    assert response.status_code == 404, response.text
+    other = await service.tenant()
+    dry = {"start": "2025-01-01", "end": "2025-01-01T00:00:05Z", "dry_run": True}
+    assert (await other.http.post("/v1/pipelines/fine/backfills", json=dry)).status_code == 404

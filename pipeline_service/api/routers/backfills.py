@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import anyio.to_thread
@@ -25,6 +25,7 @@ from schemas.scheduling import BackfillProgress, BackfillSpec
 
 router = APIRouter(tags=["backfills"])
 DRY_RUN_LIMIT = 10_000
+MAX_INTERVALS = 1_000_000
 
 
 def _spec(
@@ -46,6 +47,14 @@ def _spec(
     if end <= start:
         raise ProblemError(
             422, f"end ({end.isoformat()}) must be after start ({start.isoformat()})"
+        )
+    fires = Cron.of(schedule).next_fires(start, 2)
+    estimate = (end - start) / max(fires[1] - fires[0], timedelta(seconds=1))
+    if estimate > MAX_INTERVALS:
+        raise ProblemError(
+            422,
+            f"about {int(estimate):,} intervals from {start.isoformat()} to {end.isoformat()}: "
+            f"a backfill covers at most {MAX_INTERVALS:,}; split the range",
         )
     spec = BackfillSpec(
         tenant=tenant.name,
