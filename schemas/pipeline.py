@@ -583,7 +583,12 @@ class PipelineDefinition(StrictModel):
     max_parallelism: int = Field(8, ge=1, le=256)
     on_failure: OnFailure = OnFailure.NONE
     schedule: Schedule | None = None
-    depends_on: list[Dependency] = Field(default_factory=list, max_length=100)
+    depends_on: Annotated[
+        list[Dependency],
+        # Run inputs saved before dependencies existed carry `depends_on: null`.
+        BeforeValidator(lambda value: [] if value is None else value),
+        Field(max_length=100),
+    ] = Field(default_factory=list)
     triggers: list[EventTrigger] = Field(default_factory=list, max_length=20)
     # Reserved for later capabilities; accepted so definitions can already carry them.
     notifications: list[dict[str, Any]] | None = None
