@@ -17,6 +17,7 @@ from pipeline_service.settings import ServiceSettings
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
     from sqlalchemy import Engine
+    from temporalio.client import Client
 
 console = Console(soft_wrap=True)
 errors = Console(stderr=True, soft_wrap=True)
@@ -147,7 +148,9 @@ def server(
         f"(docs at /docs); database {engine.url!r}; temporal {settings.temporal_address}"
     )
     uvicorn.run(
-        create_app(settings) if workers == 1 else "pipeline_service.api.app:app_from_settings",
+        create_app(settings, dispatch=True)
+        if workers == 1
+        else "pipeline_service.api.app:app_from_settings",
         factory=workers > 1,
         workers=workers if workers > 1 else None,
         host=host or settings.http_host,
@@ -205,6 +208,18 @@ async def _worker(
         metrics = StepMetrics(registry)
         start_http_server(metrics_port, addr=settings.http_host, registry=registry)
     relay = _start_relay(settings, db, registry)
+    # Workers dispatch waiting runs too: runs start when slots free even with no server up.
+    from pipeline_service.dispatcher import RunDispatcher
+
+    async def temporal_client() -> Client:
+        return client
+
+    dispatcher = RunDispatcher(
+        session_factory(db),
+        temporal_client,
+        task_queue=settings.task_queue,
+        source_dir=settings.source_dir,
+    )
     worker_ = build_worker(
         client,
         task_queue=settings.task_queue,
@@ -220,7 +235,7 @@ async def _worker(
     )
     try:
         async with worker_:
-            await stop.wait()
+            await dispatcher.run(stop)
     finally:
         if relay is not None:
             relay_stop, relay_thread = relay

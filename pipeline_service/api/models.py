@@ -171,6 +171,10 @@ class RunPublic(BaseModel):
     duration_ms: int | None
     error: str | None
     retry_of: str | None = None
+    waiting: bool = Field(
+        False, description="QUEUED for a concurrency slot of the tenant's quota (not started)."
+    )
+    priority: int = 0
 
 
 class RunDetail(RunPublic):
@@ -183,3 +187,22 @@ class RunPage(BaseModel):
 
 
 __all__ = ["PIPELINE_NAME_PATTERN"]
+
+
+class QuotaIn(Request):
+    """A tenant's limits; an omitted or null limit is unlimited."""
+
+    max_concurrent_runs: int | None = Field(None, ge=1, le=100_000)
+    max_queued_runs: int | None = Field(
+        None, ge=1, le=1_000_000, description="queue: 429 beyond it; drop_oldest: default 1"
+    )
+    overflow_policy: Literal["queue", "reject", "drop_oldest"] = "queue"
+    allowed_step_types: list[str] | None = Field(None, max_length=50)
+    max_steps_per_pipeline: int | None = Field(None, ge=1, le=100_000)
+    retry_after_seconds: int = Field(30, ge=1, le=86_400)
+
+
+class QuotaPublic(QuotaIn):
+    tenant: str
+    active_runs: int = Field(description="Runs holding a slot now.")
+    waiting_runs: int = Field(description="Runs QUEUED for a slot.")

@@ -28,6 +28,7 @@ __all__ = [
     "Run",
     "StepRun",
     "Tenant",
+    "TenantQuota",
 ]
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
@@ -42,6 +43,24 @@ class Tenant(Base):
     display_name: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     created_by: Mapped[str] = mapped_column(String(120))
+
+
+class TenantQuota(Base):
+    """A tenant's limits, set by the platform admin; no row (or a None field): unlimited."""
+
+    __tablename__ = "tenant_quotas"
+
+    tenant_id: Mapped[int] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    max_concurrent_runs: Mapped[int | None] = mapped_column(Integer)
+    max_queued_runs: Mapped[int | None] = mapped_column(Integer)
+    overflow_policy: Mapped[str] = mapped_column(String(16), default="queue")
+    allowed_step_types: Mapped[list[str] | None] = mapped_column(JSON)
+    max_steps_per_pipeline: Mapped[int | None] = mapped_column(Integer)
+    retry_after_seconds: Mapped[int] = mapped_column(Integer, default=30)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(120))
 
 
 class ApiKey(Base):
@@ -101,6 +120,7 @@ class Run(Base):
     __table_args__ = (
         Index("ix_runs_tenant_created", "tenant_id", "created_at", "id"),
         Index("ix_runs_pipeline_created", "pipeline_id", "created_at", "id"),
+        Index("ix_runs_tenant_status", "tenant_id", "status"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -119,6 +139,13 @@ class Run(Base):
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     retry_of_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Waiting runs start highest priority first, then oldest first (launcher.Priority)."""
+    submitted_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    """When the run took a concurrency slot and its workflow was started; None: it waits in
+    the tenant's queue (status QUEUED) for the dispatcher."""
+    launch_options: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """What a waiting run needs to start later (reused step results, parallelism)."""
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)

@@ -4,6 +4,7 @@ Tests isolate by tenant: each makes its own."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from temporalio.client import Client
 
 from pipeline_service.api.app import create_app
 from pipeline_service.db.session import session_factory
+from pipeline_service.dispatcher import RunDispatcher
 from pipeline_service.settings import ServiceSettings
 from pipeline_service.temporal.worker import build_worker
 from steps.engines.duckdb import DuckDBEngine
@@ -89,9 +91,17 @@ async def service(
         client, task_queue=queue, engine=engine, work_root=settings.work_dir, sessions=sessions
     )
     transport = httpx.ASGITransport(app=app)
+    # The ASGI transport runs no lifespan: the dispatcher of waiting runs runs here.
+    dispatcher = RunDispatcher(
+        sessions, app.state.services.temporal_client, task_queue=queue, source_dir=EXAMPLES
+    )
+    stop = asyncio.Event()
     async with (
         worker,
         httpx.AsyncClient(transport=transport, base_url="http://laminar.test", timeout=60) as http,
     ):
+        dispatching = asyncio.create_task(dispatcher.run(stop))
         yield Service(db_engine.dialect.name, settings, sessions, http, engine, app)
+        stop.set()
+        await dispatching
     engine.close()

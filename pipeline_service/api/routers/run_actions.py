@@ -14,7 +14,7 @@ from pydantic import Field
 from pipeline_service.api.deps import OperatorDep, ServicesDep, tenant_of
 from pipeline_service.api.models import Request, RunDetail
 from pipeline_service.api.problems import ProblemError, not_found
-from pipeline_service.api.routers.runs import IDEMPOTENCY_KEY_PATTERN, _detail, _run
+from pipeline_service.api.routers.runs import IDEMPOTENCY_KEY_PATTERN, _detail, _run, refused
 from pipeline_service.db import runs as repo
 from pipeline_service.db.models import PipelineVersion, Run, StepRun
 from pipeline_service.db.recording import record_run_events
@@ -123,7 +123,7 @@ async def retry(
             source_dir=services.settings.source_dir,
         )
     except LaunchRefused as exc:
-        raise ProblemError(exc.status, exc.detail) from None
+        raise refused(exc) from None
 
     def answer() -> RunDetail:
         with services.sessions() as session:
