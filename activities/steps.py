@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,9 @@ from steps.registry import Executors, execute_step
 log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY = timedelta(seconds=5)
+
+SecretResolver = Callable[[str, set[str]], Awaitable[dict[str, str]]]
+"""(tenant, secret names) -> their values; a missing name is simply absent."""
 _UNSAFE_PATH_CHARS = re.compile(r"[^A-Za-z0-9._\-]+")
 
 
@@ -40,10 +43,12 @@ class StepActivities:
         executors: Executors,
         work_root: Path,
         client: Client | None = None,
+        secrets: SecretResolver | None = None,
     ) -> None:
         self._executors = executors
         self._work_root = work_root
         self._client = client
+        self._secrets = secrets
 
     @activity.defn(name=RUN_STEP)
     async def run_step(self, input: RunStepInput) -> StepResult:
@@ -57,6 +62,7 @@ class StepActivities:
             run_id=input.context.run_id, step_id=step.id, attempt=attempt
         )
         work_dir = self._work_root / run_dir_name(input.context.run_id) / step.id
+        secrets = await self._resolve_secrets(input)
         ctx = StepContext(
             run=input.context,
             step_id=step.id,
@@ -67,12 +73,17 @@ class StepActivities:
             # A local activity cannot heartbeat (validation keeps local steps short).
             heartbeat=_no_heartbeat if info.is_local else progress.report,
             upstream=input.upstream,
+            secrets=secrets,
         )
         heartbeats = _start_heartbeats(info.heartbeat_timeout, progress)
         try:
             # execute_step stamps the attempt and its start and finish times on the result.
-            return await _within_timeout(step.timeout, execute_step(self._executors, step, ctx))
+            result = await _within_timeout(step.timeout, execute_step(self._executors, step, ctx))
+            return _redacted_result(result, ctx) if secrets else result
         except StepError as err:
+            # What leaves the activity goes into the workflow's history: no secret values.
+            err.message = ctx.redact(err.message)
+            err.args = (err.message,)
             will_retry = (
                 err.retryable
                 and attempt < step.retry.max_attempts
@@ -100,6 +111,19 @@ class StepActivities:
             if heartbeats is not None:
                 heartbeats.cancel()
 
+    async def _resolve_secrets(self, input: RunStepInput) -> dict[str, str]:
+        names: set[str] = getattr(input.step, "secret_names", set())
+        if not names:
+            return {}
+        if self._secrets is None:
+            raise ApplicationError(
+                f"step {input.step.id} references secrets ({', '.join(sorted(names))}) but this "
+                "worker has no secret store (LAMINAR_SECRET_KEY and the service database)",
+                type="SecretNotFound",
+                non_retryable=True,
+            )
+        return await self._secrets(input.context.tenant, names)
+
     async def _report_retry(self, input: RunStepInput, attempt: int, err: StepError) -> None:
         """Tell the workflow an attempt failed so its `state` query shows RETRYING."""
         if self._client is None:
@@ -113,6 +137,13 @@ class StepActivities:
             await handle.signal(STEP_ATTEMPT_FAILED_SIGNAL, signal)
         except Exception:  # visibility only: never turn a step failure into another failure
             log.warning("could not report retry of step %s", input.step.id, exc_info=True)
+
+
+def _redacted_result(result: StepResult, ctx: StepContext) -> StepResult:
+    """The result with secret values masked in its outputs (they go into history)."""
+    text = result.model_dump_json()
+    masked = ctx.redact(text)
+    return result if masked == text else StepResult.model_validate_json(masked)
 
 
 def _no_heartbeat(*details: object) -> None:

@@ -228,6 +228,7 @@ async def _worker(
         max_concurrent_activities=max_concurrent_steps,
         sessions=session_factory(db),
         metrics=metrics,
+        secret_key=settings.secret_key.get_secret_value() if settings.secret_key else None,
     )
     console.print(
         f"laminar worker on task queue {settings.task_queue} (temporal "

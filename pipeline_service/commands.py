@@ -431,11 +431,13 @@ def _check_resources() -> None:
 
 from pipeline_service.cli_client import register as _register_client_commands  # noqa: E402
 from pipeline_service.cli_events import register as _register_event_commands  # noqa: E402
+from pipeline_service.cli_platform import register as _register_platform_commands  # noqa: E402
 from pipeline_service.cli_service import register as _register_service_commands  # noqa: E402
 
 _register_service_commands(app)
 _register_client_commands(app)
 _register_event_commands(app)
+_register_platform_commands(app)
 
 
 def _settings_problem(error: Any) -> str:

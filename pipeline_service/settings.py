@@ -296,6 +296,9 @@ class ServiceSettings(BaseSettings):
     task_queue: str = "laminar-pipelines"
     admin_api_key: SecretStr | None = None
     """The platform admin's key: creates tenants and their keys. Unset: no platform admin."""
+    secret_key: SecretStr | None = None
+    """Encrypts tenant secrets at rest (server) and decrypts them for steps (worker); the same
+    value on both. Unset: no secrets (`/v1/secrets` answers 503)."""
     http_host: str = "127.0.0.1"
     http_port: int = Field(8092, ge=1, le=65535)
     max_body_bytes: int = Field(1024 * 1024, ge=1024)

@@ -199,7 +199,8 @@ def _templated_fields(path: str, step: Step) -> Iterator[tuple[str, str]]:
         for i, arg in enumerate(step.args):
             yield f"{path}.args[{i}]", arg
         for key, value in step.env.items():
-            yield join_path(f"{path}.env", key), value
+            if isinstance(value, str):  # a secret reference is no template
+                yield join_path(f"{path}.env", key), value
     elif isinstance(step, SparkStep | FlinkStep):
         if step.sql is not None:
             yield f"{path}.sql", step.sql

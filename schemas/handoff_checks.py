@@ -77,7 +77,7 @@ def template_texts(step: Step) -> list[str]:
     if isinstance(step, SqlStep):
         return [step.sql]
     if isinstance(step, PythonStep):
-        return [step.script, *step.args, *step.env.values()]
+        return [step.script, *step.args, *(v for v in step.env.values() if isinstance(v, str))]
     if isinstance(step, QualityStep):
         return [step.query] if step.query is not None else []
     if isinstance(step, NotificationStep):

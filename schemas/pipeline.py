@@ -115,6 +115,16 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+SECRET_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$"  # noqa: S105 (a pattern)
+
+
+class SecretRef(StrictModel):
+    """`{secret: name}`: a value from the tenant's secret store, resolved inside the activity
+    at run time; the definition (and so the workflow's input and history) holds the name only."""
+
+    secret: str = Field(pattern=SECRET_NAME_PATTERN)
+
+
 class RetryPolicy(StrictModel):
     """How a failed step is retried; maps one to one onto Temporal's activity RetryPolicy."""
 
@@ -256,7 +266,8 @@ class PythonStep(StepBase):
     type: Literal["python"]
     script: str = Field(min_length=1)
     args: list[str] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, str | SecretRef] = Field(default_factory=dict)
+    """Variables for the script: text (a template) or `{secret: name}`."""
     inputs: list[str] = Field(default_factory=list)
     """Tables exported to files in the step's working directory before the script starts."""
     input_format: Literal["parquet", "csv"] = "parquet"
@@ -269,6 +280,10 @@ class PythonStep(StepBase):
     """`kubernetes`: the script runs as a Kubernetes Job in `image` (platform shape)."""
     image: str | None = Field(None, min_length=1, max_length=512)
     resources: PodResources = Field(default_factory=PodResources)
+
+    @property
+    def secret_names(self) -> set[str]:
+        return {value.secret for value in self.env.values() if isinstance(value, SecretRef)}
 
     @model_validator(mode="after")
     def _runner_fields(self) -> PythonStep:

@@ -23,6 +23,7 @@ from pipeline_service.api.routers import (
     quotas,
     run_actions,
     runs,
+    secrets,
     tenants,
 )
 from pipeline_service.api.services import Services
@@ -78,6 +79,7 @@ def create_app(
         tenants.keys_router,
         quotas.admin_router,
         quotas.router,
+        secrets.router,
         pipelines.router,
         runs.router,
         run_actions.router,

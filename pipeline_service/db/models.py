@@ -29,6 +29,7 @@ __all__ = [
     "StepRun",
     "Tenant",
     "TenantQuota",
+    "TenantSecret",
 ]
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
@@ -59,6 +60,22 @@ class TenantQuota(Base):
     allowed_step_types: Mapped[list[str] | None] = mapped_column(JSON)
     max_steps_per_pipeline: Mapped[int | None] = mapped_column(Integer)
     retry_after_seconds: Mapped[int] = mapped_column(Integer, default=30)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(120))
+
+
+class TenantSecret(Base):
+    """A tenant's secret: only its ciphertext (pipeline_service/secrets/crypto.py) is stored."""
+
+    __tablename__ = "tenant_secrets"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(128))
+    ciphertext: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(120))
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     updated_by: Mapped[str] = mapped_column(String(120))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 from collections.abc import Callable
 from datetime import timedelta
@@ -14,8 +15,10 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.recording import RecordingActivities
-from activities.steps import HEARTBEAT_EVERY, StepActivities
+from activities.steps import HEARTBEAT_EVERY, SecretResolver, StepActivities
 from pipeline_service.metrics import StepMetrics
+from pipeline_service.secrets.crypto import SecretBox
+from pipeline_service.secrets.store import resolve_secrets
 from pipeline_service.settings import FlinkSettings, KubernetesJobSettings, SparkSettings
 from steps.engines.duckdb import DuckDBEngine
 from steps.flink_job import FlinkOptions
@@ -48,20 +51,27 @@ def build_worker(
     metrics: StepMetrics | None = None,
     spark: SparkOptions | None = None,
     flink: FlinkOptions | None = None,
+    secret_key: str | None = None,
 ) -> Worker:
     """A worker running pipeline workflows and their steps.
 
     `sticky_timeout` is how long the server waits for this worker before handing a cached
     workflow's next task to another worker; `laminar run` keeps it short because its previous
     worker is known to be gone after a restart. With `sessions` (the service database) the
-    worker records the state of runs started with `record` on.
+    worker records the state of runs started with `record` on, and with `secret_key` too it
+    resolves the tenant secrets steps reference.
     """
     # LAMINAR_SPARK__* and LAMINAR_FLINK__* from the environment unless given.
     spark = spark or SparkSettings().options()
     flink = flink or FlinkSettings().options()
     kubernetes = KubernetesJobSettings().options()
     executors = build_executors(engine, spark=spark, flink=flink, kubernetes=kubernetes)
-    activities = StepActivities(executors, work_root, client)
+    secrets = (
+        secret_resolver(sessions, secret_key)
+        if sessions is not None and secret_key is not None
+        else None
+    )
+    activities = StepActivities(executors, work_root, client, secrets)
     registered: list[Callable[..., Any]] = [activities.run_step]
     if sessions is not None:
         registered.append(RecordingActivities(sessions, metrics).record_run_event)
@@ -79,3 +89,17 @@ def build_worker(
         max_heartbeat_throttle_interval=HEARTBEAT_EVERY,
         default_heartbeat_throttle_interval=HEARTBEAT_EVERY,
     )
+
+
+def secret_resolver(sessions: sessionmaker[Session], key: str) -> SecretResolver:
+    """Reads a run's tenant secrets from the database, in a thread (the session blocks)."""
+    box = SecretBox(key)
+
+    async def resolve(tenant: str, names: set[str]) -> dict[str, str]:
+        def read() -> dict[str, str]:
+            with sessions() as session:
+                return resolve_secrets(session, box, tenant, names)
+
+        return await asyncio.to_thread(read)
+
+    return resolve

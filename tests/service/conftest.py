@@ -27,6 +27,7 @@ from pipeline_service.temporal.worker import build_worker
 from steps.engines.duckdb import DuckDBEngine
 
 ADMIN_KEY = "test-admin-" + uuid.uuid4().hex
+SECRET_KEY = "test-secret-key-" + uuid.uuid4().hex
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
@@ -80,6 +81,7 @@ async def service(
     settings = ServiceSettings(
         database_url=db_engine.url.render_as_string(hide_password=False),
         admin_api_key=SecretStr(ADMIN_KEY),
+        secret_key=SecretStr(SECRET_KEY),
         task_queue=queue,
         source_dir=EXAMPLES,
         work_dir=work / "work",
@@ -88,7 +90,12 @@ async def service(
     app = create_app(settings, temporal=client)
     engine = DuckDBEngine(work / "warehouse.duckdb")
     worker = build_worker(
-        client, task_queue=queue, engine=engine, work_root=settings.work_dir, sessions=sessions
+        client,
+        task_queue=queue,
+        engine=engine,
+        work_root=settings.work_dir,
+        sessions=sessions,
+        secret_key=SECRET_KEY,
     )
     transport = httpx.ASGITransport(app=app)
     # The ASGI transport runs no lifespan: the dispatcher of waiting runs runs here.
