@@ -103,6 +103,8 @@ SCENARIOS: dict[str, tuple[dict[str, Behavior], list[dict[str, Any]], dict[str, 
 # `record-run-events` patch marker and one record_run_event local activity per workflow task.
 SCENARIOS["recorded_diamond_with_retry"] = SCENARIOS["diamond_with_retry"]
 SCENARIOS["recorded_failure_with_compensation"] = SCENARIOS["failure_with_compensation"]
+# Recorded before steps could name a pool (patch "pools"): runs in flight at that change.
+SCENARIOS["recorded_before_pools"] = SCENARIOS["workflow_driven_retries"]
 
 
 async def _record(client: Client, tmp_path: Path, name: str) -> None:
