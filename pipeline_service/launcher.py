@@ -25,7 +25,7 @@ from temporalio.common import (
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from pipeline_service.db import quotas
+from pipeline_service.db import pools, quotas
 from pipeline_service.db.base import utcnow
 from pipeline_service.db.models import Pipeline, PipelineVersion, Run, Tenant
 from pipeline_service.db.outbox import add_event
@@ -133,6 +133,7 @@ def _record(
             problems = quotas.definition_problems(quota, [s.type for s in definition.steps])
             if problems:
                 raise LaunchRefused(403, "; ".join(problems))
+            _check_pools(session, request.tenant, definition)
             submitted_at = _admit(session, request, quota)
         else:
             submitted_at = existing.submitted_at
@@ -200,6 +201,18 @@ def _record(
             request.tenant, pipeline, version, run, source_dir=source_dir, definition=definition
         )
     return Launch(run, created), run_input
+
+
+def _check_pools(session: Session, tenant: Tenant, definition: PipelineDefinition) -> None:
+    named = {step.pool for step in definition.steps if step.pool is not None}
+    missing = pools.missing_pools(session, tenant.id, named) if named else []
+    if missing:
+        where = [
+            f"steps[{i}].pool: pool '{step.pool}' is not defined for tenant '{tenant.name}'"
+            for i, step in enumerate(definition.steps)
+            if step.pool in missing
+        ]
+        raise LaunchRefused(422, "; ".join(where) + " (the platform admin sets pools)")
 
 
 def _admit(session: Session, request: LaunchRequest, quota: quotas.Quota) -> datetime | None:

@@ -203,6 +203,10 @@ class StepBase(StrictModel):
     trip per attempt). Default: true for `noop`, false otherwise. See LOCAL_STEP_MAX_TIMEOUT."""
     compensate: Step | None = None
     """Run if a later step fails and the pipeline has `on_failure: compensate` (saga)."""
+    pool: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_\-]{0,62}$")
+    """A named slot pool (set by the platform admin, per tenant or global): each attempt of
+    the step holds one of its slots, so at most `slots` such steps run at once, across runs
+    and tenants."""
 
     @model_validator(mode="before")
     @classmethod

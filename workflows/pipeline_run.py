@@ -33,7 +33,7 @@ with workflow.unsafe.imports_passed_through():
         StepStatus,
         UpstreamResult,
     )
-    from workflows import dag, retries
+    from workflows import dag, pools, retries
     from workflows.recording import RunRecorder
 
 DEFAULT_HEARTBEAT_TIMEOUT = timedelta(seconds=30)
@@ -330,6 +330,16 @@ class PipelineRunWorkflow:
         """One attempt of a step as one activity execution (Temporal does not retry it). The
         activity enforces the step's timeout itself and stops the step; Temporal's timeout,
         STOP_GRACE later, is the backstop for a worker that died."""
+        if step.pool is not None and workflow.patched(pools.POOLS_PATCH):
+            slot = pools.slot_for(self._input.context, step.pool, activity_id)
+            return await pools.in_pool_slot(
+                slot, lambda: self._run_attempt_activity(step, attempt, activity_id, compensation)
+            )
+        return await self._run_attempt_activity(step, attempt, activity_id, compensation)
+
+    async def _run_attempt_activity(
+        self, step: Step, attempt: int, activity_id: str, compensation: bool
+    ) -> StepResult:
         return await _run_step_activity(
             step,
             RunStepInput(

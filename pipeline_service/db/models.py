@@ -25,6 +25,8 @@ __all__ = [
     "OutboxEvent",
     "Pipeline",
     "PipelineVersion",
+    "Pool",
+    "PoolLease",
     "Run",
     "StepRun",
     "Tenant",
@@ -78,6 +80,34 @@ class TenantSecret(Base):
     created_by: Mapped[str] = mapped_column(String(120))
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     updated_by: Mapped[str] = mapped_column(String(120))
+
+
+class Pool(Base):
+    """Named slots that steps (`pool: name`) hold while an attempt runs. `tenant_id` None: a
+    global pool every tenant's steps share; a tenant's own pool of the same name wins."""
+
+    __tablename__ = "pools"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    tenant_id: Mapped[int | None] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(63))
+    slots: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(120))
+
+
+class PoolLease(Base):
+    """One slot of a pool, held by one step attempt (`holder`)."""
+
+    __tablename__ = "pool_leases"
+    __table_args__ = (Index("ix_pool_leases_pool", "pool_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    pool_id: Mapped[int] = mapped_column(ForeignKey("pools.id", ondelete="CASCADE"))
+    holder: Mapped[str] = mapped_column(String(500), unique=True)
+    workflow_id: Mapped[str] = mapped_column(String(400))
+    acquired_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
 class ApiKey(Base):

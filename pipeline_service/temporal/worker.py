@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.pools import PoolActivities
 from activities.recording import RecordingActivities
 from activities.steps import HEARTBEAT_EVERY, SecretResolver, StepActivities
 from pipeline_service.metrics import StepMetrics
@@ -72,7 +73,12 @@ def build_worker(
         else None
     )
     activities = StepActivities(executors, work_root, client, secrets)
-    registered: list[Callable[..., Any]] = [activities.run_step]
+    pools = PoolActivities(sessions)
+    registered: list[Callable[..., Any]] = [
+        activities.run_step,
+        pools.acquire_pool_slot,
+        pools.release_pool_slot,
+    ]
     if sessions is not None:
         registered.append(RecordingActivities(sessions, metrics).record_run_event)
     return Worker(

@@ -16,7 +16,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from pipeline_service.db.migrate import upgrade
-from pipeline_service.db.session import make_engine, session_factory
+from pipeline_service.db.pools import set_pool
+from pipeline_service.db.session import make_engine, session_factory, transaction
 from tests.integration.scripted import (
     Behavior,
     ScriptedExecutor,
@@ -103,6 +104,17 @@ SCENARIOS: dict[str, tuple[dict[str, Behavior], list[dict[str, Any]], dict[str, 
 # `record-run-events` patch marker and one record_run_event local activity per workflow task.
 SCENARIOS["recorded_diamond_with_retry"] = SCENARIOS["diamond_with_retry"]
 SCENARIOS["recorded_failure_with_compensation"] = SCENARIOS["failure_with_compensation"]
+# Steps holding pool slots (patch "pools"): two parallel steps share a pool of one; one is
+# retried, releasing its slot between attempts.
+SCENARIOS["recorded_pools"] = (
+    {"b": Behavior(fail_times=1), "a": Behavior(sleep=0.2)},
+    [
+        {"id": "a", "pool": "engine"},
+        {"id": "b", "pool": "engine", "retry": {"initial_interval": 0.2}},
+        {"id": "c", "depends_on": ["a", "b"]},
+    ],
+    {},
+)
 # Recorded before steps could name a pool (patch "pools"): runs in flight at that change.
 SCENARIOS["recorded_before_pools"] = SCENARIOS["workflow_driven_retries"]
 
@@ -118,6 +130,8 @@ async def _record(client: Client, tmp_path: Path, name: str) -> None:
         engine = make_engine(f"sqlite:///{tmp_path / 'record.db'}")
         upgrade(engine)
         sessions = session_factory(engine)
+        with transaction(sessions) as session:
+            set_pool(session, None, "engine", 1, actor="test")
     async with worker_for(client, executor, tmp_path, queue, sessions):
         handle = await client.start_workflow(
             PipelineRunWorkflow.run,

@@ -24,7 +24,9 @@ MAX_SECRET_BYTES = 64 * 1024
 
 
 class SecretIn(Request):
-    value: SecretStr = Field(description="The secret's value: stored encrypted, never returned.")
+    value: SecretStr = Field(
+        min_length=1, description="The secret's value: stored encrypted, never returned."
+    )
 
 
 class SecretPublic(BaseModel):
@@ -54,7 +56,11 @@ def list_secrets(principal: ReaderDep, session: SessionDep) -> list[SecretPublic
     return [SecretPublic.model_validate(row, from_attributes=True) for row in rows]
 
 
-@router.put("/{name}", response_model=SecretPublic)
+@router.put(
+    "/{name}",
+    response_model=SecretPublic,
+    responses={201: {"model": SecretPublic, "description": "Created"}},
+)
 def put_secret(
     name: NameDep,
     body: SecretIn,
