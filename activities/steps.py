@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY = timedelta(seconds=5)
 
+BUNDLE_PREFIX = "bundle:"
+"""A run's `source_dir` naming its version's code bundle (`bundle:<sha256>`)."""
+BundleResolver = Callable[[str, str], Awaitable[Path]]
+"""(tenant, bundle digest) -> the bundle's directory on this worker."""
+
 SecretResolver = Callable[[str, set[str]], Awaitable[dict[str, str]]]
 """(tenant, secret names) -> their values; a missing name is simply absent."""
 _UNSAFE_PATH_CHARS = re.compile(r"[^A-Za-z0-9._\-]+")
@@ -44,11 +49,13 @@ class StepActivities:
         work_root: Path,
         client: Client | None = None,
         secrets: SecretResolver | None = None,
+        bundles: BundleResolver | None = None,
     ) -> None:
         self._executors = executors
         self._work_root = work_root
         self._client = client
         self._secrets = secrets
+        self._bundles = bundles
 
     @activity.defn(name=RUN_STEP)
     async def run_step(self, input: RunStepInput) -> StepResult:
@@ -63,12 +70,13 @@ class StepActivities:
         )
         work_dir = self._work_root / run_dir_name(input.context.run_id) / step.id
         secrets = await self._resolve_secrets(input)
+        source_dir = await self._source_dir(input)
         ctx = StepContext(
             run=input.context,
             step_id=step.id,
             attempt=attempt,
             idempotency_key=f"{input.context.run_id}/{step.id}",
-            source_dir=Path(input.source_dir),
+            source_dir=source_dir,
             work_dir=work_dir,
             # A local activity cannot heartbeat (validation keeps local steps short).
             heartbeat=_no_heartbeat if info.is_local else progress.report,
@@ -110,6 +118,23 @@ class StepActivities:
         finally:
             if heartbeats is not None:
                 heartbeats.cancel()
+
+    async def _source_dir(self, input: RunStepInput) -> Path:
+        """The run's files: a directory, or its version's code bundle materialized here."""
+        if not input.source_dir.startswith(BUNDLE_PREFIX):
+            return Path(input.source_dir)
+        digest = input.source_dir.removeprefix(BUNDLE_PREFIX)
+        if self._bundles is None:
+            raise ApplicationError(
+                f"the run's code is bundle {digest}; this worker has no service database "
+                "to fetch it from (LAMINAR_DATABASE_URL)",
+                type="BundleNotFound",
+                non_retryable=True,
+            )
+        try:
+            return await self._bundles(input.context.tenant, digest)
+        except ValueError as exc:  # BundleError: not there, or its files do not match
+            raise ApplicationError(str(exc), type="BundleNotFound", non_retryable=True) from exc
 
     async def _resolve_secrets(self, input: RunStepInput) -> dict[str, str]:
         names: set[str] = getattr(input.step, "secret_names", set())

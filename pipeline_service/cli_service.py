@@ -219,6 +219,7 @@ async def _worker(
         temporal_client,
         task_queue=settings.task_queue,
         source_dir=settings.source_dir,
+        bundle_cache=settings.bundle_cache,
     )
     worker_ = build_worker(
         client,
@@ -229,6 +230,7 @@ async def _worker(
         sessions=session_factory(db),
         metrics=metrics,
         secret_key=settings.secret_key.get_secret_value() if settings.secret_key else None,
+        bundle_cache=settings.bundle_cache,
     )
     console.print(
         f"laminar worker on task queue {settings.task_queue} (temporal "

@@ -21,12 +21,13 @@ import anyio.to_thread
 from sqlalchemy.orm import Session, sessionmaker
 from temporalio.client import Client
 
+from pipeline_service.bundles import BundleError
 from pipeline_service.db import quotas
 from pipeline_service.db.base import utcnow
 from pipeline_service.db.models import Pipeline, PipelineVersion, Run, Tenant
 from pipeline_service.db.session import transaction
-from pipeline_service.launcher import build_run_input, start_workflow
-from schemas.loading import PipelineValidationError
+from pipeline_service.launcher import build_run_input, run_source, start_workflow
+from schemas.loading import PipelineValidationError, validate_pipeline
 from schemas.run import RunInput
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,10 @@ class RunDispatcher:
         task_queue: str,
         source_dir: Path,
         interval: float = 0.5,
+        bundle_cache: Path | None = None,
     ) -> None:
         self.sessions, self.temporal = sessions, temporal
+        self.bundle_cache = bundle_cache
         self.task_queue, self.source_dir, self.interval = task_queue, source_dir, interval
         self._last_repair = 0.0
 
@@ -106,10 +109,8 @@ class RunDispatcher:
             version = session.get(PipelineVersion, run.version_id)
             assert tenant is not None and pipeline is not None and version is not None
             try:
-                run_input = build_run_input(
-                    tenant, pipeline, version, run, source_dir=self.source_dir
-                )
-            except PipelineValidationError as exc:
+                run_input = self._run_input(session, tenant, pipeline, version, run)
+            except (PipelineValidationError, BundleError) as exc:
                 quotas.cancel_waiting(session, run, f"cannot start: {exc}")
                 continue
             # The quota may have changed while the run waited.
@@ -122,6 +123,18 @@ class RunDispatcher:
             run.submitted_at = utcnow()
             taken.append(Submission(run, run_input))
         return taken
+
+    def _run_input(
+        self,
+        session: Session,
+        tenant: Tenant,
+        pipeline: Pipeline,
+        version: PipelineVersion,
+        run: Run,
+    ) -> RunInput:
+        here, source = run_source(session, pipeline, version, self.source_dir, self.bundle_cache)
+        definition = validate_pipeline(version.definition, source_dir=here)
+        return build_run_input(tenant, pipeline, run, definition, source)
 
     async def repair_stalled(self) -> int:
         """Start again the workflows of runs whose slot was taken long ago but whose start
@@ -136,10 +149,8 @@ class RunDispatcher:
                     version = session.get(PipelineVersion, run.version_id)
                     assert tenant is not None and pipeline is not None and version is not None
                     try:
-                        run_input = build_run_input(
-                            tenant, pipeline, version, run, source_dir=self.source_dir
-                        )
-                    except PipelineValidationError:
+                        run_input = self._run_input(session, tenant, pipeline, version, run)
+                    except (PipelineValidationError, BundleError):
                         continue
                     found.append(Submission(run, run_input))
             return found

@@ -25,6 +25,7 @@ from temporalio.common import (
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
+from pipeline_service.bundles import BUNDLE_PREFIX, bundle_dir, default_cache
 from pipeline_service.db import pools, quotas
 from pipeline_service.db.base import utcnow
 from pipeline_service.db.models import Pipeline, PipelineVersion, Run, Tenant
@@ -108,7 +109,10 @@ def workflow_id_for(
 
 
 def _record(
-    sessions: sessionmaker[Session], request: LaunchRequest, source_dir: Path
+    sessions: sessionmaker[Session],
+    request: LaunchRequest,
+    source_dir: Path,
+    bundle_cache: Path | None,
 ) -> tuple[Launch, RunInput | None]:
     with transaction(sessions) as session:
         pipeline = get_pipeline(session, request.tenant.id, request.pipeline)
@@ -121,7 +125,8 @@ def _record(
         version = get_version(session, pipeline, request.version or pipeline.current_version)
         if version is None:
             raise LaunchRefused(404, f"version {request.version} of '{pipeline.name}' not found")
-        definition = validate_pipeline(version.definition, source_dir=source_dir)
+        checked_in, source = run_source(session, pipeline, version, source_dir, bundle_cache)
+        definition = validate_pipeline(version.definition, source_dir=checked_in)
         params = resolve_params(definition, request.params)
         logical_date = request.logical_date
         workflow_id = request.workflow_id or workflow_id_for(
@@ -197,9 +202,7 @@ def _record(
                 )
         if run.submitted_at is None:
             return Launch(run, created), None
-        run_input = build_run_input(
-            request.tenant, pipeline, version, run, source_dir=source_dir, definition=definition
-        )
+        run_input = build_run_input(request.tenant, pipeline, run, definition, source)
     return Launch(run, created), run_input
 
 
@@ -240,18 +243,26 @@ def _admit(session: Session, request: LaunchRequest, quota: quotas.Quota) -> dat
     return None
 
 
-def build_run_input(
-    tenant: Tenant,
+def run_source(
+    session: Session,
     pipeline: Pipeline,
     version: PipelineVersion,
-    run: Run,
-    *,
     source_dir: Path,
-    definition: PipelineDefinition | None = None,
+    bundle_cache: Path | None,
+) -> tuple[Path, str]:
+    """(where to validate the version's files here, the run's `source_dir`): its code bundle
+    (`bundle:<digest>`, materialized by each worker) if it has one, else `source_dir`."""
+    if version.bundle_digest is None:
+        return source_dir, str(source_dir)
+    cache = bundle_cache or default_cache()
+    here = bundle_dir(session, pipeline.tenant_id, version.bundle_digest, cache)
+    return here, BUNDLE_PREFIX + version.bundle_digest
+
+
+def build_run_input(
+    tenant: Tenant, pipeline: Pipeline, run: Run, definition: PipelineDefinition, source: str
 ) -> RunInput:
     """The workflow input of a recorded run (also of one that waited in the queue)."""
-    if definition is None:
-        definition = validate_pipeline(version.definition, source_dir=source_dir)
     options = run.launch_options or {}
     context = RunContext(
         tenant=tenant.name,
@@ -266,7 +277,7 @@ def build_run_input(
     return RunInput(
         pipeline=definition,
         context=context,
-        source_dir=str(source_dir),
+        source_dir=source,
         reuse={k: StepResult.model_validate(v) for k, v in (options.get("reuse") or {}).items()},
         max_parallelism=options.get("max_parallelism"),
         record=True,
@@ -281,10 +292,14 @@ async def launch_run(
     task_queue: str,
     source_dir: Path,
     eager: bool = False,
+    bundle_cache: Path | None = None,
 ) -> Launch:
     """Record the run (or find the one it names) and make sure its workflow is started.
-    `eager`: a worker runs in this process; the server may hand it the first task at once."""
-    launch, run_input = await anyio.to_thread.run_sync(_record, sessions, request, source_dir)
+    `eager`: a worker runs in this process; the server may hand it the first task at once.
+    `bundle_cache`: where versions' code bundles are materialized here to validate them."""
+    launch, run_input = await anyio.to_thread.run_sync(
+        _record, sessions, request, source_dir, bundle_cache
+    )
     if run_input is not None:
         await start_workflow(temporal, launch.run, run_input, task_queue=task_queue, eager=eager)
     return launch

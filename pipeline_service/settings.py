@@ -308,6 +308,10 @@ class ServiceSettings(BaseSettings):
         default_factory=lambda: Path(platformdirs.user_data_dir("laminar")) / "work"
     )
     """Worker: step work directories and the DuckDB warehouse."""
+    bundle_cache: Path = Field(
+        default_factory=lambda: Path(platformdirs.user_cache_dir("laminar")) / "bundles"
+    )
+    """Where code bundles are materialized (read-only, by digest); any process may clear it."""
     kafka_bootstrap_servers: str | None = None
     """Kafka brokers (`host:port,...`) the events relay publishes to; unset: no Kafka, events
     stay readable from the outbox through the API."""

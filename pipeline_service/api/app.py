@@ -59,6 +59,7 @@ def create_app(
                 services.temporal_client,
                 task_queue=settings.task_queue,
                 source_dir=settings.source_dir,
+                bundle_cache=settings.bundle_cache,
             )
             task = asyncio.create_task(dispatcher.run(stop))
         yield

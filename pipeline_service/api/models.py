@@ -53,6 +53,11 @@ class DefinitionIn(Request):
     source: str | None = Field(None, description="Definition text (YAML or JSON).")
     format: Literal["yaml", "json"] = "yaml"
     definition: dict[str, Any] | None = Field(None, description="The definition as JSON.")
+    files: dict[str, str] | None = Field(
+        None,
+        description="A code bundle: relative path -> base64 content. Scripts and job files "
+        "resolve in it (not in the server's directory); stored with the version.",
+    )
 
     @model_validator(mode="after")
     def one_of(self) -> DefinitionIn:

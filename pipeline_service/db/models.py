@@ -22,6 +22,7 @@ from pipeline_service.db.base import Base, UtcDateTime, utcnow
 __all__ = [
     "ApiKey",
     "Base",
+    "Bundle",
     "OutboxEvent",
     "Pipeline",
     "PipelineVersion",
@@ -158,8 +159,25 @@ class PipelineVersion(Base):
     source_text: Mapped[str | None] = mapped_column(Text)
     """The YAML/JSON text as submitted (comments and order kept for the editor)."""
     digest: Mapped[str] = mapped_column(String(64))
+    bundle_digest: Mapped[str | None] = mapped_column(String(64))
+    """The version's code bundle (`laminar pipelines apply DIR`); None: scripts resolve in the
+    worker's LAMINAR_SOURCE_DIR."""
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     created_by: Mapped[str] = mapped_column(String(120))
+
+
+class Bundle(Base):
+    """An immutable set of files (path -> base64), named by its content digest."""
+
+    __tablename__ = "bundles"
+    __table_args__ = (UniqueConstraint("tenant_id", "digest"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    digest: Mapped[str] = mapped_column(String(64))
+    files: Mapped[dict[str, str]] = mapped_column(JSON)
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
 class Run(Base):

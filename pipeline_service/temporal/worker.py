@@ -10,13 +10,16 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.pools import PoolActivities
 from activities.recording import RecordingActivities
-from activities.steps import HEARTBEAT_EVERY, SecretResolver, StepActivities
+from activities.steps import HEARTBEAT_EVERY, BundleResolver, SecretResolver, StepActivities
+from pipeline_service.bundles import BundleError, bundle_dir
+from pipeline_service.db.models import Tenant
 from pipeline_service.metrics import StepMetrics
 from pipeline_service.secrets.crypto import SecretBox
 from pipeline_service.secrets.store import resolve_secrets
@@ -53,6 +56,7 @@ def build_worker(
     spark: SparkOptions | None = None,
     flink: FlinkOptions | None = None,
     secret_key: str | None = None,
+    bundle_cache: Path | None = None,
 ) -> Worker:
     """A worker running pipeline workflows and their steps.
 
@@ -72,7 +76,12 @@ def build_worker(
         if sessions is not None and secret_key is not None
         else None
     )
-    activities = StepActivities(executors, work_root, client, secrets)
+    bundles = (
+        bundle_resolver(sessions, bundle_cache or work_root / "bundles")
+        if sessions is not None
+        else None
+    )
+    activities = StepActivities(executors, work_root, client, secrets, bundles)
     pools = PoolActivities(sessions)
     registered: list[Callable[..., Any]] = [
         activities.run_step,
@@ -105,6 +114,25 @@ def secret_resolver(sessions: sessionmaker[Session], key: str) -> SecretResolver
         def read() -> dict[str, str]:
             with sessions() as session:
                 return resolve_secrets(session, box, tenant, names)
+
+        return await asyncio.to_thread(read)
+
+    return resolve
+
+
+def bundle_resolver(sessions: sessionmaker[Session], cache: Path) -> BundleResolver:
+    """Materializes a run's code bundle from the database (once per worker and digest)."""
+
+    async def resolve(tenant: str, digest: str) -> Path:
+        def read() -> Path:
+            target = cache / digest
+            if target.is_dir():
+                return target
+            with sessions() as session:
+                tenant_id = session.scalar(select(Tenant.id).where(Tenant.name == tenant))
+                if tenant_id is None:
+                    raise BundleError(f"tenant '{tenant}' not found")
+                return bundle_dir(session, tenant_id, digest, cache)
 
         return await asyncio.to_thread(read)
 

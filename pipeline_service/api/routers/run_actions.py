@@ -121,6 +121,7 @@ async def retry(
             request,
             task_queue=services.settings.task_queue,
             source_dir=services.settings.source_dir,
+            bundle_cache=services.settings.bundle_cache,
         )
     except LaunchRefused as exc:
         raise refused(exc) from None
