@@ -19,6 +19,7 @@ from temporalio.exceptions import ApplicationError
 from activities.names import RUN_STEP, STEP_ATTEMPT_FAILED_SIGNAL, WORKER_LOST
 from schemas.run import RunStepInput, StepAttemptFailed, StepResult
 from steps.base import StepContext, StepError
+from steps.engines.duckdb import DuckDBEngine
 from steps.registry import Executors, execute_step
 
 log = logging.getLogger(__name__)
@@ -50,12 +51,14 @@ class StepActivities:
         client: Client | None = None,
         secrets: SecretResolver | None = None,
         bundles: BundleResolver | None = None,
+        warehouse: DuckDBEngine | None = None,
     ) -> None:
         self._executors = executors
         self._work_root = work_root
         self._client = client
         self._secrets = secrets
         self._bundles = bundles
+        self._warehouse = warehouse
 
     @activity.defn(name=RUN_STEP)
     async def run_step(self, input: RunStepInput) -> StepResult:
@@ -85,6 +88,7 @@ class StepActivities:
         )
         heartbeats = _start_heartbeats(info.heartbeat_timeout, progress)
         try:
+            await self._check_upstream_tables(input)
             # execute_step stamps the attempt and its start and finish times on the result.
             result = await _within_timeout(step.timeout, execute_step(self._executors, step, ctx))
             return _redacted_result(result, ctx) if secrets else result
@@ -118,6 +122,31 @@ class StepActivities:
         finally:
             if heartbeats is not None:
                 heartbeats.cancel()
+
+    async def _check_upstream_tables(self, input: RunStepInput) -> None:
+        """A DuckDB step reading tables that upstream steps wrote on another worker's DuckDB
+        fails with that said, not with a bare "table does not exist": in the platform shape
+        tables cross workers only through a shared engine (see the README)."""
+        if self._warehouse is None or getattr(input.step, "engine", None) != "duckdb":
+            return
+        written = {
+            table: step_id
+            for step_id, upstream in input.upstream.items()
+            for table in upstream.tables.values()
+        }
+        if not written:
+            return
+        missing = await self._warehouse.missing_tables(sorted(written))
+        if missing:
+            where = ", ".join(f"'{t}' (from step '{written[t]}')" for t in missing)
+            raise StepError(
+                f"table {where} is not in this worker's DuckDB warehouse: it was written on "
+                "another worker. A run's DuckDB tables stay on the worker that wrote them; with "
+                "several workers, hand tables between steps through a shared engine "
+                "(engine: trino with a connection)",
+                error_type="TableOnOtherWorker",
+                retryable=False,
+            )
 
     async def _source_dir(self, input: RunStepInput) -> Path:
         """The run's files: a directory, or its version's code bundle materialized here."""

@@ -81,7 +81,7 @@ def build_worker(
         if sessions is not None
         else None
     )
-    activities = StepActivities(executors, work_root, client, secrets, bundles)
+    activities = StepActivities(executors, work_root, client, secrets, bundles, engine)
     pools = PoolActivities(sessions)
     registered: list[Callable[..., Any]] = [
         activities.run_step,
