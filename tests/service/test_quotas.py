@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -13,6 +14,7 @@ from pipeline_service.db.models import Run
 from pipeline_service.db.tenants import get_tenant
 from pipeline_service.launcher import LaunchRequest, Priority, launch_run
 from schemas.recording import RecordedRunStatus
+from schemas.run import Trigger
 from tests.service.conftest import ADMIN_KEY, EXAMPLES, Service, Tenant
 from tests.service.test_runs import wait_finished
 
@@ -225,3 +227,39 @@ async def test_quotas_are_set_by_the_platform_admin_and_read_by_the_tenant(
     assert bad.status_code == 422 and "sqll" in bad.json()["detail"], bad.text
     missing = await service.http.put("/v1/tenants/nope/quota", json={}, headers=ADMIN)
     assert missing.status_code == 404
+
+
+async def test_one_logical_date_from_every_entry_point_is_one_run(service: Service) -> None:
+    """The API twice (different idempotency keys) and the launcher directly (as schedules and
+    backfills call it): one run, also under a full quota."""
+    tenant = await service.tenant()
+    await tenant.apply(pausing("hold", 0.2))
+    await set_quota(service, tenant, max_concurrent_runs=1, overflow_policy="reject")
+    date = "2026-03-01T00:00:00Z"
+    first = await tenant.http.post(
+        "/v1/pipelines/hold/runs", json={"logical_date": date}, headers={"Idempotency-Key": "a"}
+    )
+    second = await tenant.http.post(
+        "/v1/pipelines/hold/runs", json={"logical_date": date}, headers={"Idempotency-Key": "b"}
+    )
+    assert (first.status_code, second.status_code) == (201, 200), second.text
+    assert first.json()["id"] == second.json()["id"]
+    with service.sessions() as session:
+        row = get_tenant(session, tenant.name)
+    assert row is not None
+    launch = await launch_run(
+        service.sessions,
+        await service.app.state.services.temporal_client(),
+        LaunchRequest(
+            tenant=row,
+            pipeline="hold",
+            actor="scheduler",
+            logical_date=datetime(2026, 3, 1, tzinfo=UTC),
+            trigger=Trigger.SCHEDULE,
+            priority=Priority.SCHEDULED,
+        ),
+        task_queue=service.settings.task_queue,
+        source_dir=EXAMPLES,
+    )
+    assert not launch.created and launch.run.public_id == first.json()["id"]
+    assert len((await tenant.http.get("/v1/runs")).json()["items"]) == 1
