@@ -184,6 +184,11 @@ def drop_oldest(session: Session, tenant_id: int, count: int, reason: str) -> li
 
 def cancel_waiting(session: Session, run: Run, reason: str) -> None:
     """End a run that never started: CANCELLED with `reason`, and its event."""
+    end_run(session, run, RecordedRunStatus.CANCELLED, reason)
+
+
+def end_run(session: Session, run: Run, status: RecordedRunStatus, reason: str) -> None:
+    """Record the end of a run whose workflow cannot (never started, or closed without)."""
     now = utcnow()
     record_run_events(
         session,
@@ -193,7 +198,7 @@ def cancel_waiting(session: Session, run: Run, reason: str) -> None:
                 RunEvent(
                     event_id=str(uuid.uuid4()),
                     at=now,
-                    run=RunTransition(status=RecordedRunStatus.CANCELLED, at=now, error=reason),
+                    run=RunTransition(status=status, at=now, error=reason),
                 )
             ],
         ),
@@ -211,6 +216,18 @@ def stalled_submissions(session: Session, before: datetime, limit: int = 100) ->
                 Run.submitted_at.is_not(None),
                 Run.submitted_at < before,
             )
+            .order_by(Run.id)
+            .limit(limit)
+        )
+    )
+
+
+def active(session: Session, limit: int) -> list[Run]:
+    """Runs holding a slot (submitted, not finished), oldest first, of every tenant."""
+    return list(
+        session.scalars(
+            select(Run)
+            .where(Run.status.in_(_ACTIVE), Run.submitted_at.is_not(None))
             .order_by(Run.id)
             .limit(limit)
         )

@@ -8,6 +8,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,11 @@ async def service(
     transport = httpx.ASGITransport(app=app)
     # The ASGI transport runs no lifespan: the dispatcher of waiting runs runs here.
     dispatcher = RunDispatcher(
-        sessions, app.state.services.temporal_client, task_queue=queue, source_dir=EXAMPLES
+        sessions,
+        app.state.services.temporal_client,
+        task_queue=queue,
+        source_dir=EXAMPLES,
+        reconcile_every=timedelta(seconds=1),
     )
     stop = asyncio.Event()
     async with (

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select
+from temporalio.client import Client
 
 from pipeline_service.db.models import Run
 from pipeline_service.db.tenants import get_tenant
@@ -263,3 +264,19 @@ async def test_one_logical_date_from_every_entry_point_is_one_run(service: Servi
     )
     assert not launch.created and launch.run.public_id == first.json()["id"]
     assert len((await tenant.http.get("/v1/runs")).json()["items"]) == 1
+
+
+async def test_a_terminated_run_gives_its_slot_back(service: Service, client: Client) -> None:
+    """A workflow terminated from outside never records its end: the dispatcher notices it
+    (Temporal says TERMINATED), records the run CANCELLED, and the waiting run starts."""
+    tenant = await service.tenant()
+    await tenant.apply(pausing("hold", 30))
+    await tenant.apply(pausing("quick", 0.1))
+    await set_quota(service, tenant, max_concurrent_runs=1)
+    stuck = (await tenant.http.post("/v1/pipelines/hold/runs", json={})).json()
+    waiting = (await tenant.http.post("/v1/pipelines/quick/runs", json={})).json()
+    assert waiting["waiting"], waiting
+    await client.get_workflow_handle(stuck["workflow_id"]).terminate("operator")
+    ended = await wait_finished(tenant, stuck["id"], 30)
+    assert ended["status"] == "CANCELLED" and "terminated" in ended["error"], ended
+    assert (await wait_finished(tenant, waiting["id"], 30))["status"] == "SUCCEEDED"
