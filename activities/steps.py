@@ -20,7 +20,7 @@ from activities.names import RUN_STEP, STEP_ATTEMPT_FAILED_SIGNAL, WORKER_LOST
 from schemas.run import RunStepInput, StepAttemptFailed, StepResult
 from steps.base import StepContext, StepError
 from steps.engines.duckdb import DuckDBEngine
-from steps.registry import Executors, execute_step
+from steps.registry import Executors, connection_secret_names, execute_step
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,9 @@ class StepActivities:
             raise ApplicationError(str(exc), type="BundleNotFound", non_retryable=True) from exc
 
     async def _resolve_secrets(self, input: RunStepInput) -> dict[str, str]:
-        names: set[str] = getattr(input.step, "secret_names", set())
+        names: set[str] = getattr(input.step, "secret_names", set()) | connection_secret_names(
+            self._executors, input.step
+        )
         if not names:
             return {}
         if self._secrets is None:
