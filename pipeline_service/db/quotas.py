@@ -7,6 +7,7 @@ the last slot cannot both take it."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -100,7 +101,7 @@ def set_quota(session: Session, tenant_id: int, quota: Quota, *, actor: str) -> 
     return row
 
 
-def definition_problems(quota: Quota, step_types: list[str]) -> list[str]:
+def definition_problems(quota: Quota, step_types: Sequence[str]) -> list[str]:
     """Why a pipeline with these steps (their types, in order) breaks the quota; [] if not."""
     problems = []
     if quota.max_steps_per_pipeline is not None and len(step_types) > quota.max_steps_per_pipeline:

@@ -207,6 +207,11 @@ async def test_step_type_and_size_limits_refuse_the_trigger(service: Service) ->
     too_big = await tenant.http.post("/v1/pipelines/joins/runs", json={})
     assert too_big.status_code == 403 and "3 steps" in too_big.json()["detail"], too_big.text
     assert (await tenant.http.get("/v1/runs")).json()["items"] == []
+    # Storing such a definition is refused too (a new pipeline, or a new version).
+    stored = await tenant.http.post("/v1/pipelines", json={"definition": pausing("other")})
+    assert stored.status_code == 403 and "'python' is not allowed" in stored.text, stored.text
+    changed = await tenant.http.put("/v1/pipelines/hold", json={"definition": pausing("hold", 2)})
+    assert changed.status_code == 403, changed.text
 
 
 async def test_quotas_are_set_by_the_platform_admin_and_read_by_the_tenant(

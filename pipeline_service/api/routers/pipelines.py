@@ -29,6 +29,7 @@ from pipeline_service.api.models import (
 from pipeline_service.api.problems import ProblemError, not_found
 from pipeline_service.bundles import bundle_dir, store_bundle
 from pipeline_service.db import pipelines as repo
+from pipeline_service.db import quotas
 from pipeline_service.db.models import Pipeline, PipelineVersion
 from pipeline_service.db.outbox import add_event
 from schemas.events import EventType
@@ -86,6 +87,14 @@ def _detail(session: Session, pipeline: Pipeline, number: int | None = None) -> 
     )
 
 
+def _within_quota(session: Session, tenant_id: int, checked: Checked) -> None:
+    """A definition the tenant's quota would refuse to run is refused when stored, too."""
+    steps = [step.type for step in checked.definition.steps]
+    problems = quotas.definition_problems(quotas.get_quota(session, tenant_id), steps)
+    if problems:
+        raise ProblemError(403, "; ".join(problems))
+
+
 def _store_bundle(session: Session, tenant_id: int, checked: Checked) -> str | None:
     if checked.files is None:
         return None
@@ -115,6 +124,7 @@ def create(
     tenant = tenant_of(principal)
     checked = check_definition(body, services.settings.source_dir, services.settings.bundle_cache)
     name = checked.definition.name
+    _within_quota(session, tenant.id, checked)
     if repo.get_pipeline(session, tenant.id, name) is not None:
         raise ProblemError(409, f"pipeline '{name}' exists already; PUT /v1/pipelines/{name}")
     try:
@@ -226,6 +236,7 @@ def update(
             f"the definition's name '{checked.definition.name}' differs from '{name}' "
             "(a pipeline cannot be renamed)",
         )
+    _within_quota(session, pipeline.tenant_id, checked)
     current = _version(session, pipeline, pipeline.current_version)
     bundle = _store_bundle(session, pipeline.tenant_id, checked)
     if repo.definition_digest(checked.data, bundle) != current.digest:
