@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from pipeline_service.db.base import utcnow
@@ -139,7 +139,7 @@ def active_runs(session: Session, tenant_id: int) -> int:
     )
 
 
-def _waiting_query(tenant_id: int):  # type: ignore[no-untyped-def]
+def _waiting_query(tenant_id: int) -> Select[Run]:
     return select(Run).where(
         Run.tenant_id == tenant_id,
         Run.status == RecordedRunStatus.QUEUED.value,
