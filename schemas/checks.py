@@ -28,12 +28,12 @@ from schemas.handoff_checks import (
     output_file_problem,
     reference_problems,
     table_name_problem,
+    templated_fields,
     validation_upstream,
 )
 from schemas.pipeline import (
     LOCAL_STEP_MAX_TIMEOUT,
     FlinkStep,
-    NotificationStep,
     PythonStep,
     QualityStep,
     SparkStep,
@@ -187,24 +187,8 @@ def _validation_context(params: Mapping[str, Any]) -> RunContext:
 
 
 def _templated_fields(path: str, step: Step) -> Iterator[tuple[str, str]]:
-    if isinstance(step, SqlStep):
-        yield f"{path}.sql", step.sql
-    elif isinstance(step, QualityStep) and step.query is not None:
-        yield f"{path}.query", step.query
-    elif isinstance(step, NotificationStep):
-        yield f"{path}.message", step.message
-        yield f"{path}.title", step.title
-    elif isinstance(step, PythonStep):
-        yield f"{path}.script", step.script
-        for i, arg in enumerate(step.args):
-            yield f"{path}.args[{i}]", arg
-        for key, value in step.env.items():
-            yield join_path(f"{path}.env", key), value
-    elif isinstance(step, SparkStep | FlinkStep):
-        if step.sql is not None:
-            yield f"{path}.sql", step.sql
-        for i, arg in enumerate(step.args):
-            yield f"{path}.args[{i}]", arg
+    for items, text in templated_fields(step):
+        yield join_path(path, *items), text
 
 
 def _sql_problem(sql: str, context: RunContext, upstream: dict[str, UpstreamResult]) -> str | None:
