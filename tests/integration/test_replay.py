@@ -98,6 +98,18 @@ SCENARIOS: dict[str, tuple[dict[str, Behavior], list[dict[str, Any]], dict[str, 
         ],
         {},
     ),
+    # a failure under the default on_failure (continue): its dependents are skipped while an
+    # independent branch finishes (saved before control flow: trigger rules, fail_fast)
+    "recorded_failure_skips_dependents": (
+        {"boom": Behavior(fail_times=9, retryable=False), "side": Behavior(sleep=0.3)},
+        [
+            {"id": "boom"},
+            {"id": "side"},
+            {"id": "after", "depends_on": ["boom"]},
+            {"id": "last", "depends_on": ["after", "side"]},
+        ],
+        {},
+    ),
 }
 # The same scenarios with run-state recording on (RunInput.record): the histories carry the
 # `record-run-events` patch marker and one record_run_event local activity per workflow task.
