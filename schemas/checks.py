@@ -39,6 +39,8 @@ from schemas.pipeline import (
     SparkStep,
     SqlStep,
     Step,
+    StepOnFailure,
+    TriggerRule,
 )
 from schemas.quality_validation import quality_problems
 from schemas.run import RunContext, UpstreamResult
@@ -397,8 +399,53 @@ def _check_step(path: str, step: Step, owner: str, scope: _Scope, problems: _Pro
             problems.add(problem_path, message)
     if step.runs_local:
         _check_local_step(path, step, problems)
+    _check_control_flow(path, step, step.id != owner, upstream, scope, problems)
     if step.compensate is not None:
         _check_step(f"{path}.compensate", step.compensate, owner, scope, problems)
+
+
+_RULES_WITHOUT_UPSTREAM = frozenset({TriggerRule.ALL_SUCCESS, TriggerRule.ALL_DONE})
+
+
+def _check_control_flow(
+    path: str,
+    step: Step,
+    compensation: bool,
+    upstream: set[str],
+    scope: _Scope,
+    problems: _Problems,
+) -> None:
+    """`trigger_rule`, `when` and `on_failure` of a step."""
+    if compensation:
+        for name, default in (
+            ("trigger_rule", TriggerRule.ALL_SUCCESS),
+            ("when", None),
+            ("on_failure", StepOnFailure.FAIL),
+        ):
+            if getattr(step, name) != default:
+                problems.add(
+                    f"{path}.{name}",
+                    f"{name} does not apply to a compensation step (it runs when its step "
+                    "is compensated)",
+                )
+        return
+    if step.trigger_rule not in _RULES_WITHOUT_UPSTREAM and not step.depends_on:
+        problems.add(
+            f"{path}.trigger_rule",
+            f"trigger rule '{step.trigger_rule}' decides on upstream steps, and this step has "
+            "none: add depends_on",
+        )
+    if step.when is None:
+        return
+    messages = check_template(step.when, scope.params)
+    messages += reference_problems(step.when, step.id, upstream, scope.outputs)
+    if not messages and renders_in_bounded_time(step.when):
+        try:
+            render_text(step.when, scope.context, scope.upstream)
+        except TemplateProblem as exc:
+            messages.append(str(exc))
+    for message in messages:
+        problems.add(f"{path}.when", message)
 
 
 def _check_output_owners(steps: Mapping[int, Step], problems: _Problems) -> None:
