@@ -10,8 +10,10 @@ from temporalio.common import RetryPolicy as TemporalRetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
-    # `when:` conditions render with Jinja, whose compiler imports jinja2.runtime lazily:
-    # pass the package through, or the sandbox would load a second copy mid-run.
+    # `when:` conditions render with Jinja, which imports jinja2.runtime (compiling) and
+    # jinja2.debug (on an error) lazily: pass them through, or the sandbox would load a
+    # second copy mid-run.
+    import jinja2.debug
     import jinja2.runtime  # noqa: F401
 
     from activities.names import (
@@ -165,7 +167,11 @@ class PipelineRunWorkflow:
                 self._recorder.step(self._states[step_id])
         try:
             while True:
-                for step_id in self._ready(graph)[: max(limit - len(running), 0)]:
+                ready = self._ready(graph)
+                if self._failing_fast:  # stop the running steps, then decide again
+                    await self._cancel_steps(running)
+                    continue
+                for step_id in ready[: max(limit - len(running), 0)]:
                     self._mark_started(step_id)
                     task = asyncio.create_task(self._execute(steps[step_id]))
                     running[task] = step_id
@@ -176,8 +182,6 @@ class PipelineRunWorkflow:
                 done, _ = await workflow.wait(list(running), return_when=asyncio.FIRST_COMPLETED)
                 for task in sorted(done, key=lambda t: position[running[t]]):
                     self._finish(graph, running.pop(task), task)
-                if self._failing_fast:
-                    await self._cancel_steps(running)
         except asyncio.CancelledError:
             await self._cancel(running)
             raise

@@ -169,3 +169,25 @@ async def test_a_when_that_cannot_render_fails_its_step(harness: Harness) -> Non
         summary.step("b").error == "when: template error: 'dict object' has no attribute 'missing'"
     )
     assert [c[0] for c in harness.executor.calls] == ["a"]
+
+
+async def test_a_failed_when_fails_fast_too(harness: Harness) -> None:
+    harness.executor.behaviors["slow"] = Behavior(sleep=60)
+    definition = pipeline(
+        [
+            {"id": "x"},
+            {"id": "a", "depends_on": ["x"], "when": "{{ steps.x.result.missing }}"},
+            {"id": "slow", "heartbeat_timeout": "1s"},
+            {"id": "alert", "depends_on": ["a"], "trigger_rule": "one_failed"},
+        ],
+        on_failure="fail_fast",
+    )
+    began = time.monotonic()
+    summary = await failed_summary(harness, definition)
+    assert time.monotonic() - began < 15
+    assert statuses(summary) == {
+        "x": StepStatus.SUCCEEDED,
+        "a": StepStatus.FAILED,
+        "slow": StepStatus.CANCELLED,
+        "alert": StepStatus.SUCCEEDED,
+    }

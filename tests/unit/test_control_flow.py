@@ -157,3 +157,23 @@ def test_control_flow_mistakes_are_reported_with_paths() -> None:
     assert any(p.startswith("steps[4].trigger_rule:") and "all_done" in p for p in found)
     assert any(p.startswith("steps[5].on_failure:") and "ignore" in p for p in found)
     assert any(p.startswith("on_failure:") and "fail_fast" in p for p in found)
+
+
+def test_a_when_that_cannot_render_is_the_failure_that_fails_fast() -> None:
+    control, states = flow(
+        [
+            {"id": "a", "when": "{{ params.nope_at_run_time }}"},
+            {"id": "b", "depends_on": ["a"], "trigger_rule": "one_failed"},
+            {"id": "c"},
+        ],
+        params={"nope_at_run_time": "x"},
+        on_failure="fail_fast",
+    )
+    control.context = CONTEXT  # its params lack the name: rendering fails at run time
+    decisions = control.decide(states)
+    assert list(decisions.fail) == ["a"] and decisions.run == ["b", "c"]
+    # the workflow records the failure, notes it and decides again before starting anything
+    states["a"].status = StepStatus.FAILED
+    assert control.note_failure("a")
+    again = control.decide(states)
+    assert again.run == ["b"] and again.skip == {"c": "the run failed fast: step 'a' failed"}
