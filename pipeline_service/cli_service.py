@@ -82,6 +82,39 @@ def db_upgrade(
         )
 
 
+@db_app.command("check")
+def db_check(
+    wait: Annotated[
+        float,
+        typer.Option(min=0, help="Seconds to keep checking until it is (a deploy's init step)."),
+    ] = 0,
+) -> None:
+    """Exit 0 when the database is at the newest schema, 2 otherwise (after --wait seconds)."""
+    import time
+
+    from pipeline_service.db.migrate import current_revision, head_revision
+    from pipeline_service.db.session import make_engine
+
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    deadline = time.monotonic() + wait
+    try:
+        while True:
+            try:
+                revision: str | None = current_revision(engine)
+                problem = f"at schema {revision or '(empty)'}, not {head_revision()}"
+            except Exception as exc:  # not reachable yet: a deploy's database may start late
+                revision, problem = None, f"unreachable: {type(exc).__name__}"
+            if revision == head_revision():
+                console.print(f"database {engine.url!r}: at schema {revision}")
+                return
+            if time.monotonic() >= deadline:
+                raise _fail(f"database {engine.url!r}: {problem} (run `laminar db upgrade`)")
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+    finally:
+        engine.dispose()
+
+
 async def _register_search_attributes(settings: ServiceSettings) -> list[str]:
     from temporalio.api.enums.v1 import IndexedValueType
     from temporalio.api.operatorservice.v1 import (

@@ -99,6 +99,36 @@ SCENARIOS: dict[str, tuple[dict[str, Behavior], list[dict[str, Any]], dict[str, 
         ],
         {},
     ),
+    # a failure under the default on_failure (continue): its dependents are skipped while an
+    # independent branch finishes (saved before control flow: trigger rules, fail_fast)
+    "recorded_failure_skips_dependents": (
+        {"boom": Behavior(fail_times=9, retryable=False), "side": Behavior(sleep=0.3)},
+        [
+            {"id": "boom"},
+            {"id": "side"},
+            {"id": "after", "depends_on": ["boom"]},
+            {"id": "last", "depends_on": ["after", "side"]},
+        ],
+        {},
+    ),
+    # control flow (patch control-flow): fail_fast cancels a sibling, an all_done cleanup and
+    # a one_failed alert run, an ignored failure, a `when:` that skips
+    "recorded_control_flow": (
+        {
+            "boom": Behavior(sleep=0.3, fail_times=9, retryable=False),
+            "optional": Behavior(fail_times=9, retryable=False),
+            "slow": Behavior(sleep=30),
+        },
+        [
+            {"id": "optional", "on_failure": "ignore"},
+            {"id": "gated", "depends_on": ["optional"], "when": "{{ ds == '1999-01-01' }}"},
+            {"id": "boom", "depends_on": ["optional"]},
+            {"id": "slow", "heartbeat_timeout": "1s"},
+            {"id": "cleanup", "depends_on": ["boom", "slow"], "trigger_rule": "all_done"},
+            {"id": "alert", "depends_on": ["boom"], "trigger_rule": "one_failed"},
+        ],
+        {"on_failure": "fail_fast"},
+    ),
 }
 # The same scenarios with run-state recording on (RunInput.record): the histories carry the
 # `record-run-events` patch marker and one record_run_event local activity per workflow task.
