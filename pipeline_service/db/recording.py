@@ -134,7 +134,9 @@ def _apply_step(
 ) -> None:
     row = rows.get((change.step_id, change.attempt))
     if row is None:
-        row = StepRun(run_id=run.id, step_id=change.step_id, attempt=change.attempt, outputs={})
+        row = StepRun(
+            run_id=run.id, step_id=change.step_id, attempt=change.attempt, outputs={}, tables={}
+        )
         rows[(change.step_id, change.attempt)] = row
         session.add(row)
     row.type = change.type
@@ -144,6 +146,7 @@ def _apply_step(
     row.error, row.error_type = change.error, change.error_type
     row.rows_affected = change.rows_affected
     row.outputs = change.outputs
+    row.tables = change.tables
     row.log_path = change.log_path or row.log_path
     if change.marked_by is not None:
         row.marked_by, row.mark_reason = change.marked_by, change.mark_reason

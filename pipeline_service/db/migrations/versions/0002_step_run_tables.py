@@ -1,0 +1,29 @@
+"""step_runs.tables: the warehouse tables a step attempt loaded (python `outputs:`), so a
+retry that reuses the step can hand them to the steps that run again.
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-11-24 17:30:00.000000
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("step_runs", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("tables", sa.JSON(), nullable=False, server_default=sa.text("'{}'"))
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("step_runs", schema=None) as batch_op:
+        batch_op.drop_column("tables")
