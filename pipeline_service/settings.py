@@ -314,3 +314,8 @@ class ServiceSettings(BaseSettings):
     relay_batch_size: int = Field(500, ge=1, le=10_000)
     relay_poll_interval: timedelta = timedelta(milliseconds=100)
     """How often an idle relay looks for new outbox rows."""
+    reconcile_interval: Duration = timedelta(seconds=30)
+    """How often a worker asks Temporal about runs it may have ended on its own (execution
+    timeout, terminate); 0 turns reconciliation off."""
+    reconcile_after: Duration = timedelta(minutes=1)
+    """Only runs queued or running for longer than this are reconciled."""

@@ -25,6 +25,7 @@ from pipeline_service.db.outbox import add_event
 from pipeline_service.db.runs import RunNames
 from schemas.events import EventType
 from schemas.recording import (
+    RUN_FINISHED,
     RecordedRunStatus,
     RecordRunEventsInput,
     RecordRunEventsResult,
@@ -44,6 +45,7 @@ _RUN_EVENT = {
     RecordedRunStatus.FAILED: EventType.PIPELINE_FAILED,
     RecordedRunStatus.CANCELLED: EventType.PIPELINE_CANCELLED,
 }
+_FINISHED = {status.value for status in RUN_FINISHED}
 _STEP_EVENT = {
     StepStatus.PENDING: EventType.PIPELINE_STEP_STARTED,
     StepStatus.RUNNING: EventType.PIPELINE_STEP_STARTED,
@@ -91,6 +93,11 @@ def record_run_events(session: Session, batch: RecordRunEventsInput) -> RecordRu
     recorded = 0
     for event in batch.events:
         if event.event_id in seen:
+            continue
+        if event.run is not None and run.status in _FINISHED:
+            # The run's end is recorded already (by the reconciler, when Temporal ended the
+            # workflow while this batch was in flight): the first end stands.
+            log.info("run %s finished already; %s ignored", run.workflow_id, event.run.status)
             continue
         seen.add(event.event_id)
         if event.run is not None:
