@@ -58,6 +58,9 @@ class RunSettings(BaseSettings):
     http_port: int | None = Field(None, ge=1, le=65535)
     """Serve the service API on this local port (runs are then recorded in the state dir)."""
     metrics_port: int | None = Field(None, ge=1, le=65535)
+    kafka: str | None = Field(None, min_length=1)
+    """Relay the run's lifecycle events to Kafka: `embedded` (a Tansu broker started here, in
+    memory only) or the brokers' `host:port,...`."""
     # State on an object store (see pipeline_service/cluster_remote.py).
     s3_endpoint: str | None = None
     """S3-compatible endpoint (MinIO, R2, ...); credentials come from the AWS chain only."""

@@ -1,5 +1,6 @@
-"""step_runs.tables: the warehouse tables a step attempt loaded (python `outputs:`), so a
-retry that reuses the step can hand them to the steps that run again.
+"""step_runs.tables: the warehouse tables a step attempt loaded.
+
+A retry that reuses the step hands them (python `outputs:`) to the steps that run again.
 
 Revision ID: 0002
 Revises: 0001
