@@ -9,12 +9,14 @@ import signal
 import uuid
 from pathlib import Path
 
+import httpx
 import jsonschema_rs
 import psutil
 from sqlalchemy import create_engine, select
 
 from pipeline_service.db.models import OutboxEvent
 from pipeline_service.events.broker import EmbeddedBroker
+from pipeline_service.temporal.dev_server import free_port
 from schemas.event_docs import event_json_schema
 from schemas.events import EventType
 from tests.e2e.conftest import EXAMPLES, Cli, wait_for
@@ -62,7 +64,7 @@ def test_laminar_run_relays_its_events_to_kafka(
     stored = outbox_ids(state)
     # The run's events, all delivered before `laminar run --once` exited.
     received = read_topic(kafka_broker.bootstrap_servers, topic, expect=len(stored))
-    assert [(m.key, m.headers["ce_id"]) for m in received] == stored
+    assert _per_key([(m.key, m.headers["ce_id"]) for m in received]) == _per_key(stored)
     runs = [m for m in received if not m.key.startswith("pipeline:")]
     types = check_events(runs)
     assert types[0] == "PIPELINE_QUEUED" and types[1] == "PIPELINE_STARTED", types
@@ -90,7 +92,7 @@ def test_laminar_run_kafka_embedded_starts_a_broker_a_consumer_can_read(
     )
     stored = outbox_ids(state)
     received = read_topic(found[0], "laminar.pipeline-events", expect=len(stored), timeout=30)
-    assert [(m.key, m.headers["ce_id"]) for m in received] == stored
+    assert _per_key([(m.key, m.headers["ce_id"]) for m in received]) == _per_key(stored)
     types = check_events([m for m in received if not m.key.startswith("pipeline:")])
     assert types[-1] == "PIPELINE_SUCCEEDED", types
     brokers = [
@@ -101,3 +103,107 @@ def test_laminar_run_kafka_embedded_starts_a_broker_a_consumer_can_read(
     result = proc.wait(30)
     assert result.code == 0, result.details
     assert not brokers[0].is_running() or brokers[0].status() == psutil.STATUS_ZOMBIE
+
+
+WAITING_PIPELINE = """\
+name: outage
+steps:
+  - id: first
+    type: sql
+    sql: CREATE OR REPLACE TABLE outage_start AS SELECT 1 AS x
+  - id: wait
+    type: python
+    script: wait.py
+    depends_on: [first]
+  - id: last
+    type: sql
+    depends_on: [wait]
+    sql: CREATE OR REPLACE TABLE outage_end AS SELECT 1 AS x
+"""
+
+
+def _pending(state: Path) -> list[str]:
+    engine = create_engine(f"sqlite:///{state / 'laminar.db'}")
+    try:
+        with engine.connect() as connection:
+            query = select(OutboxEvent.event_id).where(OutboxEvent.sent_at.is_(None))
+            return list(connection.scalars(query))
+    finally:
+        engine.dispose()
+
+
+def _per_key(events: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """Event ids by key, in the order given (the topic orders per partition, so per key)."""
+    by_key: dict[str, list[str]] = {}
+    for key, event_id in events:
+        by_key.setdefault(key, []).append(event_id)
+    return by_key
+
+
+def _run_ids(http: httpx.Client) -> dict[str, str]:
+    return {run["id"]: run["status"] for run in http.get("/v1/runs").json()["items"]}
+
+
+def test_broker_down_mid_run_the_runs_finish_and_every_event_arrives_once_in_order(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """The broker stops while a run's step runs; that run and three more started through the
+    API finish meanwhile, their events wait in the outbox; the broker comes back (empty: Tansu
+    keeps nothing across a restart) and every event arrives, once, in order per run."""
+    (tmp_path / "outage.yaml").write_text(WAITING_PIPELINE)
+    (tmp_path / "wait.py").write_text("import time\ntime.sleep(8)\n")
+    broker = EmbeddedBroker(log_path=tmp_path / "tansu.log")
+    broker.start()
+    try:
+        state, topic, http_port = tmp_path / "state", "outage-events", free_port()
+        proc = cli.start(
+            "run", "--no-ui", tmp_path / "outage.yaml", "--state-dir", state,
+            "--kafka", broker.bootstrap_servers, "--http-port", str(http_port),
+            env={"LAMINAR_EVENTS_TOPIC": topic},
+        )  # fmt: skip
+        base = f"http://127.0.0.1:{http_port}"
+        wait_for(lambda: (state / "api-key").exists(), 60, f"the API; said:\n{proc.output()}")
+        key = (state / "api-key").read_text().strip()
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}) as http:
+
+            def waiting_and_sent() -> bool:
+                runs = http.get("/v1/runs").json()["items"]
+                if not runs:
+                    return False
+                steps = http.get(f"/v1/runs/{runs[0]['id']}").json()["steps"]
+                running = {s["step_id"]: s["status"] for s in steps}.get("wait") == "RUNNING"
+                return running and not _pending(state)
+
+            wait_for(waiting_and_sent, 60, f"the wait step; laminar said:\n{proc.output()}")
+            delivered = outbox_ids(state)
+            before = read_topic(broker.bootstrap_servers, topic, expect=len(delivered))
+            assert _per_key([(m.key, m.headers["ce_id"]) for m in before]) == _per_key(delivered)
+            broker.stop()
+
+            # Broker down: the run finishes, three more run through the API, nothing fails.
+            wait_for(lambda: set(_run_ids(http).values()) == {"SUCCEEDED"}, 60, "the first run")
+            for _ in range(3):
+                assert http.post("/v1/pipelines/outage/runs", json={}).status_code == 201
+            assert http.get("/health/ready").status_code == 200
+            wait_for(
+                lambda: list(_run_ids(http).values()) == ["SUCCEEDED"] * 4,
+                90,
+                f"the API's runs; laminar said:\n{proc.output()}",
+            )
+            waiting = _pending(state)
+            assert len(waiting) >= 4 * 6, waiting  # 3 runs x 8 events + the first run's end
+
+            broker.start()
+            wait_for(lambda: not _pending(state), 60, f"the outbox to drain:\n{proc.output()}")
+            stored = outbox_ids(state)
+            after = read_topic(broker.bootstrap_servers, topic, expect=len(stored) - len(before))
+        proc.proc.send_signal(signal.SIGINT)
+        assert proc.wait(30).code == 0
+    finally:
+        broker.stop()
+    received = [(m.key, m.headers["ce_id"]) for m in before + after]
+    assert len(received) == len(set(received)), "an event arrived twice"
+    assert sorted(received) == sorted(stored)  # every event, once
+    assert _per_key(received) == _per_key(stored)  # in commit order per run
+    types = check_events(before + after)
+    assert types.count("PIPELINE_SUCCEEDED") == 4 and types.count("PIPELINE_QUEUED") == 4
