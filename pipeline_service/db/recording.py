@@ -60,10 +60,16 @@ _STEP_EVENT = {
 }
 
 
-def record_run_events(session: Session, batch: RecordRunEventsInput) -> RecordRunEventsResult:
-    """Apply a batch of one run's events in order, skipping ids already recorded."""
-    # Three reads per batch (run with its names, recorded ids, the steps' attempt rows), then
-    # the writes: this sits on the workflow's critical path, once per workflow task.
+def record_run_events(
+    session: Session, batch: RecordRunEventsInput, *, assume_new: bool = False
+) -> RecordRunEventsResult:
+    """Apply a batch of one run's events in order, skipping ids already recorded.
+
+    `assume_new` skips the read of recorded ids: the caller expects none (a batch is recorded
+    whole or not at all, so only a retried or replayed one is) and, should the unique event id
+    refuse an insert, rolls back and calls again without it."""
+    # Up to three reads per batch (run with its names, recorded ids, the steps' attempt rows),
+    # then the writes: this sits on the workflow's critical path, once per workflow task.
     found = session.execute(
         select(Run, Tenant.name, Pipeline.name, PipelineVersion.version)
         .join(Tenant, Tenant.id == Run.tenant_id)
@@ -82,7 +88,11 @@ def record_run_events(session: Session, batch: RecordRunEventsInput) -> RecordRu
         return RecordRunEventsResult(recorded=0, skipped=len(batch.events))
     run, names = found[0], RunNames(found[1], found[2], found[3])
     ids = [event.event_id for event in batch.events]
-    seen = set(session.scalars(select(OutboxEvent.event_id).where(OutboxEvent.event_id.in_(ids))))
+    seen: set[str] = set()
+    if not assume_new:
+        seen.update(
+            session.scalars(select(OutboxEvent.event_id).where(OutboxEvent.event_id.in_(ids)))
+        )
     step_ids = {event.step.step_id for event in batch.events if event.step is not None}
     rows: dict[tuple[str, int], StepRun] = {}
     if step_ids:
