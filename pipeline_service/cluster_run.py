@@ -203,9 +203,9 @@ class PipelineCluster:
 
         assert self._api is not None
         try:
-            events = await asyncio.to_thread(
-                start_cluster_events, kafka, self._api.engine, self.options.state_dir
-            )
+            # On this (the main) thread: the embedded broker dies with the thread that started
+            # it, also when laminar is killed (see events/broker.py).
+            events = start_cluster_events(kafka, self._api.engine, self.options.state_dir)
         except Exception as exc:  # the broker could not start, bad Kafka settings
             raise ClusterError(f"--kafka {kafka}: {exc}") from None
         note = "  (embedded Tansu: in memory only)" if kafka == EMBEDDED else ""

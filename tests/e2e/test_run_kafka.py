@@ -207,3 +207,21 @@ def test_broker_down_mid_run_the_runs_finish_and_every_event_arrives_once_in_ord
     assert _per_key(received) == _per_key(stored)  # in commit order per run
     types = check_events(before + after)
     assert types.count("PIPELINE_SUCCEEDED") == 4 and types.count("PIPELINE_QUEUED") == 4
+
+
+def test_the_embedded_broker_dies_with_a_killed_laminar_run(cli: Cli, tmp_path: Path) -> None:
+    """kill -9 of `laminar run --kafka embedded` leaves no broker behind (nothing else would
+    ever stop it: its command line names no state dir)."""
+    proc = cli.start(
+        "run", "--no-ui", EXAMPLES / "handoff.yaml", "--state-dir", tmp_path / "state",
+        "--kafka", "embedded",
+    )  # fmt: skip
+    wait_for(lambda: "(embedded" in proc.output(), 60, f"the broker; said:\n{proc.output()}")
+    brokers = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.name() == "tansu"]
+    assert len(brokers) == 1
+    proc.proc.kill()
+    proc.proc.wait(10)
+    _, alive = psutil.wait_procs(brokers, timeout=10)
+    for survivor in alive:
+        survivor.kill()
+    assert not alive, "the embedded broker outlived laminar run"
