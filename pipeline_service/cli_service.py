@@ -269,10 +269,14 @@ async def _worker(
         f"laminar worker on task queue {settings.task_queue} (temporal "
         f"{settings.temporal_address}, namespace {settings.temporal_namespace}); Ctrl-C stops"
     )
+    reconciler = _start_reconciler(settings, client, db, stop)
     try:
         async with worker_:
             await dispatcher.run(stop)
     finally:
+        if reconciler is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(reconciler, 10)
         if relay is not None:
             relay_stop, relay_thread = relay
             relay_stop.set()
@@ -280,6 +284,20 @@ async def _worker(
         with contextlib.suppress(Exception):
             warehouse.close()
         db.dispose()
+
+
+def _start_reconciler(
+    settings: ServiceSettings, client: Client, db: Engine, stop: asyncio.Event
+) -> asyncio.Task[None] | None:
+    """Records the end of runs Temporal ended on its own; on PostgreSQL one worker at a time
+    does a round (see reconciler.py)."""
+    if settings.reconcile_interval.total_seconds() <= 0:
+        return None
+    from pipeline_service.db.session import session_factory
+    from pipeline_service.reconciler import RunReconciler
+
+    reconciler = RunReconciler(session_factory(db), client, older_than=settings.reconcile_after)
+    return asyncio.create_task(reconciler.run(stop, settings.reconcile_interval))
 
 
 def _start_relay(

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import anyio.to_thread
 from sqlalchemy.orm import Session, sessionmaker
-from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.client import Client
 
 from pipeline_service.bundles import BundleError
 from pipeline_service.db import quotas
@@ -29,23 +28,12 @@ from pipeline_service.db.models import Pipeline, PipelineVersion, Run, Tenant
 from pipeline_service.db.session import transaction
 from pipeline_service.launcher import build_run_input, run_source, start_workflow
 from schemas.loading import PipelineValidationError, validate_pipeline
-from schemas.recording import RUN_FINISHED, RecordedRunStatus
 from schemas.run import RunInput
 
 log = logging.getLogger(__name__)
 
 STALLED_AFTER = timedelta(seconds=15)
 """A slot taken this long ago without the workflow recording its start gets its start again."""
-RECONCILE_EVERY = timedelta(seconds=30)
-"""How often active runs are checked against Temporal: a workflow that was terminated or hit
-its execution timeout never records its end, and would hold its tenant's slot for ever."""
-_CLOSED_WITHOUT_RECORD = {
-    WorkflowExecutionStatus.TERMINATED: (RecordedRunStatus.CANCELLED, "workflow terminated"),
-    WorkflowExecutionStatus.TIMED_OUT: (
-        RecordedRunStatus.FAILED,
-        "the run exceeded its timeout (workflow timed out)",
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -64,12 +52,9 @@ class RunDispatcher:
         source_dir: Path,
         interval: float = 0.5,
         bundle_cache: Path | None = None,
-        reconcile_every: timedelta = RECONCILE_EVERY,
     ) -> None:
         self.sessions, self.temporal = sessions, temporal
         self.bundle_cache = bundle_cache
-        self.reconcile_every = reconcile_every
-        self._last_reconcile = 0.0
         self.task_queue, self.source_dir, self.interval = task_queue, source_dir, interval
         self._last_repair = 0.0
 
@@ -83,9 +68,6 @@ class RunDispatcher:
                 if loop.time() - self._last_repair > STALLED_AFTER.total_seconds() / 3:
                     self._last_repair = loop.time()
                     await self.repair_stalled()
-                if loop.time() - self._last_reconcile > self.reconcile_every.total_seconds():
-                    self._last_reconcile = loop.time()
-                    await self.reconcile_closed()
             except Exception:
                 log.exception("run dispatcher: pass failed; trying again")
             with contextlib.suppress(TimeoutError):
@@ -181,38 +163,3 @@ class RunDispatcher:
                     client, submission.run, submission.run_input, task_queue=self.task_queue
                 )
         return len(submissions)
-
-    async def reconcile_closed(self, limit: int = 200) -> int:
-        """End the recorded state of active runs whose workflow closed without recording it
-        (terminated, timed out); the number ended. Frees their concurrency slots."""
-
-        def active() -> list[tuple[int, str]]:
-            with self.sessions() as session:
-                return [(run.id, run.workflow_id) for run in quotas.active(session, limit)]
-
-        runs = await anyio.to_thread.run_sync(active)
-        if not runs:
-            return 0
-        client = await self.temporal()
-        ended = []
-        for run_id, workflow_id in runs:
-            try:
-                description = await client.get_workflow_handle(workflow_id).describe()
-            except RPCError as exc:
-                if exc.status == RPCStatusCode.NOT_FOUND:
-                    continue  # not started yet (repair_stalled starts it) or cleaned up
-                raise
-            closed = _CLOSED_WITHOUT_RECORD.get(description.status)  # type: ignore[arg-type]
-            if closed is not None:
-                ended.append((run_id, *closed))
-        if ended:
-            await anyio.to_thread.run_sync(self._end, ended)
-        return len(ended)
-
-    def _end(self, ended: list[tuple[int, RecordedRunStatus, str]]) -> None:
-        with transaction(self.sessions) as session:
-            for run_id, status, reason in ended:
-                run = session.get(Run, run_id)
-                if run is not None and run.status not in RUN_FINISHED:
-                    log.warning("run %s: %s; recording it %s", run.public_id, reason, status)
-                    quotas.end_run(session, run, status, reason)

@@ -58,6 +58,9 @@ class RunSettings(BaseSettings):
     http_port: int | None = Field(None, ge=1, le=65535)
     """Serve the service API on this local port (runs are then recorded in the state dir)."""
     metrics_port: int | None = Field(None, ge=1, le=65535)
+    kafka: str | None = Field(None, min_length=1)
+    """Relay the run's lifecycle events to Kafka: `embedded` (a Tansu broker started here, in
+    memory only) or the brokers' `host:port,...`."""
     # State on an object store (see pipeline_service/cluster_remote.py).
     s3_endpoint: str | None = None
     """S3-compatible endpoint (MinIO, R2, ...); credentials come from the AWS chain only."""
@@ -321,3 +324,8 @@ class ServiceSettings(BaseSettings):
     relay_batch_size: int = Field(500, ge=1, le=10_000)
     relay_poll_interval: timedelta = timedelta(milliseconds=100)
     """How often an idle relay looks for new outbox rows."""
+    reconcile_interval: Duration = timedelta(seconds=30)
+    """How often a worker asks Temporal about runs it may have ended on its own (execution
+    timeout, terminate); 0 turns reconciliation off."""
+    reconcile_after: Duration = timedelta(minutes=1)
+    """Only runs queued or running for longer than this are reconciled."""

@@ -148,6 +148,9 @@ class StepAttempt(BaseModel):
     error_type: str | None
     rows_affected: int | None
     outputs: dict[str, Any]
+    tables: dict[str, str] = Field(
+        default_factory=dict, description="Output name -> warehouse table (python `outputs:`)."
+    )
     log_tail: str | None = None
     marked_by: str | None = None
     mark_reason: str | None = None

@@ -14,6 +14,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -235,6 +236,9 @@ class StepRun(Base):
     error_type: Mapped[str | None] = mapped_column(String(200))
     rows_affected: Mapped[int | None] = mapped_column(BigInteger)
     outputs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    tables: Mapped[dict[str, str]] = mapped_column(JSON, default=dict, server_default=text("'{}'"))
+    """Output name -> warehouse table the attempt loaded (python `outputs:`); a retry that
+    reuses the step hands these on."""
     log_path: Mapped[str | None] = mapped_column(Text)
     marked_by: Mapped[str | None] = mapped_column(String(120))
     mark_reason: Mapped[str | None] = mapped_column(Text)

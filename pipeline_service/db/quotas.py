@@ -221,15 +221,3 @@ def stalled_submissions(session: Session, before: datetime, limit: int = 100) ->
             .limit(limit)
         )
     )
-
-
-def active(session: Session, limit: int) -> list[Run]:
-    """Runs holding a slot (submitted, not finished), oldest first, of every tenant."""
-    return list(
-        session.scalars(
-            select(Run)
-            .where(Run.status.in_(_ACTIVE), Run.submitted_at.is_not(None))
-            .order_by(Run.id)
-            .limit(limit)
-        )
-    )

@@ -272,8 +272,9 @@ async def test_one_logical_date_from_every_entry_point_is_one_run(service: Servi
 
 
 async def test_a_terminated_run_gives_its_slot_back(service: Service, client: Client) -> None:
-    """A workflow terminated from outside never records its end: the dispatcher notices it
-    (Temporal says TERMINATED), records the run CANCELLED, and the waiting run starts."""
+    """A workflow terminated from outside never records its end: the reconciler notices it
+    (Temporal says TERMINATED), records the run FAILED with the reason, and the waiting run
+    starts."""
     tenant = await service.tenant()
     await tenant.apply(pausing("hold", 30))
     await tenant.apply(pausing("quick", 0.1))
@@ -283,5 +284,5 @@ async def test_a_terminated_run_gives_its_slot_back(service: Service, client: Cl
     assert waiting["waiting"], waiting
     await client.get_workflow_handle(stuck["workflow_id"]).terminate("operator")
     ended = await wait_finished(tenant, stuck["id"], 30)
-    assert ended["status"] == "CANCELLED" and "terminated" in ended["error"], ended
+    assert ended["status"] == "FAILED" and "terminated" in ended["error"], ended
     assert (await wait_finished(tenant, waiting["id"], 30))["status"] == "SUCCEEDED"

@@ -88,6 +88,7 @@ async def retry(
                 step_id: StepResult(
                     rows_affected=row.rows_affected,
                     outputs=row.outputs or {},
+                    tables=row.tables or {},
                     log_path=row.log_path,
                     started_at=row.started_at,
                     finished_at=row.finished_at,
@@ -162,6 +163,7 @@ def mark_step(
             error=latest.error,
             error_type=latest.error_type,
             outputs=latest.outputs or {},
+            tables=latest.tables or {},
             marked_by=principal.actor,
             mark_reason=body.reason,
         )

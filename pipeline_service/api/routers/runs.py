@@ -108,6 +108,7 @@ def _attempt(row: StepRun, work_dir: Path) -> StepAttempt:
         error_type=row.error_type,
         rows_affected=row.rows_affected,
         outputs=row.outputs or {},
+        tables=row.tables or {},
         log_tail=_log_tail(row.log_path, work_dir),
         marked_by=row.marked_by,
         mark_reason=row.mark_reason,
