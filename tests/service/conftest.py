@@ -8,7 +8,6 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ from temporalio.client import Client
 from pipeline_service.api.app import create_app
 from pipeline_service.db.session import session_factory
 from pipeline_service.dispatcher import RunDispatcher
-from pipeline_service.reconciler import RunReconciler
 from pipeline_service.settings import ServiceSettings
 from pipeline_service.temporal.worker import build_worker
 from steps.engines.duckdb import DuckDBEngine
@@ -113,11 +111,7 @@ async def service(
         httpx.AsyncClient(transport=transport, base_url="http://laminar.test", timeout=60) as http,
     ):
         dispatching = asyncio.create_task(dispatcher.run(stop))
-        # What `laminar worker` runs: runs Temporal ended on its own are recorded ended.
-        reconciler = RunReconciler(sessions, client, older_than=timedelta(0))
-        reconciling = asyncio.create_task(reconciler.run(stop, timedelta(seconds=1)))
         yield Service(db_engine.dialect.name, settings, sessions, http, engine, app)
         stop.set()
         await dispatching
-        await reconciling
     engine.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -14,6 +14,7 @@ from temporalio.client import Client
 from pipeline_service.db.models import Run
 from pipeline_service.db.tenants import get_tenant
 from pipeline_service.launcher import LaunchRequest, Priority, launch_run
+from pipeline_service.reconciler import RunReconciler
 from schemas.recording import RecordedRunStatus
 from schemas.run import Trigger
 from tests.service.conftest import ADMIN_KEY, EXAMPLES, Service, Tenant
@@ -283,6 +284,12 @@ async def test_a_terminated_run_gives_its_slot_back(service: Service, client: Cl
     waiting = (await tenant.http.post("/v1/pipelines/quick/runs", json={})).json()
     assert waiting["waiting"], waiting
     await client.get_workflow_handle(stuck["workflow_id"]).terminate("operator")
+    # What every `laminar worker` does every LAMINAR_RECONCILE_INTERVAL.
+    reconciler = RunReconciler(service.sessions, client, older_than=timedelta(0))
+    deadline = time.monotonic() + 30
+    while not await reconciler.reconcile_once():  # visibility may lag the terminate a moment
+        assert time.monotonic() < deadline, "the terminated run was never reconciled"
+        await asyncio.sleep(0.2)
     ended = await wait_finished(tenant, stuck["id"], 30)
     assert ended["status"] == "FAILED" and "terminated" in ended["error"], ended
     assert (await wait_finished(tenant, waiting["id"], 30))["status"] == "SUCCEEDED"
