@@ -29,7 +29,7 @@ from pipeline_service.db.outbox import add_event
 from pipeline_service.db.runs import get_run_by_workflow_id
 from pipeline_service.db.session import transaction
 from pipeline_service.db.tenants import get_tenant
-from pipeline_service.launcher import LaunchRefused, LaunchRequest, launch_run
+from pipeline_service.launcher import LaunchRefused, LaunchRequest, Priority, launch_run
 from pipeline_service.scheduling.backfill_plan import plan_page
 from pipeline_service.scheduling.fire_times import Cron
 from schemas.events import EventType
@@ -118,6 +118,7 @@ class BackfillActivities:
             retry_of_id=retry_of,
             workflow_id=item.workflow_id if item.rerun_of else None,
             data_interval_end=item.interval_end,
+            priority=Priority.BACKFILL,
         )
         try:
             launch = await launch_run(

@@ -22,7 +22,13 @@ from pipeline_service.db.pipelines import get_pipeline, get_version
 from pipeline_service.db.runs import NewRun, get_run_by_workflow_id, insert_run
 from pipeline_service.db.session import transaction
 from pipeline_service.db.tenants import get_tenant
-from pipeline_service.launcher import LaunchRefused, LaunchRequest, launch_run, workflow_id_for
+from pipeline_service.launcher import (
+    LaunchRefused,
+    LaunchRequest,
+    Priority,
+    launch_run,
+    workflow_id_for,
+)
 from pipeline_service.scheduling.dependencies import downstream_interval, upstream_dates
 from schemas.events import EventType
 from schemas.loading import PipelineValidationError
@@ -140,6 +146,7 @@ class DependencyActivities:
             logical_date=gate.logical_date,
             trigger=Trigger(gate.trigger),
             data_interval_end=gate.interval_end,
+            priority=Priority.BACKFILL if gate.trigger == "backfill" else Priority.SCHEDULED,
         )
         try:
             launch = await launch_run(

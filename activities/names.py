@@ -33,3 +33,13 @@ RECORD_BACKFILL_EVENT = "record_backfill_event"
 CHECK_DEPENDENCIES = "check_dependencies"
 LAUNCH_DEPENDENT = "launch_dependent"
 FAIL_DEPENDENT = "fail_dependent"
+
+ACQUIRE_POOL_SLOT = "acquire_pool_slot"
+"""Activity: take a slot of a step's pool (PoolSlot -> PoolSlot); fails retryably while the
+pool is full, so Temporal retries it until a slot frees."""
+
+RELEASE_POOL_SLOT = "release_pool_slot"
+"""Activity: give a pool slot back (PoolSlot -> PoolSlot); idempotent."""
+
+POOL_FULL = "LaminarPoolFull"
+POOL_UNKNOWN = "LaminarPoolUnknown"

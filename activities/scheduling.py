@@ -21,7 +21,13 @@ from activities.names import LAUNCH_SCHEDULED, PLAN_SCHEDULE
 from pipeline_service.db.models import Pipeline, Run, Tenant
 from pipeline_service.db.pipelines import get_pipeline, get_version
 from pipeline_service.db.tenants import get_tenant
-from pipeline_service.launcher import LaunchRefused, LaunchRequest, launch_run, workflow_id_for
+from pipeline_service.launcher import (
+    LaunchRefused,
+    LaunchRequest,
+    Priority,
+    launch_run,
+    workflow_id_for,
+)
 from pipeline_service.scheduling.planning import plan
 from schemas.loading import PipelineValidationError
 from schemas.pipeline import Schedule
@@ -107,6 +113,7 @@ class ScheduleActivities:
             logical_date=fire.logical_date,
             trigger=Trigger.SCHEDULE,
             data_interval_end=fire.interval_end,
+            priority=Priority.SCHEDULED,
         )
         try:
             launch = await launch_run(
