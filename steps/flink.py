@@ -18,7 +18,8 @@ from typing import Any, BinaryIO
 
 from schemas.pipeline import FlinkStep
 from schemas.templating import render_text
-from steps.base import StepContext, StepError, StepResult
+from steps.base import StepContext, StepError, StepResult, step_tag
+from steps.driver_output import exception_lines
 from steps.flink_job import (
     FlinkOptions,
     client_conf_dir,
@@ -34,10 +35,7 @@ from steps.flink_rest import (
     exception_headline,
     vertex_progress,
 )
-from steps.process import die_with_parent
-from steps.process_groups import tagged_groups, terminate_group
-from steps.spark_output import exception_lines
-from steps.spark_submit import step_tag
+from steps.process import spawn_group, tagged_groups, terminate_group
 
 LOG_NAME = "step.log"
 JOBS_NAME = "flink-jobs.txt"
@@ -101,16 +99,7 @@ class FlinkExecutor:
             log.write(f"--- attempt {ctx.attempt}: {shlex.join(argv)} ---\n".encode())
             log.flush()
             start = log.tell()
-            process = await asyncio.create_subprocess_exec(
-                *die_with_parent(),
-                *argv,
-                cwd=work_dir,
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-            )
+            process = await spawn_group(argv, cwd=work_dir, env=env, stdout=asyncio.subprocess.PIPE)
             follow = asyncio.create_task(self._follow_jobs(rest, jobs, ctx))
             try:
                 assert process.stdout is not None

@@ -25,7 +25,7 @@ from schemas.run import RunContext, UpstreamResult
 from schemas.templating import RENDER_ERRORS, IsoDateTime, TemplateProblem, template_variables
 from steps.base import StepContext, StepError
 from steps.flink_local import DEFAULT_TOOL_DIR, FlinkNotInstalled, flink_config, flink_home
-from steps.spark_submit import split_spark_sql
+from steps.sql_split import split_statements
 
 SQL_DRIVER = Path(__file__).with_name("flink_sql_driver.py")
 SQL_JOB_NAME = "flink_sql_job.json"
@@ -103,7 +103,7 @@ def render_flink_sql(
         raise
     except RENDER_ERRORS as exc:
         raise TemplateProblem(f"template error: {exc}") from exc
-    return split_spark_sql(_place_literals(text, collector))
+    return split_statements(_place_literals(text, collector), "spark")
 
 
 _PLACEHOLDER = re.compile(r"\x00lam(\d+)\x00")

@@ -16,17 +16,16 @@ from pathlib import Path
 from typing import BinaryIO
 
 from schemas.pipeline import SparkStep
-from steps.base import StepContext, StepError, StepResult
-from steps.process import die_with_parent
-from steps.process_groups import group_alive, tagged_groups, terminate_group
-from steps.spark_output import SparkProgress, exception_lines, is_deterministic
+from steps.base import StepContext, StepError, StepResult, step_tag
+from steps.driver_output import exception_lines
+from steps.process import group_alive, spawn_group, tagged_groups, terminate_group
+from steps.spark_output import SparkProgress, is_deterministic
 from steps.spark_submit import (
     TAG_CONF,
     SparkOptions,
     driver_pod_prefix,
     kill_command,
     spark_home,
-    step_tag,
     submit_command,
     write_sql_job,
 )
@@ -101,18 +100,9 @@ class SparkExecutor:
         progress: SparkProgress,
         ctx: StepContext,
     ) -> int:
-        process = await asyncio.create_subprocess_exec(
-            *die_with_parent(),  # setpriv execs spark-submit, which execs java: same pid
-            *argv,
-            cwd=work_dir,
-            env=self._environment(work_dir),
-            stdin=asyncio.subprocess.DEVNULL,
-            # Straight to the log file, never through a pipe: a busy worker must not be able
-            # to stall the driver on a full pipe. Progress is read back from the file.
-            stdout=log,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,  # its own process group: the whole tree can be stopped
-        )
+        # Straight to the log file, never through a pipe: a busy worker must not be able to
+        # stall the driver on a full pipe. Progress is read back from the file.
+        process = await spawn_group(argv, cwd=work_dir, env=self._environment(work_dir), stdout=log)
         group = process.pid
         pid_file = work_dir / PID_NAME
         pid_file.write_text(f"{group}\n")

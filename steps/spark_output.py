@@ -19,12 +19,6 @@ _JOB_STARTED = re.compile(r"DAGScheduler: Got (?:map stage )?job (\d+) ")
 _JOB_FINISHED = re.compile(r"DAGScheduler: Job (\d+) finished")
 _SQL_STATEMENT = re.compile(r"^laminar: statement (\d+)/(\d+)$")
 
-# `pkg.Name: message`, `Exception in thread "main" x.Y: ...`, `Caused by: ...`. Log lines start
-# with a date, stack frames with whitespace or "at": neither matches.
-_EXCEPTION = re.compile(
-    r"^(?:Exception in thread \"[^\"]*\" |Caused by: |: )?"
-    r"((?:[A-Za-z_][\w$]*\.)*[A-Za-z_][\w$]*(?:Exception|Error|Exit|Interrupt))(?::\s?(.*))?$"
-)
 # Failures that come out the same on every attempt: retrying cannot help.
 DETERMINISTIC = (
     "AnalysisException",
@@ -35,8 +29,6 @@ DETERMINISTIC = (
     "ImportError",
     "FileNotFoundException",
 )
-MAX_ERROR_LINES = 6
-_MAX_LINE = 500
 
 
 @dataclass
@@ -94,21 +86,6 @@ class SparkProgress:
 
     def summary(self) -> dict[str, Any]:
         return {"jobs": len(self.jobs_done), "stages": len(self.stages_done)}
-
-
-def exception_lines(text: str) -> list[str]:
-    """The exception headlines in a driver's output, root cause last, without repeats."""
-    found: list[str] = []
-    for raw in text.splitlines():
-        line = raw.rstrip()
-        if not _EXCEPTION.match(line):
-            continue
-        line = line.removeprefix("Caused by: ").removeprefix(": ")  # ": " starts py4j's
-        line = line if len(line) <= _MAX_LINE else line[: _MAX_LINE - 3] + "..."
-        if line in found:
-            found.remove(line)
-        found.append(line)
-    return found[-MAX_ERROR_LINES:]
 
 
 def is_deterministic(lines: list[str]) -> bool:

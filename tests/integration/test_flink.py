@@ -22,13 +22,12 @@ import pytest
 
 from schemas.pipeline import FlinkStep
 from schemas.run import RunContext
-from steps.base import StepContext, StepError
+from steps.base import StepContext, StepError, step_tag
 from steps.flink import FlinkExecutor
 from steps.flink_job import FlinkOptions, client_conf_dir, job_config, sql_command, write_sql_job
 from steps.flink_local import DEFAULT_TOOL_DIR, LocalFlinkCluster
-from steps.process_groups import tagged_groups
+from steps.process import tagged_groups
 from steps.registry import execute_step
-from steps.spark_submit import step_tag
 
 pytestmark = pytest.mark.slow
 

@@ -18,10 +18,10 @@ import pytest
 
 from schemas.pipeline import SparkStep
 from schemas.run import RunContext
-from steps.base import StepContext, StepError
+from steps.base import StepContext, StepError, step_tag
 from steps.registry import execute_step
 from steps.spark import SparkExecutor
-from steps.spark_submit import SparkOptions, step_tag, submit_command
+from steps.spark_submit import SparkOptions, submit_command
 
 pytestmark = pytest.mark.slow
 

@@ -17,19 +17,19 @@ from activities.steps import StepActivities
 from schemas.loading import PipelineValidationError, validate_pipeline
 from schemas.pipeline import NoopStep, SparkStep
 from schemas.run import RunContext, RunStepInput, StepResult
-from steps.base import StepContext, StepError
-from steps.spark_output import SparkProgress, exception_lines, is_deterministic
+from steps.base import StepContext, StepError, step_tag
+from steps.driver_output import exception_lines
+from steps.spark_output import SparkProgress, is_deterministic
 from steps.spark_submit import (
     SQL_DRIVER,
     KubernetesOptions,
     SparkOptions,
     kill_command,
     spark_home,
-    split_spark_sql,
-    step_tag,
     submit_command,
     write_sql_job,
 )
+from steps.sql_split import split_statements
 
 RUN = RunContext.manual(
     "sales", "default/sales/2026-01-31", datetime(2026, 1, 31, tzinfo=UTC), {"region": "EU"}
@@ -336,10 +336,11 @@ def test_sql_job_binds_template_values_as_spark_parameters(
     assert argv[-4:] == ["--files", str(job_path), str(SQL_DRIVER), job_path.name]
 
 
-def test_split_spark_sql_keeps_semicolons_inside_literals_and_comments() -> None:
-    assert split_spark_sql("SELECT 'a;b'; ;SELECT 2 -- x;\n") == ["SELECT 'a;b'", "SELECT 2 -- x;"]
-    assert split_spark_sql("SELECT 1; -- trailing;\n") == ["SELECT 1"]
-    assert split_spark_sql("  ") == []
+def test_split_statements_keeps_semicolons_inside_literals_and_comments() -> None:
+    statements = split_statements("SELECT 'a;b'; ;SELECT 2 -- x;\n", "spark")
+    assert statements == ["SELECT 'a;b'", "SELECT 2 -- x;"]
+    assert split_statements("SELECT 1; -- trailing;\n", "spark") == ["SELECT 1"]
+    assert split_statements("  ", "spark") == []
 
 
 # --- reading the driver's output --------------------------------------------------------------
