@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import csv
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -275,24 +276,135 @@ async def test_a_failing_jar_job_reports_its_exception(
     assert "java.lang.IllegalStateException: count job failed at 5" in info.value.message
 
 
-async def test_a_streaming_step_succeeds_once_its_job_runs(
+def restored_from(cluster: LocalFlinkCluster, job_id: str) -> dict[str, Any]:
+    stats = httpx.get(f"{cluster.rest_url}/jobs/{job_id}/checkpoints").json()
+    return dict((stats.get("latest") or {}).get("restored") or {})
+
+
+async def test_a_failed_streaming_job_is_restarted_from_its_latest_checkpoint(
+    flink: LocalFlinkCluster, tmp_path: Path
+) -> None:
+    """The job fails on row 60 (a bad cast); Flink itself does not restart it, so the attempt
+    fails, and the next attempt starts the job from the checkpoint the first one completed."""
+    step = FlinkStep(
+        id="agg",
+        type="flink",
+        mode="streaming",
+        parallelism=1,
+        savepoint_path=str(tmp_path / "state"),
+        conf={"execution.checkpointing.interval": "500 ms", "restart-strategy.type": "none"},
+        sql="CREATE TABLE src (id BIGINT) WITH ('connector' = 'datagen', "
+        "'rows-per-second' = '20', 'fields.id.kind' = 'sequence', 'fields.id.start' = '1', "
+        "'fields.id.end' = '100000');\n"
+        "CREATE TABLE dst (id INT) WITH ('connector' = 'blackhole');\n"
+        "INSERT INTO dst SELECT CAST(IF(id = 60, 'boom', CAST(id AS STRING)) AS INT) FROM src;",
+    )
+    executor = FlinkExecutor(FlinkOptions(rest_url=flink.rest_url, poll_interval=0.3))
+    ctx1, beats = make_ctx(tmp_path)
+    with pytest.raises(StepError) as failed:
+        await execute_step({"flink": executor}, step, ctx1)
+    assert failed.value.retryable and "boom" in failed.value.message
+    assert "a retry restarts the job from checkpoint" in failed.value.message
+    assert any(isinstance(b.get("checkpoint"), int) for b in beats.details)
+    first = json.loads((ctx1.work_dir / "flink-restore.json").read_text())
+    assert first["kind"] == "checkpoint" and first["path"].endswith(f"chk-{first['checkpoint_id']}")
+
+    ctx2, _ = make_ctx(tmp_path, attempt=2)
+    with pytest.raises(StepError):  # row 60 comes again: the job fails again, after the restore
+        await execute_step({"flink": executor}, step, ctx2)
+    [second_job] = (ctx2.work_dir / "flink-jobs.txt").read_text().split()
+    assert second_job != first["job_id"]
+    restored = restored_from(flink, second_job)
+    # (Flink counts any restore from a given path as a savepoint restore: is_savepoint is set.)
+    assert restored["id"] == first["checkpoint_id"]
+    assert restored["external_path"].endswith(first["path"])
+    assert "attempt 2: starting from checkpoint" in (ctx2.work_dir / "step.log").read_text()
+
+
+async def test_a_cancelled_streaming_step_stops_with_a_savepoint_and_a_rerun_resumes(
+    flink: LocalFlinkCluster, tmp_path: Path
+) -> None:
+    sql = (
+        "CREATE TABLE src (k INT) WITH ('connector' = 'datagen', 'rows-per-second' = '5');\n"
+        "CREATE TABLE dst (k INT) WITH ('connector' = 'blackhole');\n"
+        "INSERT INTO dst SELECT k FROM src;"
+    )
+    savepoints = tmp_path / "savepoints"
+    conf = {"execution.checkpointing.interval": "1 s"}
+    step = FlinkStep.model_validate(
+        {
+            "id": "agg",
+            "type": "flink",
+            "mode": "streaming",
+            "sql": sql,
+            "conf": conf,
+            "savepoint_path": str(savepoints),
+        }
+    )
+    assert step.until is None and step.timeout.days == 365  # runs until cancelled
+    executor = FlinkExecutor(FlinkOptions(rest_url=flink.rest_url, poll_interval=0.3))
+    ctx, beats = make_ctx(tmp_path / "first")
+    running = asyncio.create_task(execute_step({"flink": executor}, step, ctx))
+    await wait_for(
+        lambda: any(b.get("state") == "RUNNING" for b in beats.details), 90, "the job to run"
+    )
+    await asyncio.sleep(1)
+    assert not running.done()  # a streaming step keeps running while its job does
+    job_id = beats.details[-1]["job_id"]
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert job_state(flink, job_id) == "FINISHED"  # stop-with-savepoint ends the job so
+    [savepoint] = [d for d in savepoints.glob("savepoint-*") if (d / "_metadata").is_file()]
+
+    # A new run of the step starts from that savepoint, and with `until` ends by itself.
+    rerun = step.model_copy(update={"until": timedelta(seconds=3)})
+    ctx2, beats2 = make_ctx(tmp_path / "second")
+    result = await execute_step({"flink": executor}, rerun, ctx2)
+    [job2] = result.outputs["job_ids"]
+    assert result.outputs["state"] == "STOPPED"
+    assert result.outputs["restored_from"] == str(savepoint)
+    restored = restored_from(flink, job2)
+    assert restored["is_savepoint"] and restored["external_path"].endswith(str(savepoint))
+    assert job_state(flink, job2) == "FINISHED"
+    assert result.outputs["savepoint"].endswith(
+        next(d.name for d in savepoints.glob("savepoint-*") if d != savepoint)
+    )
+    assert any(b.get("restored_from") for b in beats2.details)
+
+
+async def test_a_streaming_retry_follows_the_job_a_dead_worker_left_running(
     flink: LocalFlinkCluster, tmp_path: Path
 ) -> None:
     step = FlinkStep(
         id="agg",
         type="flink",
         mode="streaming",
+        until=timedelta(seconds=2),
+        savepoint_path=str(tmp_path / "savepoints"),
         sql="CREATE TABLE src (k INT) WITH ('connector' = 'datagen', 'rows-per-second' = '5');\n"
         "CREATE TABLE dst (k INT) WITH ('connector' = 'blackhole');\n"
         "INSERT INTO dst SELECT k FROM src;",
     )
-    ctx, _ = make_ctx(tmp_path)
-    executor = FlinkExecutor(FlinkOptions(rest_url=flink.rest_url, poll_interval=0.5))
-    result = await execute_step({"flink": executor}, step, ctx)
-    [job_id] = result.outputs["job_ids"]
-    try:
-        assert result.outputs["mode"] == "streaming"
-        assert job_state(flink, job_id) == "RUNNING"  # it keeps running after the step
-    finally:
-        httpx.patch(f"{flink.rest_url}/jobs/{job_id}", params={"mode": "cancel"})
-    await wait_for(lambda: job_state(flink, job_id) == "CANCELED", 30, "the job to stop")
+    options = FlinkOptions(rest_url=flink.rest_url, poll_interval=0.5)
+    ctx1, _ = make_ctx(tmp_path, attempt=1)
+    tag = step_tag(ctx1.idempotency_key)
+    # Attempt 1 submitted the job, then its worker died: the job runs on, unwatched.
+    ctx1.work_dir.mkdir(parents=True)
+    job_path = write_sql_job(step, options, ctx1, tag, ctx1.work_dir)
+    env = {
+        "PATH": os.environ["PATH"],
+        "FLINK_CONF_DIR": str(client_conf_dir(options, job_config(step, options, tag), tmp_path)),
+        "PYTHONPATH": str(options.tool_dir),
+    }
+    driver = subprocess.run(sql_command(options, job_path, tag), env=env, capture_output=True)
+    assert driver.returncode == 0, driver.stdout[-2000:]
+    [old] = running_jobs(flink)
+
+    ctx2, _ = make_ctx(tmp_path, attempt=2)
+    result = await execute_step({"flink": FlinkExecutor(options)}, step, ctx2)
+    assert result.outputs["job_ids"] == [old["jid"]]  # followed on, not started again
+    assert result.outputs["state"] == "STOPPED" and result.outputs["savepoint"]
+    assert job_state(flink, old["jid"]) == "FINISHED"
+    assert f"following job {old['jid']}" in (ctx2.work_dir / "step.log").read_text()
+    assert not running_jobs(flink)
