@@ -306,7 +306,9 @@ class FlinkExecutor:
             outputs["state"] = "STOPPED"
         elif state == "FAILED":
             error = await self._failure(rest, jobs, work_dir / LOG_NAME, None, "failed")
-            then = f"from {latest.describe()}" if latest else "without state (no checkpoint yet)"
+            # No checkpoint of its own yet: the point it started from is still the newest.
+            resume = latest or restore
+            then = f"from {resume.describe()}" if resume else "without state (no checkpoint yet)"
             raise StepError(
                 f"{error.message}\n(a retry restarts the job {then})",
                 error_type=error.error_type,

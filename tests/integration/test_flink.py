@@ -8,11 +8,11 @@ from __future__ import annotations
 import asyncio
 import csv
 import dataclasses
-import json
 import os
 import shutil
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,15 +20,28 @@ from typing import Any
 
 import httpx
 import pytest
+from temporalio.client import Client, WorkflowFailureError
 
+from activities.steps import run_dir_name
+from pipeline_service.temporal.worker import build_worker
+from schemas.loading import validate_pipeline
 from schemas.pipeline import FlinkStep
-from schemas.run import RunContext
+from schemas.run import RunContext, RunInput, RunSummary
 from steps.base import StepContext, StepError, step_tag
+from steps.engines.duckdb import DuckDBEngine
 from steps.flink import FlinkExecutor
-from steps.flink_job import FlinkOptions, client_conf_dir, job_config, sql_command, write_sql_job
+from steps.flink_job import (
+    FlinkOptions,
+    client_conf_dir,
+    job_config,
+    job_name,
+    sql_command,
+    write_sql_job,
+)
 from steps.flink_local import DEFAULT_TOOL_DIR, LocalFlinkCluster
 from steps.process import tagged_groups
 from steps.registry import execute_step
+from workflows.pipeline_run import PipelineRunWorkflow
 
 pytestmark = pytest.mark.slow
 
@@ -282,43 +295,73 @@ def restored_from(cluster: LocalFlinkCluster, job_id: str) -> dict[str, Any]:
 
 
 async def test_a_failed_streaming_job_is_restarted_from_its_latest_checkpoint(
-    flink: LocalFlinkCluster, tmp_path: Path
+    flink: LocalFlinkCluster, client: Client, tmp_path: Path
 ) -> None:
-    """The job fails on row 60 (a bad cast); Flink itself does not restart it, so the attempt
-    fails, and the next attempt starts the job from the checkpoint the first one completed."""
-    step = FlinkStep(
-        id="agg",
-        type="flink",
-        mode="streaming",
-        parallelism=1,
-        savepoint_path=str(tmp_path / "state"),
-        conf={"execution.checkpointing.interval": "500 ms", "restart-strategy.type": "none"},
-        sql="CREATE TABLE src (id BIGINT) WITH ('connector' = 'datagen', "
-        "'rows-per-second' = '20', 'fields.id.kind' = 'sequence', 'fields.id.start' = '1', "
-        "'fields.id.end' = '100000');\n"
-        "CREATE TABLE dst (id INT) WITH ('connector' = 'blackhole');\n"
-        "INSERT INTO dst SELECT CAST(IF(id = 60, 'boom', CAST(id AS STRING)) AS INT) FROM src;",
-    )
-    executor = FlinkExecutor(FlinkOptions(rest_url=flink.rest_url, poll_interval=0.3))
-    ctx1, beats = make_ctx(tmp_path)
-    with pytest.raises(StepError) as failed:
-        await execute_step({"flink": executor}, step, ctx1)
-    assert failed.value.retryable and "boom" in failed.value.message
-    assert "a retry restarts the job from checkpoint" in failed.value.message
-    assert any(isinstance(b.get("checkpoint"), int) for b in beats.details)
-    first = json.loads((ctx1.work_dir / "flink-restore.json").read_text())
-    assert first["kind"] == "checkpoint" and first["path"].endswith(f"chk-{first['checkpoint_id']}")
+    """The job fails on row 60 (a bad cast) and Flink itself does not restart it, so the
+    attempt fails; the run's workflow retries the step under its retry policy, and the second
+    attempt starts the job from the checkpoint the first one completed. Through the real
+    worker and workflow on the dev server."""
+    data = {
+        "name": "stream",
+        "steps": [
+            {
+                "id": "agg",
+                "type": "flink",
+                "mode": "streaming",
+                "parallelism": 1,
+                "savepoint_path": str(tmp_path / "state"),
+                "retry": {"max_attempts": 2, "initial_interval": "1s"},
+                "conf": {
+                    "execution.checkpointing.interval": "500 ms",
+                    "restart-strategy.type": "none",
+                },
+                "sql": "CREATE TABLE src (id BIGINT) WITH ('connector' = 'datagen', "
+                "'rows-per-second' = '20', 'fields.id.kind' = 'sequence', "
+                "'fields.id.start' = '1', 'fields.id.end' = '100000');\n"
+                "CREATE TABLE dst (id INT) WITH ('connector' = 'blackhole');\n"
+                "INSERT INTO dst SELECT CAST(IF(id = 60, 'boom', CAST(id AS STRING)) AS INT) "
+                "FROM src;",
+            }
+        ],
+    }
+    definition = validate_pipeline(data, source_dir=tmp_path)
+    moment = datetime(2026, 1, 31, tzinfo=UTC)
+    context = RunContext.manual("stream", f"test/stream/{uuid.uuid4()}", moment, {})
+    run = RunInput(pipeline=definition, context=context, source_dir=str(tmp_path))
+    options = FlinkOptions(rest_url=flink.rest_url, poll_interval=0.3)
+    queue = f"flink-{uuid.uuid4()}"
+    engine = DuckDBEngine(tmp_path / "warehouse.duckdb")
+    work_root = tmp_path / "work"
+    try:
+        async with build_worker(
+            client, task_queue=queue, engine=engine, work_root=work_root, flink=options
+        ):
+            with pytest.raises(WorkflowFailureError) as failure:
+                await client.execute_workflow(
+                    PipelineRunWorkflow.run, run, id=context.run_id, task_queue=queue
+                )
+    finally:
+        engine.close()
+    summary = RunSummary.model_validate(failure.value.cause.details[0])  # type: ignore[union-attr]
+    [state] = summary.steps
+    assert state.status == "FAILED" and state.attempt == 2  # the retry policy's two attempts
+    assert state.error and "boom" in state.error
+    assert "a retry restarts the job from checkpoint" in state.error
 
-    ctx2, _ = make_ctx(tmp_path, attempt=2)
-    with pytest.raises(StepError):  # row 60 comes again: the job fails again, after the restore
-        await execute_step({"flink": executor}, step, ctx2)
-    [second_job] = (ctx2.work_dir / "flink-jobs.txt").read_text().split()
-    assert second_job != first["job_id"]
-    restored = restored_from(flink, second_job)
+    name = job_name(step_tag(f"{context.run_id}/agg"))
+    jobs = httpx.get(f"{flink.rest_url}/jobs/overview").json()["jobs"]
+    first, second = sorted(
+        (job for job in jobs if job["name"].startswith(name)), key=lambda job: job["start-time"]
+    )
+    assert first["state"] == second["state"] == "FAILED"
+    stats = httpx.get(f"{flink.rest_url}/jobs/{first['jid']}/checkpoints").json()
+    checkpoint = stats["latest"]["completed"]
+    restored = restored_from(flink, second["jid"])
     # (Flink counts any restore from a given path as a savepoint restore: is_savepoint is set.)
-    assert restored["id"] == first["checkpoint_id"]
-    assert restored["external_path"].endswith(first["path"])
-    assert "attempt 2: starting from checkpoint" in (ctx2.work_dir / "step.log").read_text()
+    assert restored["id"] == checkpoint["id"]
+    assert restored["external_path"] == checkpoint["external_path"]
+    log = (work_root / run_dir_name(context.run_id) / "agg" / "step.log").read_text()
+    assert f"attempt 2: starting from checkpoint {checkpoint['id']} of job {first['jid']}" in log
 
 
 async def test_a_cancelled_streaming_step_stops_with_a_savepoint_and_a_rerun_resumes(
