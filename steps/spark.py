@@ -1,6 +1,7 @@
 """Spark steps: spark-submit as a child process group, followed, cancellable, never duplicated.
 
-The driver's output goes to the step log and feeds heartbeat progress (jobs, stages, tasks).
+The driver's output goes to the step log and feeds heartbeat progress (jobs, stages, tasks),
+taken from the driver's REST API once a local driver's UI answers.
 Cancellation stops the whole process group (the JVM and a PySpark driver's Python). Every
 driver carries the step's tag in its command line and a pid file in the step directory, so an
 attempt first stops any driver an earlier attempt left running (its worker died mid-job).
@@ -20,6 +21,7 @@ from steps.base import StepContext, StepError, StepResult, step_tag
 from steps.driver_output import exception_lines
 from steps.process import group_alive, spawn_group, tagged_groups, terminate_group
 from steps.spark_output import SparkProgress, is_deterministic
+from steps.spark_rest import SparkUiClient
 from steps.spark_submit import (
     TAG_CONF,
     SparkOptions,
@@ -34,6 +36,7 @@ LOG_NAME = "step.log"
 PID_NAME = "spark-driver.pid"
 _PASSED_THROUGH = ("LANG", "LC_ALL", "JAVA_HOME")
 _PROGRESS_EVERY = 0.5  # seconds between reads of the log for progress
+_UI_POLL_EVERY = 0.5  # seconds between calls of the driver's REST API
 _CHUNK = 64 * 1024
 _TAIL_BYTES = 256 * 1024
 
@@ -107,6 +110,7 @@ class SparkExecutor:
         pid_file = work_dir / PID_NAME
         pid_file.write_text(f"{group}\n")
         follower = asyncio.create_task(_follow(Path(log.name), log.tell(), progress, ctx))
+        poller = asyncio.create_task(_poll_ui(progress, ctx))
         try:
             returncode = await process.wait()
         except asyncio.CancelledError:
@@ -115,6 +119,8 @@ class SparkExecutor:
                 await asyncio.wait_for(process.wait(), 1.0)  # reap the leader
             raise
         finally:
+            await _finish(poller)
+            progress.rest = None  # the driver is gone: the log has the last word
             await _finish(follower)
             if not group_alive(group):
                 pid_file.unlink(missing_ok=True)
@@ -188,6 +194,24 @@ async def _follow(path: Path, offset: int, progress: SparkProgress, ctx: StepCon
             _feed(b"\n".join(lines), progress, ctx)
 
 
+async def _poll_ui(progress: SparkProgress, ctx: StepContext) -> None:
+    """Once the driver logged its UI port, heartbeat progress from its REST API."""
+    client: SparkUiClient | None = None
+    try:
+        while True:
+            await asyncio.sleep(_UI_POLL_EVERY)
+            if progress.ui_port is None:
+                continue
+            client = client or SparkUiClient(progress.ui_port)
+            details = await client.progress()
+            if details is not None and details != progress.rest:
+                progress.rest = details
+                ctx.heartbeat(progress.details())
+    finally:
+        if client is not None:
+            await client.close()
+
+
 def _feed(text: bytes, progress: SparkProgress, ctx: StepContext) -> None:
     changed = False
     for line in text.split(b"\n"):
@@ -196,7 +220,7 @@ def _feed(text: bytes, progress: SparkProgress, ctx: StepContext) -> None:
         ctx.heartbeat(progress.details())
 
 
-async def _finish(follower: asyncio.Task[None]) -> None:
+async def _finish(follower: asyncio.Task[None]) -> None:  # a follower or the UI poller
     follower.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await follower

@@ -133,8 +133,10 @@ def submit_command(
     argv += ["--name", f"laminar-{run.pipeline}-{step_id}"]
     conf: dict[str, str] = {}
     if options.is_local:
-        # No UI port opened per step, scratch space inside the step's directory.
-        conf["spark.ui.enabled"] = "false"
+        # The UI on a free loopback port (SPARK_LOCAL_IP), for progress from its REST API;
+        # no console progress bar in the log; scratch space inside the step's directory.
+        conf["spark.ui.port"] = "0"
+        conf["spark.ui.showConsoleProgress"] = "false"
         conf["spark.local.dir"] = str(work_dir / "spark-local")
         conf["spark.sql.warehouse.dir"] = str(work_dir / "spark-warehouse")
     conf.update(options.conf)
