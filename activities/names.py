@@ -17,3 +17,13 @@ STATE_QUERY = "state"
 RECORD_RUN_EVENT = "record_run_event"
 """Local activity: record one workflow task's run/step transitions (RecordRunEventsInput ->
 RecordRunEventsResult) in the service database, with their outbox rows."""
+
+ACQUIRE_POOL_SLOT = "acquire_pool_slot"
+"""Activity: take a slot of a step's pool (PoolSlot -> PoolSlot); fails retryably while the
+pool is full, so Temporal retries it until a slot frees."""
+
+RELEASE_POOL_SLOT = "release_pool_slot"
+"""Activity: give a pool slot back (PoolSlot -> PoolSlot); idempotent."""
+
+POOL_FULL = "LaminarPoolFull"
+POOL_UNKNOWN = "LaminarPoolUnknown"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from temporalio import activity
 
@@ -81,5 +82,13 @@ class RecordingActivities:
                 self._metrics.finished_runs.labels(tenant, run.status.value).inc()
 
     def _write(self, batches: list[RecordRunEventsInput]) -> list[RecordRunEventsResult]:
-        with transaction(self._sessions) as session:
-            return [record_run_events(session, batch) for batch in batches]
+        try:
+            # Optimistic: almost every batch is new, so skip the read of recorded ids (one
+            # database round trip on the workflow's critical path)...
+            with transaction(self._sessions) as session:
+                return [record_run_events(session, b, assume_new=True) for b in batches]
+        except IntegrityError:
+            # ...and when an id was recorded already (a retried or replayed batch), the
+            # transaction rolled back whole: write again, skipping what is there.
+            with transaction(self._sessions) as session:
+                return [record_run_events(session, batch) for batch in batches]

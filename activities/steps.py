@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,11 +19,20 @@ from temporalio.exceptions import ApplicationError
 from activities.names import RUN_STEP, STEP_ATTEMPT_FAILED_SIGNAL, WORKER_LOST
 from schemas.run import RunStepInput, StepAttemptFailed, StepResult
 from steps.base import StepContext, StepError
-from steps.registry import Executors, execute_step
+from steps.engines.duckdb import DuckDBEngine
+from steps.registry import Executors, connection_secret_names, execute_step
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY = timedelta(seconds=5)
+
+BUNDLE_PREFIX = "bundle:"
+"""A run's `source_dir` naming its version's code bundle (`bundle:<sha256>`)."""
+BundleResolver = Callable[[str, str], Awaitable[Path]]
+"""(tenant, bundle digest) -> the bundle's directory on this worker."""
+
+SecretResolver = Callable[[str, set[str]], Awaitable[dict[str, str]]]
+"""(tenant, secret names) -> their values; a missing name is simply absent."""
 _UNSAFE_PATH_CHARS = re.compile(r"[^A-Za-z0-9._\-]+")
 
 
@@ -40,10 +49,16 @@ class StepActivities:
         executors: Executors,
         work_root: Path,
         client: Client | None = None,
+        secrets: SecretResolver | None = None,
+        bundles: BundleResolver | None = None,
+        warehouse: DuckDBEngine | None = None,
     ) -> None:
         self._executors = executors
         self._work_root = work_root
         self._client = client
+        self._secrets = secrets
+        self._bundles = bundles
+        self._warehouse = warehouse
 
     @activity.defn(name=RUN_STEP)
     async def run_step(self, input: RunStepInput) -> StepResult:
@@ -57,22 +72,30 @@ class StepActivities:
             run_id=input.context.run_id, step_id=step.id, attempt=attempt
         )
         work_dir = self._work_root / run_dir_name(input.context.run_id) / step.id
+        secrets = await self._resolve_secrets(input)
+        source_dir = await self._source_dir(input)
         ctx = StepContext(
             run=input.context,
             step_id=step.id,
             attempt=attempt,
             idempotency_key=f"{input.context.run_id}/{step.id}",
-            source_dir=Path(input.source_dir),
+            source_dir=source_dir,
             work_dir=work_dir,
             # A local activity cannot heartbeat (validation keeps local steps short).
             heartbeat=_no_heartbeat if info.is_local else progress.report,
             upstream=input.upstream,
+            secrets=secrets,
         )
         heartbeats = _start_heartbeats(info.heartbeat_timeout, progress)
         try:
+            await self._check_upstream_tables(input)
             # execute_step stamps the attempt and its start and finish times on the result.
-            return await _within_timeout(step.timeout, execute_step(self._executors, step, ctx))
+            result = await _within_timeout(step.timeout, execute_step(self._executors, step, ctx))
+            return _redacted_result(result, ctx) if secrets else result
         except StepError as err:
+            # What leaves the activity goes into the workflow's history: no secret values.
+            err.message = ctx.redact(err.message)
+            err.args = (err.message,)
             will_retry = (
                 err.retryable
                 and attempt < step.retry.max_attempts
@@ -100,6 +123,63 @@ class StepActivities:
             if heartbeats is not None:
                 heartbeats.cancel()
 
+    async def _check_upstream_tables(self, input: RunStepInput) -> None:
+        """A DuckDB step reading tables that upstream steps wrote on another worker's DuckDB
+        fails with that said, not with a bare "table does not exist": in the platform shape
+        tables cross workers only through a shared engine (see the README)."""
+        if self._warehouse is None or getattr(input.step, "engine", None) != "duckdb":
+            return
+        written = {
+            table: step_id
+            for step_id, upstream in input.upstream.items()
+            for table in upstream.tables.values()
+        }
+        if not written:
+            return
+        missing = await self._warehouse.missing_tables(sorted(written))
+        if missing:
+            where = ", ".join(f"'{t}' (from step '{written[t]}')" for t in missing)
+            raise StepError(
+                f"table {where} is not in this worker's DuckDB warehouse: it was written on "
+                "another worker. A run's DuckDB tables stay on the worker that wrote them; with "
+                "several workers, hand tables between steps through a shared engine "
+                "(engine: trino with a connection)",
+                error_type="TableOnOtherWorker",
+                retryable=False,
+            )
+
+    async def _source_dir(self, input: RunStepInput) -> Path:
+        """The run's files: a directory, or its version's code bundle materialized here."""
+        if not input.source_dir.startswith(BUNDLE_PREFIX):
+            return Path(input.source_dir)
+        digest = input.source_dir.removeprefix(BUNDLE_PREFIX)
+        if self._bundles is None:
+            raise ApplicationError(
+                f"the run's code is bundle {digest}; this worker has no service database "
+                "to fetch it from (LAMINAR_DATABASE_URL)",
+                type="BundleNotFound",
+                non_retryable=True,
+            )
+        try:
+            return await self._bundles(input.context.tenant, digest)
+        except ValueError as exc:  # BundleError: not there, or its files do not match
+            raise ApplicationError(str(exc), type="BundleNotFound", non_retryable=True) from exc
+
+    async def _resolve_secrets(self, input: RunStepInput) -> dict[str, str]:
+        names: set[str] = getattr(input.step, "secret_names", set()) | connection_secret_names(
+            self._executors, input.step
+        )
+        if not names:
+            return {}
+        if self._secrets is None:
+            raise ApplicationError(
+                f"step {input.step.id} references secrets ({', '.join(sorted(names))}) but this "
+                "worker has no secret store (LAMINAR_SECRET_KEY and the service database)",
+                type="SecretNotFound",
+                non_retryable=True,
+            )
+        return await self._secrets(input.context.tenant, names)
+
     async def _report_retry(self, input: RunStepInput, attempt: int, err: StepError) -> None:
         """Tell the workflow an attempt failed so its `state` query shows RETRYING."""
         if self._client is None:
@@ -113,6 +193,13 @@ class StepActivities:
             await handle.signal(STEP_ATTEMPT_FAILED_SIGNAL, signal)
         except Exception:  # visibility only: never turn a step failure into another failure
             log.warning("could not report retry of step %s", input.step.id, exc_info=True)
+
+
+def _redacted_result(result: StepResult, ctx: StepContext) -> StepResult:
+    """The result with secret values masked in its outputs (they go into history)."""
+    text = result.model_dump_json()
+    masked = ctx.redact(text)
+    return result if masked == text else StepResult.model_validate_json(masked)
 
 
 def _no_heartbeat(*details: object) -> None:

@@ -76,11 +76,42 @@ def _problem(response: httpx.Response) -> typer.Exit:
     return _fail(f"{response.status_code} {detail}", problems)
 
 
+DEFINITION_NAMES = ("pipeline.yaml", "pipeline.yml", "pipeline.json")
+SKIPPED_PARTS = {"__pycache__", ".git", ".venv", "node_modules"}
+
+
 def _definition_body(file: Path) -> dict[str, Any]:
+    """A file: its definition. A directory: its definition (pipeline.yaml, or its one YAML
+    file) and every other file under it as the version's code bundle."""
+    if file.is_dir():
+        return _bundle_body(file)
     if not file.is_file():
         raise _fail(f"no such file: {file}")
     text = file.read_text(encoding="utf-8")
     return {"source": text, "format": "json" if file.suffix.lower() == ".json" else "yaml"}
+
+
+def _bundle_body(directory: Path) -> dict[str, Any]:
+    import base64
+
+    named = [directory / name for name in DEFINITION_NAMES if (directory / name).is_file()]
+    yamls = sorted(p for p in directory.glob("*.y*ml") if p.is_file())
+    found = named or (yamls if len(yamls) == 1 else [])
+    if not found:
+        raise _fail(
+            f"{directory}: no pipeline.yaml (or single .yaml file) to apply"
+            + (f"; found {', '.join(p.name for p in yamls)}" if yamls else "")
+        )
+    body = _definition_body(found[0])
+    files = {}
+    for path in sorted(directory.rglob("*")):
+        relative = path.relative_to(directory)
+        hidden = any(part.startswith(".") or part in SKIPPED_PARTS for part in relative.parts)
+        if hidden or not path.is_file() or path == found[0] or path.suffix == ".pyc":
+            continue
+        files[relative.as_posix()] = base64.b64encode(path.read_bytes()).decode()
+    body["files"] = files
+    return body
 
 
 def _params(pairs: list[str]) -> dict[str, str]:
@@ -92,7 +123,9 @@ def _params(pairs: list[str]) -> dict[str, str]:
 
 @pipelines_app.command("apply")
 def pipelines_apply(file: Path, url: Url = DEFAULT_URL, api_key: Key = None) -> None:
-    """Create the pipeline, or store a new version if it exists (unchanged: no new version)."""
+    """Create the pipeline, or store a new version if it exists (unchanged: no new version).
+    FILE may be a directory: its pipeline.yaml, with every other file in it uploaded as the
+    version's code bundle (workers need not have them)."""
     api = Api(url, api_key)
     body = _definition_body(file)
     checked = api.call("POST", "/v1/pipelines/validate", json=body)
@@ -102,8 +135,9 @@ def pipelines_apply(file: Path, url: Url = DEFAULT_URL, api_key: Key = None) -> 
         result = api.call("PUT", f"/v1/pipelines/{name}", json=body)
     else:
         result = api.call("POST", "/v1/pipelines", json=body)
+    files = f", {len(body['files'])} files bundled" if body.get("files") else ""
     console.print(
-        f"pipeline [cyan]{name}[/] version {result['current_version']} ({result['status']})"
+        f"pipeline [cyan]{name}[/] version {result['current_version']} ({result['status']}){files}"
     )
 
 

@@ -17,6 +17,7 @@ from pipeline_service.settings import ServiceSettings
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
     from sqlalchemy import Engine
+    from temporalio.client import Client
 
 console = Console(soft_wrap=True)
 errors = Console(stderr=True, soft_wrap=True)
@@ -79,6 +80,39 @@ def db_upgrade(
             f"temporal namespace {settings.temporal_namespace}: search attributes "
             + (", ".join(added) + " added" if added else "already registered")
         )
+
+
+@db_app.command("check")
+def db_check(
+    wait: Annotated[
+        float,
+        typer.Option(min=0, help="Seconds to keep checking until it is (a deploy's init step)."),
+    ] = 0,
+) -> None:
+    """Exit 0 when the database is at the newest schema, 2 otherwise (after --wait seconds)."""
+    import time
+
+    from pipeline_service.db.migrate import current_revision, head_revision
+    from pipeline_service.db.session import make_engine
+
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    deadline = time.monotonic() + wait
+    try:
+        while True:
+            try:
+                revision: str | None = current_revision(engine)
+                problem = f"at schema {revision or '(empty)'}, not {head_revision()}"
+            except Exception as exc:  # not reachable yet: a deploy's database may start late
+                revision, problem = None, f"unreachable: {type(exc).__name__}"
+            if revision == head_revision():
+                console.print(f"database {engine.url!r}: at schema {revision}")
+                return
+            if time.monotonic() >= deadline:
+                raise _fail(f"database {engine.url!r}: {problem} (run `laminar db upgrade`)")
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+    finally:
+        engine.dispose()
 
 
 async def _register_search_attributes(settings: ServiceSettings) -> list[str]:
@@ -147,7 +181,9 @@ def server(
         f"(docs at /docs); database {engine.url!r}; temporal {settings.temporal_address}"
     )
     uvicorn.run(
-        create_app(settings) if workers == 1 else "pipeline_service.api.app:app_from_settings",
+        create_app(settings, dispatch=True)
+        if workers == 1
+        else "pipeline_service.api.app:app_from_settings",
         factory=workers > 1,
         workers=workers if workers > 1 else None,
         host=host or settings.http_host,
@@ -205,6 +241,19 @@ async def _worker(
         metrics = StepMetrics(registry)
         start_http_server(metrics_port, addr=settings.http_host, registry=registry)
     relay = _start_relay(settings, db, registry)
+    # Workers dispatch waiting runs too: runs start when slots free even with no server up.
+    from pipeline_service.dispatcher import RunDispatcher
+
+    async def temporal_client() -> Client:
+        return client
+
+    dispatcher = RunDispatcher(
+        session_factory(db),
+        temporal_client,
+        task_queue=settings.task_queue,
+        source_dir=settings.source_dir,
+        bundle_cache=settings.bundle_cache,
+    )
     worker_ = build_worker(
         client,
         task_queue=settings.task_queue,
@@ -213,15 +262,21 @@ async def _worker(
         max_concurrent_activities=max_concurrent_steps,
         sessions=session_factory(db),
         metrics=metrics,
+        secret_key=settings.secret_key.get_secret_value() if settings.secret_key else None,
+        bundle_cache=settings.bundle_cache,
     )
     console.print(
         f"laminar worker on task queue {settings.task_queue} (temporal "
         f"{settings.temporal_address}, namespace {settings.temporal_namespace}); Ctrl-C stops"
     )
+    reconciler = _start_reconciler(settings, client, db, stop)
     try:
         async with worker_:
-            await stop.wait()
+            await dispatcher.run(stop)
     finally:
+        if reconciler is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(reconciler, 10)
         if relay is not None:
             relay_stop, relay_thread = relay
             relay_stop.set()
@@ -229,6 +284,20 @@ async def _worker(
         with contextlib.suppress(Exception):
             warehouse.close()
         db.dispose()
+
+
+def _start_reconciler(
+    settings: ServiceSettings, client: Client, db: Engine, stop: asyncio.Event
+) -> asyncio.Task[None] | None:
+    """Records the end of runs Temporal ended on its own; on PostgreSQL one worker at a time
+    does a round (see reconciler.py)."""
+    if settings.reconcile_interval.total_seconds() <= 0:
+        return None
+    from pipeline_service.db.session import session_factory
+    from pipeline_service.reconciler import RunReconciler
+
+    reconciler = RunReconciler(session_factory(db), client, older_than=settings.reconcile_after)
+    return asyncio.create_task(reconciler.run(stop, settings.reconcile_interval))
 
 
 def _start_relay(

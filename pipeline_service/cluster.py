@@ -143,6 +143,8 @@ class ClusterOptions:
     """Serve the service API (and record the run in the state dir's database) on this port."""
     metrics_port: int | None = None
     """Serve the API's Prometheus metrics on this port too (needs http_port)."""
+    kafka: str | None = None
+    """Relay the run's events to this broker (`embedded`: start one); records the run."""
     remote: RemoteOptions | None = None
     log_format: Literal["text", "json"] | None = None
     """None: text (the rich table on a terminal, plain lines elsewhere)."""

@@ -1,6 +1,8 @@
 """The service API inside `laminar run` (--http-port): the same endpoints, health checks and
 metrics as the platform, over SQLite in the state dir, for the default tenant. Its runs are
-recorded like the platform's (the run starts through the launcher)."""
+recorded like the platform's (the run starts through the launcher). `--kafka` without
+`--http-port` records the run the same way (its events come from the outbox) but serves no
+HTTP."""
 
 from __future__ import annotations
 
@@ -52,16 +54,18 @@ class EmbeddedApi:
     engine: Engine
     sessions: sessionmaker[Session]
     tenant: Tenant
-    url: str
+    url: str | None
+    """None: the service records the run but serves no HTTP (no --http-port)."""
     key_file: Path
-    server: uvicorn.Server
-    task: asyncio.Task[None]
+    server: uvicorn.Server | None
+    task: asyncio.Task[None] | None
     step_metrics: StepMetrics
 
     async def stop(self) -> None:
-        self.server.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.task, timeout=5)
+        if self.server is not None and self.task is not None:
+            self.server.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.task, timeout=5)
         self.engine.dispose()
 
 
@@ -99,19 +103,23 @@ async def start_embedded_api(
     pipeline: PipelineDefinition,
     source_dir: Path,
     client: Client,
-    http_port: int,
+    http_port: int | None,
     metrics_port: int | None,
 ) -> EmbeddedApi:
     engine, sessions, tenant = await anyio.to_thread.run_sync(_prepare, state_dir, pipeline)
     settings = ServiceSettings(
         database_url=str(engine.url),
         task_queue=TASK_QUEUE,
-        http_port=http_port,
+        http_port=http_port or 8092,
         source_dir=source_dir,
         work_dir=state_dir / "work",
     )
     app = create_app(settings, temporal=client)
     services: Services = app.state.services
+    key_file = state_dir / API_KEY_FILE
+    metrics = StepMetrics(services.metrics.registry)
+    if http_port is None:
+        return EmbeddedApi(engine, sessions, tenant, None, key_file, None, None, metrics)
     config = uvicorn.Config(
         app, host="127.0.0.1", port=http_port, log_level="warning", access_log=False
     )
@@ -127,12 +135,5 @@ async def start_embedded_api(
     if metrics_port is not None:
         start_http_server(metrics_port, addr="127.0.0.1", registry=services.metrics.registry)
     return EmbeddedApi(
-        engine,
-        sessions,
-        tenant,
-        f"http://127.0.0.1:{http_port}",
-        state_dir / API_KEY_FILE,
-        server,
-        task,
-        StepMetrics(services.metrics.registry),
+        engine, sessions, tenant, f"http://127.0.0.1:{http_port}", key_file, server, task, metrics
     )

@@ -41,7 +41,13 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.names import STATE_QUERY, WORKER_LOST
-from pipeline_service.cluster import LAMINAR_LOG, WAREHOUSE, ClusterOptions, ClusterState
+from pipeline_service.cluster import (
+    LAMINAR_LOG,
+    WAREHOUSE,
+    ClusterError,
+    ClusterOptions,
+    ClusterState,
+)
 from pipeline_service.cluster_logging import JsonProgressView, cluster_logging
 from pipeline_service.cluster_remote import Checkpointer
 from pipeline_service.flink_embedded import flink_for, has_flink_steps
@@ -65,6 +71,7 @@ from workflows.pipeline_run import PipelineRunWorkflow
 
 if TYPE_CHECKING:
     from pipeline_service.cluster_api import EmbeddedApi
+    from pipeline_service.cluster_events import ClusterEvents
 
 TENANT_KEY = SearchAttributeKey.for_keyword("LaminarTenant")
 PIPELINE_KEY = SearchAttributeKey.for_keyword("LaminarPipeline")
@@ -92,6 +99,7 @@ class PipelineCluster:
         self._exit_code = 0
         self._stop_signal: int | None = None
         self._api: EmbeddedApi | None = None
+        self._events: ClusterEvents | None = None
         self.started = False
         """The run was started or resumed: the state may have changed since the last snapshot."""
 
@@ -130,7 +138,7 @@ class PipelineCluster:
             if server.ui_url:
                 self.console.print(f"  temporal ui {server.ui_url}")
                 self._ui_url = server.ui_url
-            if self.options.http_port is not None:
+            if self.options.http_port is not None or self.options.kafka is not None:
                 # Imported only here: FastAPI, uvicorn and SQLAlchemy cost start-up time.
                 from pipeline_service.cluster_api import start_embedded_api
 
@@ -142,12 +150,15 @@ class PipelineCluster:
                     self.options.http_port,
                     self.options.metrics_port,
                 )
-                self.console.print(
-                    f"  api         {self._api.url}/docs  (key in {self._api.key_file})"
-                )
+                if self._api.url is not None:
+                    self.console.print(
+                        f"  api         {self._api.url}/docs  (key in {self._api.key_file})"
+                    )
                 if self.options.metrics_port is not None:
                     metrics = f"http://127.0.0.1:{self.options.metrics_port}/metrics"
                     self.console.print(f"  metrics     {metrics}")
+                if self.options.kafka is not None:
+                    self._events = await self._start_events(self.options.kafka)
             async with flink_for(self.pipeline, state_dir) as flink:
                 if has_flink_steps(self.pipeline):
                     self.console.print(f"  flink       {flink.rest_url}")
@@ -179,11 +190,36 @@ class PipelineCluster:
                     self.console.print(f"  run         {handle.id}  {ui_link}")
                     return await self._follow(handle)
         finally:
+            if self._events is not None:
+                await self._stop_events(self._events)
             if self._api is not None:
                 await self._api.stop()
             if self.checkpointer is not None:
                 await self.checkpointer.stop()  # before the warehouse closes under an upload
             engine.close()
+
+    async def _start_events(self, kafka: str) -> ClusterEvents:
+        from pipeline_service.cluster_events import EMBEDDED, start_cluster_events
+
+        assert self._api is not None
+        try:
+            # On this (the main) thread: the embedded broker dies with the thread that started
+            # it, also when laminar is killed (see events/broker.py).
+            events = start_cluster_events(kafka, self._api.engine, self.options.state_dir)
+        except Exception as exc:  # the broker could not start, bad Kafka settings
+            raise ClusterError(f"--kafka {kafka}: {exc}") from None
+        note = "  (embedded Tansu: in memory only)" if kafka == EMBEDDED else ""
+        self.console.print(f"  kafka       {events.bootstrap_servers}{note}")
+        self.console.print(f"  events      topic {events.relay.topic}")
+        return events
+
+    async def _stop_events(self, events: ClusterEvents) -> None:
+        waiting = await events.stop()
+        if waiting:
+            self.console.print(
+                f"[yellow]{waiting} event(s) not delivered to Kafka yet: they wait in the state "
+                "dir's outbox for the next `laminar run --kafka`[/]"
+            )
 
     async def _start_or_resume(
         self, client: Client, state: ClusterState

@@ -229,6 +229,14 @@ def run(
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve /metrics on this port too (with --http-port).")
     ] = None,
+    kafka: Annotated[
+        str | None,
+        typer.Option(
+            metavar="BOOTSTRAP",
+            help="Relay lifecycle events to Kafka: host:port,... or `embedded` (an in-memory "
+            "test broker started here).",
+        ),
+    ] = None,
     s3_endpoint: Annotated[
         str | None, typer.Option(help="S3-compatible endpoint URL for s3:// state.")
     ] = None,
@@ -296,6 +304,7 @@ def _run(
     ui: bool | None,
     http_port: int | None,
     metrics_port: int | None,
+    kafka: str | None,
     s3_endpoint: str | None,
     checkpoint_interval: str | None,
     restore_from: str | None,
@@ -338,6 +347,7 @@ def _run(
             ui=ui,
             http_port=http_port,
             metrics_port=metrics_port,
+            kafka=kafka,
             s3_endpoint=s3_endpoint,
             checkpoint_interval=checkpoint_interval,
             restore_from=None if restore_latest else restore_from,
@@ -406,6 +416,7 @@ def _run(
         shutdown_grace=settings.shutdown_grace,
         http_port=settings.http_port,
         metrics_port=settings.metrics_port,
+        kafka=settings.kafka,
         log_format=settings.log_format,
         log_level=settings.log_level,
         log_file=settings.log_file,
@@ -431,11 +442,13 @@ def _check_resources() -> None:
 
 from pipeline_service.cli_client import register as _register_client_commands  # noqa: E402
 from pipeline_service.cli_events import register as _register_event_commands  # noqa: E402
+from pipeline_service.cli_platform import register as _register_platform_commands  # noqa: E402
 from pipeline_service.cli_service import register as _register_service_commands  # noqa: E402
 
 _register_service_commands(app)
 _register_client_commands(app)
 _register_event_commands(app)
+_register_platform_commands(app)
 
 
 def _settings_problem(error: Any) -> str:

@@ -1,7 +1,8 @@
 """The one way a run starts. Every start path (the API's trigger, later schedules, pipeline
 dependencies, Kafka triggers, backfills) calls `launch_run`, which fixes the logical date,
 derives the workflow id, records the run (unique workflow id: one run per date or key) and
-submits it to Temporal. Quotas hook in here (see the multi-tenant issue)."""
+applies the tenant's quota, and submits it to Temporal — or leaves it waiting in the tenant's
+queue (QUEUED, not yet submitted) for the dispatcher (pipeline_service/dispatcher.py)."""
 
 from __future__ import annotations
 
@@ -24,13 +25,17 @@ from temporalio.common import (
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from pipeline_service.db.models import Run, Tenant
+from pipeline_service.bundles import BUNDLE_PREFIX, bundle_dir, default_cache
+from pipeline_service.db import pools, quotas
+from pipeline_service.db.base import utcnow
+from pipeline_service.db.models import Pipeline, PipelineVersion, Run, Tenant
 from pipeline_service.db.outbox import add_event
 from pipeline_service.db.pipelines import get_pipeline, get_version
-from pipeline_service.db.runs import NewRun, insert_run
+from pipeline_service.db.runs import NewRun, get_run_by_workflow_id, insert_run
 from pipeline_service.db.session import transaction
 from schemas.events import EventType
 from schemas.loading import resolve_params, validate_pipeline
+from schemas.pipeline import PipelineDefinition
 from schemas.recording import PipelineStatus, RecordedRunStatus
 from schemas.run import RunContext, RunInput, StepResult, Trigger
 from workflows.pipeline_run import PipelineRunWorkflow
@@ -40,11 +45,21 @@ PIPELINE_KEY = SearchAttributeKey.for_keyword("LaminarPipeline")
 
 
 class LaunchRefused(Exception):
-    """The run cannot start (paused or archived pipeline, key reused with other params)."""
+    """The run cannot start (paused or archived pipeline, key reused with other params, the
+    tenant's quota)."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, *, retry_after: int | None = None) -> None:
         super().__init__(detail)
-        self.status, self.detail = status, detail
+        self.status, self.detail, self.retry_after = status, detail, retry_after
+
+
+class Priority:
+    """Start order of waiting runs (higher first): an on-time scheduled run goes before the
+    backlog of a backfill; manual runs sit between."""
+
+    BACKFILL = -10
+    MANUAL = 0
+    SCHEDULED = 10
 
 
 @dataclass(frozen=True)
@@ -66,6 +81,8 @@ class LaunchRequest:
     """Fixed by the caller (a retry names its own); default: derived from date or key."""
     max_parallelism: int | None = None
     """Overrides the definition's (`laminar run --parallelism`)."""
+    priority: int = Priority.MANUAL
+    """When the tenant's runs wait for a slot: higher starts first (see Priority)."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +90,11 @@ class Launch:
     run: Run
     created: bool
     """False: the request named a run that exists already (same date or idempotency key)."""
+
+    @property
+    def waiting(self) -> bool:
+        """The run waits in the tenant's queue for a concurrency slot."""
+        return self.run.submitted_at is None and self.run.status == RecordedRunStatus.QUEUED
 
 
 def workflow_id_for(
@@ -87,8 +109,11 @@ def workflow_id_for(
 
 
 def _record(
-    sessions: sessionmaker[Session], request: LaunchRequest, source_dir: Path
-) -> tuple[Launch, RunInput]:
+    sessions: sessionmaker[Session],
+    request: LaunchRequest,
+    source_dir: Path,
+    bundle_cache: Path | None,
+) -> tuple[Launch, RunInput | None]:
     with transaction(sessions) as session:
         pipeline = get_pipeline(session, request.tenant.id, request.pipeline)
         if pipeline is None:
@@ -100,12 +125,27 @@ def _record(
         version = get_version(session, pipeline, request.version or pipeline.current_version)
         if version is None:
             raise LaunchRefused(404, f"version {request.version} of '{pipeline.name}' not found")
-        definition = validate_pipeline(version.definition, source_dir=source_dir)
+        checked_in, source = run_source(session, pipeline, version, source_dir, bundle_cache)
+        definition = validate_pipeline(version.definition, source_dir=checked_in)
         params = resolve_params(definition, request.params)
         logical_date = request.logical_date
         workflow_id = request.workflow_id or workflow_id_for(
             request.tenant.name, pipeline.name, logical_date, request.idempotency_key
         )
+        quota = quotas.lock_quota(session, request.tenant.id)
+        existing = get_run_by_workflow_id(session, workflow_id)
+        if existing is None:
+            problems = quotas.definition_problems(quota, [s.type for s in definition.steps])
+            if problems:
+                raise LaunchRefused(403, "; ".join(problems))
+            _check_pools(session, request.tenant, definition)
+            submitted_at = _admit(session, request, quota)
+        else:
+            submitted_at = existing.submitted_at
+        options = {
+            "reuse": {k: v.model_dump(mode="json") for k, v in request.reuse.items()},
+            "max_parallelism": request.max_parallelism,
+        }
         run, created = insert_run(
             session,
             NewRun(
@@ -120,6 +160,9 @@ def _record(
                 params=params,
                 idempotency_key=request.idempotency_key,
                 retry_of_id=request.retry_of_id,
+                priority=request.priority,
+                submitted_at=submitted_at,
+                launch_options=options,
             ),
         )
         if not created and request.idempotency_key and run.params != params:
@@ -144,24 +187,99 @@ def _record(
                     "logical_date": run.logical_date.isoformat(),
                     "status": run.status,
                     "trigger": run.trigger,
+                    "waiting": run.submitted_at is None,
                 },
             )
-        context = RunContext(
-            tenant=request.tenant.name,
-            pipeline=pipeline.name,
-            run_id=workflow_id,
-            trigger=Trigger(run.trigger),
-            logical_date=run.logical_date,
-            data_interval_start=run.logical_date,
-            data_interval_end=run.logical_date,
-            params=run.params,
+            if quota.queue_depth is not None and run.submitted_at is None:
+                # drop_oldest: the queue was full; the oldest waiting run makes room.
+                excess = quotas.waiting_count(session, request.tenant.id) - quota.queue_depth
+                quotas.drop_oldest(
+                    session,
+                    request.tenant.id,
+                    excess,
+                    f"dropped from the full queue of tenant '{request.tenant.name}' "
+                    f"(overflow policy drop_oldest) for the newer run {run.public_id}",
+                )
+        if run.submitted_at is None:
+            return Launch(run, created), None
+        run_input = build_run_input(request.tenant, pipeline, run, definition, source)
+    return Launch(run, created), run_input
+
+
+def _check_pools(session: Session, tenant: Tenant, definition: PipelineDefinition) -> None:
+    named = {step.pool for step in definition.steps if step.pool is not None}
+    missing = pools.missing_pools(session, tenant.id, named) if named else []
+    if missing:
+        where = [
+            f"steps[{i}].pool: pool '{step.pool}' is not defined for tenant '{tenant.name}'"
+            for i, step in enumerate(definition.steps)
+            if step.pool in missing
+        ]
+        raise LaunchRefused(422, "; ".join(where) + " (the platform admin sets pools)")
+
+
+def _admit(session: Session, request: LaunchRequest, quota: quotas.Quota) -> datetime | None:
+    """Now (the run takes a slot), None (it waits), or LaunchRefused (429) by the policy."""
+    limit = quota.max_concurrent_runs
+    if limit is None or quotas.active_runs(session, request.tenant.id) < limit:
+        return utcnow()
+    full = f"tenant '{request.tenant.name}' has {limit} runs active, its quota of concurrent runs"
+    if quota.overflow_policy == quotas.OverflowPolicy.REJECT:
+        raise LaunchRefused(
+            429,
+            f"{full} (overflow policy reject); try again later",
+            retry_after=quota.retry_after_seconds,
         )
-    return Launch(run, created), RunInput(
+    if (
+        quota.overflow_policy == quotas.OverflowPolicy.QUEUE
+        and quota.max_queued_runs is not None
+        and quotas.waiting_count(session, request.tenant.id) >= quota.max_queued_runs
+    ):
+        raise LaunchRefused(
+            429,
+            f"{full}, and {quota.max_queued_runs} runs wait already (max_queued_runs)",
+            retry_after=quota.retry_after_seconds,
+        )
+    return None
+
+
+def run_source(
+    session: Session,
+    pipeline: Pipeline,
+    version: PipelineVersion,
+    source_dir: Path,
+    bundle_cache: Path | None,
+) -> tuple[Path, str]:
+    """(where to validate the version's files here, the run's `source_dir`): its code bundle
+    (`bundle:<digest>`, materialized by each worker) if it has one, else `source_dir`."""
+    if version.bundle_digest is None:
+        return source_dir, str(source_dir)
+    cache = bundle_cache or default_cache()
+    here = bundle_dir(session, pipeline.tenant_id, version.bundle_digest, cache)
+    return here, BUNDLE_PREFIX + version.bundle_digest
+
+
+def build_run_input(
+    tenant: Tenant, pipeline: Pipeline, run: Run, definition: PipelineDefinition, source: str
+) -> RunInput:
+    """The workflow input of a recorded run (also of one that waited in the queue)."""
+    options = run.launch_options or {}
+    context = RunContext(
+        tenant=tenant.name,
+        pipeline=pipeline.name,
+        run_id=run.workflow_id,
+        trigger=Trigger(run.trigger),
+        logical_date=run.logical_date,
+        data_interval_start=run.logical_date,
+        data_interval_end=run.logical_date,
+        params=run.params,
+    )
+    return RunInput(
         pipeline=definition,
         context=context,
-        source_dir=str(source_dir),
-        reuse=request.reuse,
-        max_parallelism=request.max_parallelism,
+        source_dir=source,
+        reuse={k: StepResult.model_validate(v) for k, v in (options.get("reuse") or {}).items()},
+        max_parallelism=options.get("max_parallelism"),
         record=True,
     )
 
@@ -174,11 +292,16 @@ async def launch_run(
     task_queue: str,
     source_dir: Path,
     eager: bool = False,
+    bundle_cache: Path | None = None,
 ) -> Launch:
     """Record the run (or find the one it names) and make sure its workflow is started.
-    `eager`: a worker runs in this process; the server may hand it the first task at once."""
-    launch, run_input = await anyio.to_thread.run_sync(_record, sessions, request, source_dir)
-    await start_workflow(temporal, launch.run, run_input, task_queue=task_queue, eager=eager)
+    `eager`: a worker runs in this process; the server may hand it the first task at once.
+    `bundle_cache`: where versions' code bundles are materialized here to validate them."""
+    launch, run_input = await anyio.to_thread.run_sync(
+        _record, sessions, request, source_dir, bundle_cache
+    )
+    if run_input is not None:
+        await start_workflow(temporal, launch.run, run_input, task_queue=task_queue, eager=eager)
     return launch
 
 
@@ -187,8 +310,8 @@ async def start_workflow(
 ) -> None:
     """Start the run's workflow; a second start of the same run is a no-op (also after it
     finished: the id is never reused)."""
-    if run.status != RecordedRunStatus.QUEUED.value:
-        return  # started before: its recorded state has moved on
+    if run.status != RecordedRunStatus.QUEUED.value or run.submitted_at is None:
+        return  # started before (its recorded state has moved on), or waiting for a slot
     context = run_input.context
     # Already started and closed: the id is never reused, so there is nothing to do.
     with contextlib.suppress(WorkflowAlreadyStartedError):

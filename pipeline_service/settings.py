@@ -58,6 +58,9 @@ class RunSettings(BaseSettings):
     http_port: int | None = Field(None, ge=1, le=65535)
     """Serve the service API on this local port (runs are then recorded in the state dir)."""
     metrics_port: int | None = Field(None, ge=1, le=65535)
+    kafka: str | None = Field(None, min_length=1)
+    """Relay the run's lifecycle events to Kafka: `embedded` (a Tansu broker started here, in
+    memory only) or the brokers' `host:port,...`."""
     # State on an object store (see pipeline_service/cluster_remote.py).
     s3_endpoint: str | None = None
     """S3-compatible endpoint (MinIO, R2, ...); credentials come from the AWS chain only."""
@@ -296,6 +299,9 @@ class ServiceSettings(BaseSettings):
     task_queue: str = "laminar-pipelines"
     admin_api_key: SecretStr | None = None
     """The platform admin's key: creates tenants and their keys. Unset: no platform admin."""
+    secret_key: SecretStr | None = None
+    """Encrypts tenant secrets at rest (server) and decrypts them for steps (worker); the same
+    value on both. Unset: no secrets (`/v1/secrets` answers 503)."""
     http_host: str = "127.0.0.1"
     http_port: int = Field(8092, ge=1, le=65535)
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
@@ -305,6 +311,10 @@ class ServiceSettings(BaseSettings):
         default_factory=lambda: Path(platformdirs.user_data_dir("laminar")) / "work"
     )
     """Worker: step work directories and the DuckDB warehouse."""
+    bundle_cache: Path = Field(
+        default_factory=lambda: Path(platformdirs.user_cache_dir("laminar")) / "bundles"
+    )
+    """Where code bundles are materialized (read-only, by digest); any process may clear it."""
     kafka_bootstrap_servers: str | None = None
     """Kafka brokers (`host:port,...`) the events relay publishes to; unset: no Kafka, events
     stay readable from the outbox through the API."""
@@ -314,3 +324,8 @@ class ServiceSettings(BaseSettings):
     relay_batch_size: int = Field(500, ge=1, le=10_000)
     relay_poll_interval: timedelta = timedelta(milliseconds=100)
     """How often an idle relay looks for new outbox rows."""
+    reconcile_interval: Duration = timedelta(seconds=30)
+    """How often a worker asks Temporal about runs it may have ended on its own (execution
+    timeout, terminate); 0 turns reconciliation off."""
+    reconcile_after: Duration = timedelta(minutes=1)
+    """Only runs queued or running for longer than this are reconciled."""

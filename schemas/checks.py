@@ -28,17 +28,19 @@ from schemas.handoff_checks import (
     output_file_problem,
     reference_problems,
     table_name_problem,
+    templated_fields,
     validation_upstream,
 )
 from schemas.pipeline import (
     LOCAL_STEP_MAX_TIMEOUT,
     FlinkStep,
-    NotificationStep,
     PythonStep,
     QualityStep,
     SparkStep,
     SqlStep,
     Step,
+    StepOnFailure,
+    TriggerRule,
 )
 from schemas.quality_validation import quality_problems
 from schemas.run import RunContext, UpstreamResult
@@ -187,24 +189,8 @@ def _validation_context(params: Mapping[str, Any]) -> RunContext:
 
 
 def _templated_fields(path: str, step: Step) -> Iterator[tuple[str, str]]:
-    if isinstance(step, SqlStep):
-        yield f"{path}.sql", step.sql
-    elif isinstance(step, QualityStep) and step.query is not None:
-        yield f"{path}.query", step.query
-    elif isinstance(step, NotificationStep):
-        yield f"{path}.message", step.message
-        yield f"{path}.title", step.title
-    elif isinstance(step, PythonStep):
-        yield f"{path}.script", step.script
-        for i, arg in enumerate(step.args):
-            yield f"{path}.args[{i}]", arg
-        for key, value in step.env.items():
-            yield join_path(f"{path}.env", key), value
-    elif isinstance(step, SparkStep | FlinkStep):
-        if step.sql is not None:
-            yield f"{path}.sql", step.sql
-        for i, arg in enumerate(step.args):
-            yield f"{path}.args[{i}]", arg
+    for items, text in templated_fields(step):
+        yield join_path(path, *items), text
 
 
 def _sql_problem(sql: str, context: RunContext, upstream: dict[str, UpstreamResult]) -> str | None:
@@ -413,8 +399,53 @@ def _check_step(path: str, step: Step, owner: str, scope: _Scope, problems: _Pro
             problems.add(problem_path, message)
     if step.runs_local:
         _check_local_step(path, step, problems)
+    _check_control_flow(path, step, step.id != owner, upstream, scope, problems)
     if step.compensate is not None:
         _check_step(f"{path}.compensate", step.compensate, owner, scope, problems)
+
+
+_RULES_WITHOUT_UPSTREAM = frozenset({TriggerRule.ALL_SUCCESS, TriggerRule.ALL_DONE})
+
+
+def _check_control_flow(
+    path: str,
+    step: Step,
+    compensation: bool,
+    upstream: set[str],
+    scope: _Scope,
+    problems: _Problems,
+) -> None:
+    """`trigger_rule`, `when` and `on_failure` of a step."""
+    if compensation:
+        for name, default in (
+            ("trigger_rule", TriggerRule.ALL_SUCCESS),
+            ("when", None),
+            ("on_failure", StepOnFailure.FAIL),
+        ):
+            if getattr(step, name) != default:
+                problems.add(
+                    f"{path}.{name}",
+                    f"{name} does not apply to a compensation step (it runs when its step "
+                    "is compensated)",
+                )
+        return
+    if step.trigger_rule not in _RULES_WITHOUT_UPSTREAM and not step.depends_on:
+        problems.add(
+            f"{path}.trigger_rule",
+            f"trigger rule '{step.trigger_rule}' decides on upstream steps, and this step has "
+            "none: add depends_on",
+        )
+    if step.when is None:
+        return
+    messages = check_template(step.when, scope.params)
+    messages += reference_problems(step.when, step.id, upstream, scope.outputs)
+    if not messages and renders_in_bounded_time(step.when):
+        try:
+            render_text(step.when, scope.context, scope.upstream)
+        except TemplateProblem as exc:
+            messages.append(str(exc))
+    for message in messages:
+        problems.add(f"{path}.when", message)
 
 
 def _check_output_owners(steps: Mapping[int, Step], problems: _Problems) -> None:

@@ -13,6 +13,7 @@ in a log or an error message does not leak them.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -44,6 +45,18 @@ def _secret_reference(value: Any) -> Any:
 
 
 Secret = Annotated[SecretStr, BeforeValidator(_secret_reference)]
+
+TENANT_SECRET = re.compile(r"^\{\{\s*secrets\.([A-Za-z_][A-Za-z0-9_.\-]{0,127})\s*\}\}$")
+"""A secret field written `{{ secrets.name }}`: the run's tenant's secret `name`, resolved by
+the worker's activity when a step uses the connection (platform shape)."""
+
+
+def tenant_secret_name(value: SecretStr | None) -> str | None:
+    """The tenant secret a secret field refers to (`{{ secrets.name }}`), or None."""
+    if value is None:
+        return None
+    found = TENANT_SECRET.match(value.get_secret_value())
+    return found.group(1) if found else None
 
 
 class _Resource(BaseModel):
@@ -80,6 +93,19 @@ class TrinoConnection(_Resource):
                 "(or allow_insecure_auth: true for a coordinator on a trusted network)"
             )
         return self
+
+    @property
+    def tenant_secrets(self) -> dict[str, str]:
+        """Field -> tenant secret name, for the fields written `{{ secrets.name }}`."""
+        fields = {"password": self.password, "access_token": self.access_token}
+        return {
+            field: name for field, value in fields.items() if (name := tenant_secret_name(value))
+        }
+
+    def with_secrets(self, values: dict[str, str]) -> TrinoConnection:
+        """This connection with its `{{ secrets.name }}` fields set from `values` (by name)."""
+        update = {field: SecretStr(values[name]) for field, name in self.tenant_secrets.items()}
+        return self.model_copy(update=update)
 
 
 Connection = TrinoConnection

@@ -7,7 +7,15 @@ from collections.abc import Iterable, Mapping
 from pathlib import PurePosixPath
 from typing import Any
 
-from schemas.pipeline import NotificationStep, PythonStep, QualityStep, SqlStep, Step
+from schemas.pipeline import (
+    FlinkStep,
+    NotificationStep,
+    PythonStep,
+    QualityStep,
+    SparkStep,
+    SqlStep,
+    Step,
+)
 from schemas.run import UpstreamResult
 from schemas.templating import STEP_FIELDS, step_references
 
@@ -72,17 +80,40 @@ def reference_problems(
     return problems
 
 
+FieldPath = tuple[str | int, ...]
+"""A field's path inside its step: `("sql",)`, `("args", 0)`, `("env", "REGION")`."""
+
+
+def templated_fields(step: Step) -> list[tuple[FieldPath, str]]:
+    """Every field of a step that its executor renders as a template, with its path: the one
+    list that validation checks and that decides which upstream results a step receives."""
+    if isinstance(step, SqlStep):
+        return [(("sql",), step.sql)]
+    if isinstance(step, QualityStep):
+        return [(("query",), step.query)] if step.query is not None else []
+    if isinstance(step, NotificationStep):
+        return [(("message",), step.message), (("title",), step.title)]
+    if isinstance(step, PythonStep):
+        return [
+            (("script",), step.script),
+            *((("args", i), arg) for i, arg in enumerate(step.args)),
+            # A `{secret: name}` value is no template: the activity resolves it.
+            *((("env", key), value) for key, value in step.env.items() if isinstance(value, str)),
+        ]
+    if isinstance(step, SparkStep | FlinkStep):
+        file = (
+            ("jar", step.jar) if isinstance(step, FlinkStep) else ("application", step.application)
+        )
+        return [
+            *(((name,), text) for name, text in (file, ("sql", step.sql)) if text is not None),
+            *((("args", i), arg) for i, arg in enumerate(step.args)),
+        ]
+    return []
+
+
 def template_texts(step: Step) -> list[str]:
     """Every field of a step that is rendered as a template."""
-    if isinstance(step, SqlStep):
-        return [step.sql]
-    if isinstance(step, PythonStep):
-        return [step.script, *step.args, *step.env.values()]
-    if isinstance(step, QualityStep):
-        return [step.query] if step.query is not None else []
-    if isinstance(step, NotificationStep):
-        return [step.title, step.message]
-    return []
+    return [text for _, text in templated_fields(step)]
 
 
 def referenced_steps(step: Step) -> list[str]:

@@ -115,6 +115,16 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+SECRET_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$"  # noqa: S105 (a pattern)
+
+
+class SecretRef(StrictModel):
+    """`{secret: name}`: a value from the tenant's secret store, resolved inside the activity
+    at run time; the definition (and so the workflow's input and history) holds the name only."""
+
+    secret: str = Field(pattern=SECRET_NAME_PATTERN)
+
+
 class RetryPolicy(StrictModel):
     """How a failed step is retried; maps one to one onto Temporal's activity RetryPolicy."""
 
@@ -179,6 +189,33 @@ heartbeat, and a worker that dies mid-step is only noticed when the workflow tas
 (10 s). Local is for short work; anything longer is a regular step."""
 
 
+class TriggerRule(StrEnum):
+    """When a step runs, from how its direct upstream steps ended (an ignored failure counts
+    as a success). A step whose rule cannot hold any more is SKIPPED with the reason."""
+
+    ALL_SUCCESS = "all_success"
+    ALL_DONE = "all_done"
+    """Whatever happened upstream (cleanup): once every upstream step has finished."""
+    ALL_FAILED = "all_failed"
+    ONE_SUCCESS = "one_success"
+    ONE_FAILED = "one_failed"
+    """As soon as one upstream step failed (e.g. a notification on failure)."""
+    NONE_FAILED = "none_failed"
+    """No upstream step failed: each succeeded or was skipped."""
+
+
+FAILURE_TOLERANT_RULES = frozenset(
+    {TriggerRule.ALL_DONE, TriggerRule.ALL_FAILED, TriggerRule.ONE_FAILED}
+)
+"""Rules that can hold after a failure: such steps still run when a run fails fast."""
+
+
+class StepOnFailure(StrEnum):
+    FAIL = "fail"
+    IGNORE = "ignore"
+    """The step's failure does not fail the run; dependants see it as a success."""
+
+
 class StepBase(StrictModel):
     LOCAL_BY_DEFAULT: ClassVar[bool] = False
 
@@ -193,6 +230,15 @@ class StepBase(StrictModel):
     trip per attempt). Default: true for `noop`, false otherwise. See LOCAL_STEP_MAX_TIMEOUT."""
     compensate: Step | None = None
     """Run if a later step fails and the pipeline has `on_failure: compensate` (saga)."""
+    trigger_rule: TriggerRule = TriggerRule.ALL_SUCCESS
+    when: str | None = Field(None, min_length=1, max_length=10_000)
+    """A template over params and upstream results (`{{ steps.a.result.rows > 0 }}`): when it
+    renders false (`false`, `0`, `no`, `off`, `none` or empty), the step is SKIPPED."""
+    on_failure: StepOnFailure = StepOnFailure.FAIL
+    pool: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_\-]{0,62}$")
+    """A named slot pool (set by the platform admin, per tenant or global): each attempt of
+    the step holds one of its slots, so at most `slots` such steps run at once, across runs
+    and tenants."""
 
     @model_validator(mode="before")
     @classmethod
@@ -256,7 +302,8 @@ class PythonStep(StepBase):
     type: Literal["python"]
     script: str = Field(min_length=1)
     args: list[str] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, str | SecretRef] = Field(default_factory=dict)
+    """Variables for the script: text (a template) or `{secret: name}`."""
     inputs: list[str] = Field(default_factory=list)
     """Tables exported to files in the step's working directory before the script starts."""
     input_format: Literal["parquet", "csv"] = "parquet"
@@ -269,6 +316,10 @@ class PythonStep(StepBase):
     """`kubernetes`: the script runs as a Kubernetes Job in `image` (platform shape)."""
     image: str | None = Field(None, min_length=1, max_length=512)
     resources: PodResources = Field(default_factory=PodResources)
+
+    @property
+    def secret_names(self) -> set[str]:
+        return {value.secret for value in self.env.values() if isinstance(value, SecretRef)}
 
     @model_validator(mode="after")
     def _runner_fields(self) -> PythonStep:
@@ -526,6 +577,12 @@ STEP_TYPES = tuple(STEP_MODELS)
 
 class OnFailure(StrEnum):
     NONE = "none"
+    """The same as `continue` (its name before fail_fast existed)."""
+    CONTINUE = "continue"
+    """A failed step's dependants are skipped; independent branches finish."""
+    FAIL_FAST = "fail_fast"
+    """The first failure cancels running steps and skips the rest (except steps whose
+    trigger rule runs them after failures: all_done, one_failed, all_failed)."""
     COMPENSATE = "compensate"
 
 

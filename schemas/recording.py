@@ -49,6 +49,8 @@ class StepTransition(BaseModel):
     error_type: str | None = None
     rows_affected: int | None = None
     outputs: dict[str, Any] = Field(default_factory=dict)
+    tables: dict[str, str] = Field(default_factory=dict)
+    """Output name -> warehouse table (python `outputs:`): reused by a retry."""
     log_path: str | None = None
     marked_by: str | None = None
     """Set when a person marked the step (succeeded or skipped) instead of it running."""

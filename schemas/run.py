@@ -156,6 +156,9 @@ class StepState(BaseModel):
     error: str | None = None
     error_type: str | None = None
     result: StepResult | None = None
+    failure_ignored: bool = False
+    """FAILED with `on_failure: ignore`: the run and the step's dependants go on as if it
+    had succeeded."""
 
 
 class RunState(BaseModel):

@@ -48,15 +48,21 @@ class SqlIdentifier(str):
 MAX_IDENTIFIER_LENGTH = 255
 
 
-def ident(value: Any) -> SqlIdentifier:
-    """`{{ params.table | ident }}`: a double-quoted SQL identifier, refusing what is no name."""
+def identifier_name(value: Any) -> str:
+    """The name an `ident` filter quotes, refusing what is no name (the SQL dialect's filter
+    does the quoting)."""
     if not isinstance(value, str):
         raise TemplateProblem(f"ident: a name must be a string, got {type(value).__name__}")
     if not value or len(value) > MAX_IDENTIFIER_LENGTH or "\x00" in value:
         raise TemplateProblem(
             f"ident: {value[:80]!r} is not a name (1 to {MAX_IDENTIFIER_LENGTH} characters, no NUL)"
         )
-    return SqlIdentifier('"' + value.replace('"', '""') + '"')
+    return value
+
+
+def ident(value: Any) -> SqlIdentifier:
+    """`{{ params.table | ident }}`: a double-quoted SQL identifier, refusing what is no name."""
+    return SqlIdentifier('"' + identifier_name(value).replace('"', '""') + '"')
 
 
 def add_filters(env: ImmutableSandboxedEnvironment) -> None:

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from schemas.pipeline import StepBase
+from schemas.pipeline import SecretRef, StepBase
 from schemas.run import RunContext, StepResult, UpstreamResult
+from schemas.templating import render_text
 
 __all__ = ["StepContext", "StepError", "StepExecutor", "StepResult", "step_tag"]
 
@@ -42,6 +43,29 @@ class StepContext:
     heartbeat: Callable[..., None] = lambda *details: None
     upstream: Mapping[str, UpstreamResult] = field(default_factory=dict)
     """Results of the upstream steps this step's templates refer to."""
+    secrets: Mapping[str, str] = field(default_factory=dict)
+    """Values of the tenant's secrets this step references, by name (resolved by the activity;
+    never in the workflow's input or history)."""
+
+    def env_value(self, value: str | SecretRef) -> str:
+        """A declared variable's value: a rendered template, or a secret's value."""
+        if isinstance(value, SecretRef):
+            if value.secret not in self.secrets:
+                raise StepError(
+                    f"secret '{value.secret}' is not set for tenant '{self.run.tenant}' "
+                    "(`laminar secrets set` it)",
+                    error_type="SecretNotFound",
+                    retryable=False,
+                )
+            return self.secrets[value.secret]
+        return render_text(value, self.run, self.upstream)
+
+    def redact(self, text: str) -> str:
+        """`text` with every secret value of this step replaced by ***."""
+        for secret in sorted(self.secrets.values(), key=len, reverse=True):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
 
 
 class StepExecutor(Protocol[S_contra]):

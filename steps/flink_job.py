@@ -22,7 +22,13 @@ from pydantic import BaseModel, ConfigDict
 
 from schemas.pipeline import FlinkStep
 from schemas.run import RunContext, UpstreamResult
-from schemas.templating import RENDER_ERRORS, IsoDateTime, TemplateProblem, template_variables
+from schemas.templating import (
+    RENDER_ERRORS,
+    IsoDateTime,
+    TemplateProblem,
+    identifier_name,
+    template_variables,
+)
 from steps.base import StepContext, StepError
 from steps.flink_local import DEFAULT_TOOL_DIR, FlinkNotInstalled, flink_config, flink_home
 from steps.sql_split import split_statements
@@ -73,6 +79,15 @@ def sql_literal(value: Any) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
+class FlinkIdentifier(str):
+    """A name the `ident` filter validated and quoted: spliced as SQL text, not a literal."""
+
+
+def flink_ident(value: Any) -> FlinkIdentifier:
+    """`{{ params.table | ident }}` in Flink SQL: a backtick-quoted identifier."""
+    return FlinkIdentifier("`" + identifier_name(value).replace("`", "``") + "`")
+
+
 class _LiteralCollector:
     """Jinja `finalize` hook: each `{{ ... }}` value becomes a placeholder, kept aside."""
 
@@ -99,6 +114,7 @@ def render_flink_sql(
     env = ImmutableSandboxedEnvironment(
         undefined=StrictUndefined, autoescape=False, finalize=collector
     )
+    env.filters["ident"] = flink_ident
     try:
         text = env.from_string(sql).render(template_variables(run, upstream))
     except TemplateProblem:
@@ -122,6 +138,8 @@ def _place_literals(text: str, collector: _LiteralCollector) -> str:
             value = collector.values[int(match[1])]
             if in_string:
                 out.append(_text_of(value).replace("'", "''"))
+            elif isinstance(value, FlinkIdentifier):
+                out.append(value)
             else:
                 out.append(sql_literal(value))
             i = match.end()
@@ -154,6 +172,8 @@ def _comment_text(value: Any) -> str:
 
 def _name_text(value: Any) -> str:
     """A value inside a `quoted name`: backticks doubled, as Flink SQL escapes them."""
+    if isinstance(value, FlinkIdentifier):
+        value = value[1:-1].replace("``", "`")  # `ident` inside backticks: the name itself
     return _text_of(value).replace("`", "``")
 
 

@@ -83,7 +83,7 @@ def manifests(
         "metadata": {"name": name, "namespace": options.namespace, "labels": labels},
         "data": {"script.py": script.read_text(), "context.json": json.dumps(context)},
     }
-    env = [{"name": k, "value": render_text(v, ctx.run, ctx.upstream)} for k, v in step.env.items()]
+    env = [{"name": k, "value": ctx.env_value(v)} for k, v in step.env.items()]
     env += [
         {"name": "LAMINAR_CONTEXT", "value": f"{MOUNT}/context.json"},
         {"name": "LAMINAR_OUTPUT_DIR", "value": SCRATCH},

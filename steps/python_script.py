@@ -76,9 +76,7 @@ class PythonScriptExecutor:
         work_dir = ctx.work_dir.resolve()
         work_dir.mkdir(parents=True, exist_ok=True)
         args = [render_text(arg, ctx.run, ctx.upstream) for arg in step.args]
-        declared_env = {
-            name: render_text(value, ctx.run, ctx.upstream) for name, value in step.env.items()
-        }
+        declared_env = {name: ctx.env_value(value) for name, value in step.env.items()}
 
         inputs = await self._export_inputs(step, work_dir)
         outputs = {table: work_dir / file for table, file in step.outputs.items()}
@@ -112,6 +110,8 @@ class PythonScriptExecutor:
             log.flush()
             attempt_start = log.tell()
             returncode = await self._run([python, str(script), *args], work_dir, env, log)
+        if ctx.secrets:
+            _redact_log(log_path, attempt_start, ctx)
         if returncode != 0:
             how = (
                 f"was killed by signal {-returncode}"
@@ -252,3 +252,15 @@ def _log_tail(path: Path, attempt_start: int) -> str:
         text = log.read().decode("utf-8", errors="replace")
     lines = text.splitlines()[-_LOG_TAIL_LINES:]
     return "\n".join(lines) if lines else "(no output)"
+
+
+def _redact_log(path: Path, start: int, ctx: StepContext) -> None:
+    """Mask the secret values a script printed in this attempt's part of its log."""
+    with path.open("r+b") as log:
+        log.seek(start)
+        text = log.read().decode(errors="replace")
+        masked = ctx.redact(text)
+        if masked != text:
+            log.seek(start)
+            log.truncate()
+            log.write(masked.encode())

@@ -57,7 +57,7 @@ class QualityExecutor:
         self.engines = engines
 
     async def execute(self, step: QualityStep, ctx: StepContext) -> StepResult:
-        engine = self.engines.get(step.engine, step.connection)
+        engine = self.engines.get(step.engine, step.connection, ctx.secrets)
         binder = Binder(engine.dialect)
         try:
             plan = _plan(step, ctx, binder)

@@ -39,7 +39,7 @@ def build_executors(
     where Spark, Flink and Kubernetes jobs run, from their options (default: local)."""
     resources = resources if resources is not None else load_resources()
     catalog = EngineCatalog(engine, resources)
-    return {
+    executors: Executors = {
         "notification": NotificationExecutor(resources),
         "sql": SqlExecutor(catalog),
         "quality": QualityExecutor(catalog),
@@ -48,6 +48,16 @@ def build_executors(
         "flink": FlinkExecutor(flink),
         "noop": NoopExecutor(),
     }
+    return executors
+
+
+def connection_secret_names(executors: Executors, step: Step) -> set[str]:
+    """The tenant secrets a step refers to through its connection (`{{ secrets.name }}`)."""
+    executor = executors.get(step.type)
+    catalog = getattr(executor, "engines", None)
+    if not isinstance(catalog, EngineCatalog):
+        return set()
+    return catalog.secret_names(getattr(step, "connection", None))
 
 
 async def execute_step(executors: Executors, step: Step, ctx: StepContext) -> StepResult:

@@ -36,7 +36,7 @@ class SqlExecutor:
         self.engines = engines if isinstance(engines, EngineCatalog) else EngineCatalog(engines)
 
     async def execute(self, step: SqlStep, ctx: StepContext) -> StepResult:
-        engine = self.engines.get(step.engine, step.connection)
+        engine = self.engines.get(step.engine, step.connection, ctx.secrets)
         source_dialect = step.source_dialect
         if isinstance(engine, DuckDBEngine) and source_dialect == "duckdb":
             text, binds = render_sql(step.sql, ctx.run, ctx.upstream)

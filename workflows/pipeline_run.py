@@ -10,6 +10,12 @@ from temporalio.common import RetryPolicy as TemporalRetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
+    # `when:` conditions render with Jinja, which imports jinja2.runtime (compiling) and
+    # jinja2.debug (on an error) lazily: pass them through, or the sandbox would load a
+    # second copy mid-run.
+    import jinja2.debug
+    import jinja2.runtime  # noqa: F401
+
     from activities.names import (
         RECORD_RUN_EVENT,
         RUN_STEP,
@@ -33,7 +39,7 @@ with workflow.unsafe.imports_passed_through():
         StepStatus,
         UpstreamResult,
     )
-    from workflows import dag, retries
+    from workflows import control_flow, dag, pools, retries
     from workflows.recording import RunRecorder
 
 DEFAULT_HEARTBEAT_TIMEOUT = timedelta(seconds=30)
@@ -45,6 +51,8 @@ LOCAL_STEPS_PATCH = "local-steps"
 WORKFLOW_DRIVEN_RETRIES = "workflow-driven-retries"
 """Patch id: one activity per attempt, retried by the workflow (see `_execute_attempts`)."""
 RECORDING_PATCH = "record-run-events"
+CONTROL_FLOW_PATCH = "control-flow"
+"""Patch id: trigger rules, `when:`, `on_failure: ignore` and fail_fast (`_control`)."""
 RECORDING_TIMEOUT = timedelta(seconds=30)
 RECORDING_RETRY = TemporalRetryPolicy(
     initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=30)
@@ -128,6 +136,8 @@ class PipelineRunWorkflow:
         self._completed: list[str] = []
         self._recorder = RunRecorder(input.context.run_id, enabled=False)
         self._recording = asyncio.Lock()  # batches are written one after the other, in order
+        self._control: control_flow.ControlFlow | None = None
+        self._failing_fast = False
         # Steps an earlier run did (retry from failure): done before this run starts. Runs
         # started before `reuse` existed have it empty, so their replay takes no other path
         # and issues no other command: no patch is needed for it.
@@ -150,13 +160,18 @@ class PipelineRunWorkflow:
         # from switching recording on mid-flight should a later build default the flag on.
         self._recorder.enabled = input.record and workflow.patched(RECORDING_PATCH)
         self._recorder.run(RecordedRunStatus.RUNNING)
+        if workflow.patched(CONTROL_FLOW_PATCH):
+            self._control = control_flow.ControlFlow(pipeline, input.context)
         for step_id in input.reuse:
             if step_id in self._states:
                 self._recorder.step(self._states[step_id])
         try:
             while True:
-                statuses = {step_id: state.status for step_id, state in self._states.items()}
-                for step_id in dag.ready(graph, statuses)[: max(limit - len(running), 0)]:
+                ready = self._ready(graph)
+                if self._failing_fast:  # stop the running steps, then decide again
+                    await self._cancel_steps(running)
+                    continue
+                for step_id in ready[: max(limit - len(running), 0)]:
                     self._mark_started(step_id)
                     task = asyncio.create_task(self._execute(steps[step_id]))
                     running[task] = step_id
@@ -171,7 +186,11 @@ class PipelineRunWorkflow:
             await self._cancel(running)
             raise
 
-        failed = [s for s, st in self._states.items() if st.status == StepStatus.FAILED]
+        failed = [
+            s
+            for s, st in self._states.items()
+            if st.status == StepStatus.FAILED and not st.failure_ignored
+        ]
         if failed and pipeline.on_failure == OnFailure.COMPENSATE:
             await self._compensate(steps)
         self._finished_at = workflow.now()
@@ -252,12 +271,60 @@ class PipelineRunWorkflow:
             return
         state.status = StepStatus.FAILED
         state.error, state.error_type = _describe_failure(error)
+        if self._control is not None:
+            self._failed_with_control_flow(state)
+            return
         self._recorder.step(state)
         statuses = {s: st.status for s, st in self._states.items()}
         for skipped in dag.to_skip(graph, step_id, statuses):
             self._states[skipped].status = StepStatus.SKIPPED
             self._states[skipped].error = f"upstream step '{step_id}' failed"
             self._recorder.step(self._states[skipped])
+
+    def _ready(self, graph: dag.Graph) -> list[str]:
+        """Steps to start now; with control flow, also skips and fails the steps whose trigger
+        rule or `when:` decides so."""
+        if self._control is None:
+            return dag.ready(graph, {step_id: st.status for step_id, st in self._states.items()})
+        decisions = self._control.decide(self._states)
+        for step_id, reason in [*decisions.skip.items(), *decisions.fail.items()]:
+            state = self._states[step_id]
+            state.status = StepStatus.SKIPPED if step_id in decisions.skip else StepStatus.FAILED
+            state.error = reason
+            if state.status == StepStatus.FAILED:
+                state.error_type, state.finished_at = "ConditionError", workflow.now()
+                self._failed_with_control_flow(state)
+            else:
+                self._recorder.step(state)
+        return decisions.run
+
+    def _failed_with_control_flow(self, state: StepState) -> None:
+        """A step failed for good: ignored (`on_failure: ignore`), or maybe the run fails fast."""
+        assert self._control is not None
+        if self._control.ignores_failure(state.step_id):
+            state.failure_ignored = True
+            state.error = f"{state.error}{control_flow.IGNORED_NOTE}"
+        elif self._control.note_failure(state.step_id):
+            self._failing_fast = True
+        self._recorder.step(state)
+
+    async def _cancel_steps(self, running: dict[asyncio.Task[StepResult], str]) -> None:
+        """fail_fast: cancel the running steps and wait for them to acknowledge."""
+        self._failing_fast = False
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        first = self._control.failed_fast if self._control is not None else None
+        reason = f"cancelled: the run failed fast (step '{first}' failed)"
+        for step_id in running.values():
+            state = self._states[step_id]
+            state.status, state.error, state.finished_at = (
+                StepStatus.CANCELLED,
+                reason,
+                workflow.now(),
+            )
+            self._recorder.step(state)
+        running.clear()
 
     async def _compensate(self, steps: dict[str, Step]) -> None:
         with_compensation = [s.id for s in steps.values() if s.compensate is not None]
@@ -330,6 +397,16 @@ class PipelineRunWorkflow:
         """One attempt of a step as one activity execution (Temporal does not retry it). The
         activity enforces the step's timeout itself and stops the step; Temporal's timeout,
         STOP_GRACE later, is the backstop for a worker that died."""
+        if step.pool is not None and workflow.patched(pools.POOLS_PATCH):
+            slot = pools.slot_for(self._input.context, step.pool, activity_id)
+            return await pools.in_pool_slot(
+                slot, lambda: self._run_attempt_activity(step, attempt, activity_id, compensation)
+            )
+        return await self._run_attempt_activity(step, attempt, activity_id, compensation)
+
+    async def _run_attempt_activity(
+        self, step: Step, attempt: int, activity_id: str, compensation: bool
+    ) -> StepResult:
         return await _run_step_activity(
             step,
             RunStepInput(

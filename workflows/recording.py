@@ -60,6 +60,7 @@ class RunRecorder:
             error_type=error_type or state.error_type,
             rows_affected=result.rows_affected if result else None,
             outputs=result.outputs if result else {},
+            tables=result.tables if result else {},
             log_path=result.log_path if result else None,
         )
         self._add(RunEvent(event_id=self._id(), at=workflow.now(), step=transition))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,18 +20,25 @@ from pipeline_service.api.routers import (
     events,
     health,
     pipelines,
+    pools,
+    quotas,
     run_actions,
     runs,
+    secrets,
     tenants,
 )
 from pipeline_service.api.services import Services
 from pipeline_service.db.session import make_engine, session_factory
+from pipeline_service.dispatcher import RunDispatcher
 from pipeline_service.metrics import ApiMetrics
 from pipeline_service.settings import ServiceSettings
 
 
-def create_app(settings: ServiceSettings, *, temporal: Client | None = None) -> FastAPI:
-    """The API over `settings.database_url` (migrated beforehand: `laminar db upgrade`)."""
+def create_app(
+    settings: ServiceSettings, *, temporal: Client | None = None, dispatch: bool = False
+) -> FastAPI:
+    """The API over `settings.database_url` (migrated beforehand: `laminar db upgrade`).
+    `dispatch`: also run the dispatcher that starts runs waiting for a quota slot."""
     engine = make_engine(settings.database_url)
     sessions = session_factory(engine)
     services = Services(
@@ -43,7 +51,21 @@ def create_app(settings: ServiceSettings, *, temporal: Client | None = None) -> 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        task = None
+        if dispatch:
+            dispatcher = RunDispatcher(
+                sessions,
+                services.temporal_client,
+                task_queue=settings.task_queue,
+                source_dir=settings.source_dir,
+                bundle_cache=settings.bundle_cache,
+            )
+            task = asyncio.create_task(dispatcher.run(stop))
         yield
+        stop.set()
+        if task is not None:
+            await task
         engine.dispose()
 
     app = FastAPI(
@@ -57,6 +79,11 @@ def create_app(settings: ServiceSettings, *, temporal: Client | None = None) -> 
     for router in (
         tenants.router,
         tenants.keys_router,
+        quotas.admin_router,
+        quotas.router,
+        secrets.router,
+        pools.router,
+        pools.tenant_router,
         pipelines.router,
         runs.router,
         run_actions.router,
@@ -124,4 +151,4 @@ class LatencyMiddleware:
 
 def app_from_settings() -> FastAPI:
     """Factory for `laminar server --workers N` (each worker process builds its own app)."""
-    return create_app(ServiceSettings())
+    return create_app(ServiceSettings(), dispatch=True)

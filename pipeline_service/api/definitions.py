@@ -10,6 +10,7 @@ from typing import Any
 from pipeline_service.api.models import DefinitionIn, Problem
 from pipeline_service.api.positions import locate
 from pipeline_service.api.problems import ProblemError
+from pipeline_service.bundles import BundleError, bundle_digest, decode_files, materialize
 from schemas.loading import PipelineValidationError, parse_document, validate_pipeline
 from schemas.pipeline import PipelineDefinition
 
@@ -20,6 +21,8 @@ class Checked:
     data: dict[str, Any]
     """The definition as stored (JSON)."""
     source: str | None
+    files: dict[str, bytes] | None = None
+    """The code bundle sent with the definition, if any."""
 
 
 def problems_of(exc: PipelineValidationError, body: DefinitionIn | None) -> list[Problem]:
@@ -50,8 +53,16 @@ def invalid(exc: PipelineValidationError, body: DefinitionIn | None) -> ProblemE
     )
 
 
-def check_definition(body: DefinitionIn, source_dir: Path) -> Checked:
-    """Parse and validate; ProblemError(422) listing every problem otherwise."""
+def check_definition(body: DefinitionIn, source_dir: Path, bundle_cache: Path) -> Checked:
+    """Parse and validate (scripts in the body's bundle if it has one, else in `source_dir`);
+    ProblemError(422) listing every problem otherwise."""
+    files = None
+    if body.files is not None:
+        try:
+            files = decode_files(body.files)
+            source_dir = materialize(bundle_cache, bundle_digest(files), files)
+        except BundleError as exc:
+            raise ProblemError(422, f"the code bundle is not valid: {exc}") from None
     try:
         data = (
             parse_document(body.source, body.format) if body.source is not None else body.definition
@@ -59,4 +70,4 @@ def check_definition(body: DefinitionIn, source_dir: Path) -> Checked:
         definition = validate_pipeline(data, source_dir=source_dir)
     except PipelineValidationError as exc:
         raise invalid(exc, body) from None
-    return Checked(definition, definition.model_dump(mode="json"), body.source)
+    return Checked(definition, definition.model_dump(mode="json"), body.source, files)

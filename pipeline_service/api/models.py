@@ -53,6 +53,11 @@ class DefinitionIn(Request):
     source: str | None = Field(None, description="Definition text (YAML or JSON).")
     format: Literal["yaml", "json"] = "yaml"
     definition: dict[str, Any] | None = Field(None, description="The definition as JSON.")
+    files: dict[str, str] | None = Field(
+        None,
+        description="A code bundle: relative path -> base64 content. Scripts and job files "
+        "resolve in it (not in the server's directory); stored with the version.",
+    )
 
     @model_validator(mode="after")
     def one_of(self) -> DefinitionIn:
@@ -143,6 +148,9 @@ class StepAttempt(BaseModel):
     error_type: str | None
     rows_affected: int | None
     outputs: dict[str, Any]
+    tables: dict[str, str] = Field(
+        default_factory=dict, description="Output name -> warehouse table (python `outputs:`)."
+    )
     log_tail: str | None = None
     marked_by: str | None = None
     mark_reason: str | None = None
@@ -171,6 +179,10 @@ class RunPublic(BaseModel):
     duration_ms: int | None
     error: str | None
     retry_of: str | None = None
+    waiting: bool = Field(
+        False, description="QUEUED for a concurrency slot of the tenant's quota (not started)."
+    )
+    priority: int = 0
 
 
 class RunDetail(RunPublic):
@@ -183,3 +195,22 @@ class RunPage(BaseModel):
 
 
 __all__ = ["PIPELINE_NAME_PATTERN"]
+
+
+class QuotaIn(Request):
+    """A tenant's limits; an omitted or null limit is unlimited."""
+
+    max_concurrent_runs: int | None = Field(None, ge=1, le=100_000)
+    max_queued_runs: int | None = Field(
+        None, ge=1, le=1_000_000, description="queue: 429 beyond it; drop_oldest: default 1"
+    )
+    overflow_policy: Literal["queue", "reject", "drop_oldest"] = "queue"
+    allowed_step_types: list[str] | None = Field(None, max_length=50)
+    max_steps_per_pipeline: int | None = Field(None, ge=1, le=100_000)
+    retry_after_seconds: int = Field(30, ge=1, le=86_400)
+
+
+class QuotaPublic(QuotaIn):
+    tenant: str
+    active_runs: int = Field(description="Runs holding a slot now.")
+    waiting_runs: int = Field(description="Runs QUEUED for a slot.")

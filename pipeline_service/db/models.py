@@ -14,6 +14,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -22,12 +23,17 @@ from pipeline_service.db.base import Base, UtcDateTime, utcnow
 __all__ = [
     "ApiKey",
     "Base",
+    "Bundle",
     "OutboxEvent",
     "Pipeline",
     "PipelineVersion",
+    "Pool",
+    "PoolLease",
     "Run",
     "StepRun",
     "Tenant",
+    "TenantQuota",
+    "TenantSecret",
 ]
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
@@ -42,6 +48,68 @@ class Tenant(Base):
     display_name: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     created_by: Mapped[str] = mapped_column(String(120))
+
+
+class TenantQuota(Base):
+    """A tenant's limits, set by the platform admin; no row (or a None field): unlimited."""
+
+    __tablename__ = "tenant_quotas"
+
+    tenant_id: Mapped[int] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    max_concurrent_runs: Mapped[int | None] = mapped_column(Integer)
+    max_queued_runs: Mapped[int | None] = mapped_column(Integer)
+    overflow_policy: Mapped[str] = mapped_column(String(16), default="queue")
+    allowed_step_types: Mapped[list[str] | None] = mapped_column(JSON)
+    max_steps_per_pipeline: Mapped[int | None] = mapped_column(Integer)
+    retry_after_seconds: Mapped[int] = mapped_column(Integer, default=30)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(120))
+
+
+class TenantSecret(Base):
+    """A tenant's secret: only its ciphertext (pipeline_service/secrets/crypto.py) is stored."""
+
+    __tablename__ = "tenant_secrets"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(128))
+    ciphertext: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(120))
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(120))
+
+
+class Pool(Base):
+    """Named slots that steps (`pool: name`) hold while an attempt runs. `tenant_id` None: a
+    global pool every tenant's steps share; a tenant's own pool of the same name wins."""
+
+    __tablename__ = "pools"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    tenant_id: Mapped[int | None] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(63))
+    slots: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(120))
+
+
+class PoolLease(Base):
+    """One slot of a pool, held by one step attempt (`holder`)."""
+
+    __tablename__ = "pool_leases"
+    __table_args__ = (Index("ix_pool_leases_pool", "pool_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    pool_id: Mapped[int] = mapped_column(ForeignKey("pools.id", ondelete="CASCADE"))
+    holder: Mapped[str] = mapped_column(String(500), unique=True)
+    workflow_id: Mapped[str] = mapped_column(String(400))
+    acquired_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
 class ApiKey(Base):
@@ -92,8 +160,25 @@ class PipelineVersion(Base):
     source_text: Mapped[str | None] = mapped_column(Text)
     """The YAML/JSON text as submitted (comments and order kept for the editor)."""
     digest: Mapped[str] = mapped_column(String(64))
+    bundle_digest: Mapped[str | None] = mapped_column(String(64))
+    """The version's code bundle (`laminar pipelines apply DIR`); None: scripts resolve in the
+    worker's LAMINAR_SOURCE_DIR."""
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     created_by: Mapped[str] = mapped_column(String(120))
+
+
+class Bundle(Base):
+    """An immutable set of files (path -> base64), named by its content digest."""
+
+    __tablename__ = "bundles"
+    __table_args__ = (UniqueConstraint("tenant_id", "digest"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    digest: Mapped[str] = mapped_column(String(64))
+    files: Mapped[dict[str, str]] = mapped_column(JSON)
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
 class Run(Base):
@@ -101,6 +186,7 @@ class Run(Base):
     __table_args__ = (
         Index("ix_runs_tenant_created", "tenant_id", "created_at", "id"),
         Index("ix_runs_pipeline_created", "pipeline_id", "created_at", "id"),
+        Index("ix_runs_tenant_status", "tenant_id", "status"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -119,6 +205,13 @@ class Run(Base):
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     retry_of_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Waiting runs start highest priority first, then oldest first (launcher.Priority)."""
+    submitted_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    """When the run took a concurrency slot and its workflow was started; None: it waits in
+    the tenant's queue (status QUEUED) for the dispatcher."""
+    launch_options: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """What a waiting run needs to start later (reused step results, parallelism)."""
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
@@ -143,6 +236,9 @@ class StepRun(Base):
     error_type: Mapped[str | None] = mapped_column(String(200))
     rows_affected: Mapped[int | None] = mapped_column(BigInteger)
     outputs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    tables: Mapped[dict[str, str]] = mapped_column(JSON, default=dict, server_default=text("'{}'"))
+    """Output name -> warehouse table the attempt loaded (python `outputs:`); a retry that
+    reuses the step hands these on."""
     log_path: Mapped[str | None] = mapped_column(Text)
     marked_by: Mapped[str | None] = mapped_column(String(120))
     mark_reason: Mapped[str | None] = mapped_column(Text)

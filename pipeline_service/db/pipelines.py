@@ -14,8 +14,10 @@ from pipeline_service.db.models import Pipeline, PipelineVersion
 from schemas.recording import PipelineStatus
 
 
-def definition_digest(definition: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()
+def definition_digest(definition: dict[str, Any], bundle: str | None = None) -> str:
+    """A version's identity: its definition and, if it has one, its code bundle."""
+    text = json.dumps(definition, sort_keys=True) + (f"\nbundle:{bundle}" if bundle else "")
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def get_pipeline(session: Session, tenant_id: int, name: str) -> Pipeline | None:
@@ -51,6 +53,7 @@ def create_pipeline(
     *,
     actor: str,
     source_text: str | None = None,
+    bundle_digest: str | None = None,
 ) -> tuple[Pipeline, PipelineVersion]:
     pipeline = Pipeline(
         tenant_id=tenant_id,
@@ -62,7 +65,7 @@ def create_pipeline(
     )
     session.add(pipeline)
     session.flush()
-    version = _add_version(session, pipeline, 1, definition, actor, source_text)
+    version = _add_version(session, pipeline, 1, definition, actor, source_text, bundle_digest)
     return pipeline, version
 
 
@@ -73,10 +76,11 @@ def add_version(
     *,
     actor: str,
     source_text: str | None = None,
+    bundle_digest: str | None = None,
 ) -> PipelineVersion:
     """A new current version (a change of definition puts the pipeline back in DRAFT)."""
     number = pipeline.current_version + 1
-    version = _add_version(session, pipeline, number, definition, actor, source_text)
+    version = _add_version(session, pipeline, number, definition, actor, source_text, bundle_digest)
     pipeline.current_version = number
     pipeline.updated_at, pipeline.updated_by = utcnow(), actor
     if pipeline.status == PipelineStatus.VALIDATED.value:
@@ -91,13 +95,15 @@ def _add_version(
     definition: dict[str, Any],
     actor: str,
     source_text: str | None,
+    bundle_digest: str | None = None,
 ) -> PipelineVersion:
     version = PipelineVersion(
         pipeline_id=pipeline.id,
         version=number,
         definition=definition,
         source_text=source_text,
-        digest=definition_digest(definition),
+        digest=definition_digest(definition, bundle_digest),
+        bundle_digest=bundle_digest,
         created_by=actor,
     )
     session.add(version)

@@ -25,6 +25,7 @@ from pipeline_service.db.outbox import add_event
 from pipeline_service.db.runs import RunNames
 from schemas.events import EventType
 from schemas.recording import (
+    RUN_FINISHED,
     RecordedRunStatus,
     RecordRunEventsInput,
     RecordRunEventsResult,
@@ -44,6 +45,7 @@ _RUN_EVENT = {
     RecordedRunStatus.FAILED: EventType.PIPELINE_FAILED,
     RecordedRunStatus.CANCELLED: EventType.PIPELINE_CANCELLED,
 }
+_FINISHED = {status.value for status in RUN_FINISHED}
 _STEP_EVENT = {
     StepStatus.PENDING: EventType.PIPELINE_STEP_STARTED,
     StepStatus.RUNNING: EventType.PIPELINE_STEP_STARTED,
@@ -58,10 +60,16 @@ _STEP_EVENT = {
 }
 
 
-def record_run_events(session: Session, batch: RecordRunEventsInput) -> RecordRunEventsResult:
-    """Apply a batch of one run's events in order, skipping ids already recorded."""
-    # Three reads per batch (run with its names, recorded ids, the steps' attempt rows), then
-    # the writes: this sits on the workflow's critical path, once per workflow task.
+def record_run_events(
+    session: Session, batch: RecordRunEventsInput, *, assume_new: bool = False
+) -> RecordRunEventsResult:
+    """Apply a batch of one run's events in order, skipping ids already recorded.
+
+    `assume_new` skips the read of recorded ids: the caller expects none (a batch is recorded
+    whole or not at all, so only a retried or replayed one is) and, should the unique event id
+    refuse an insert, rolls back and calls again without it."""
+    # Up to three reads per batch (run with its names, recorded ids, the steps' attempt rows),
+    # then the writes: this sits on the workflow's critical path, once per workflow task.
     found = session.execute(
         select(Run, Tenant.name, Pipeline.name, PipelineVersion.version)
         .join(Tenant, Tenant.id == Run.tenant_id)
@@ -80,7 +88,11 @@ def record_run_events(session: Session, batch: RecordRunEventsInput) -> RecordRu
         return RecordRunEventsResult(recorded=0, skipped=len(batch.events))
     run, names = found[0], RunNames(found[1], found[2], found[3])
     ids = [event.event_id for event in batch.events]
-    seen = set(session.scalars(select(OutboxEvent.event_id).where(OutboxEvent.event_id.in_(ids))))
+    seen: set[str] = set()
+    if not assume_new:
+        seen.update(
+            session.scalars(select(OutboxEvent.event_id).where(OutboxEvent.event_id.in_(ids)))
+        )
     step_ids = {event.step.step_id for event in batch.events if event.step is not None}
     rows: dict[tuple[str, int], StepRun] = {}
     if step_ids:
@@ -91,6 +103,11 @@ def record_run_events(session: Session, batch: RecordRunEventsInput) -> RecordRu
     recorded = 0
     for event in batch.events:
         if event.event_id in seen:
+            continue
+        if event.run is not None and run.status in _FINISHED:
+            # The run's end is recorded already (by the reconciler, when Temporal ended the
+            # workflow while this batch was in flight): the first end stands.
+            log.info("run %s finished already; %s ignored", run.workflow_id, event.run.status)
             continue
         seen.add(event.event_id)
         if event.run is not None:
@@ -134,7 +151,9 @@ def _apply_step(
 ) -> None:
     row = rows.get((change.step_id, change.attempt))
     if row is None:
-        row = StepRun(run_id=run.id, step_id=change.step_id, attempt=change.attempt, outputs={})
+        row = StepRun(
+            run_id=run.id, step_id=change.step_id, attempt=change.attempt, outputs={}, tables={}
+        )
         rows[(change.step_id, change.attempt)] = row
         session.add(row)
     row.type = change.type
@@ -144,6 +163,7 @@ def _apply_step(
     row.error, row.error_type = change.error, change.error_type
     row.rows_affected = change.rows_affected
     row.outputs = change.outputs
+    row.tables = change.tables
     row.log_path = change.log_path or row.log_path
     if change.marked_by is not None:
         row.marked_by, row.mark_reason = change.marked_by, change.mark_reason

@@ -3,13 +3,36 @@ For tests and local trials only: it keeps every message in memory, so a restart 
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline_service.temporal.dev_server import free_port
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """On Linux, the broker gets SIGTERM when the thread that started it dies — also by
+    `kill -9`, when nothing else would ever stop it. Start it from a long-lived thread."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork: the child only calls
+    parent = os.getpid()
+
+    def set_pdeathsig() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the call took effect
+            os._exit(1)
+
+    return set_pdeathsig
 
 
 def tansu_binary() -> Path:
@@ -51,6 +74,7 @@ class EmbeddedBroker:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent(),
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

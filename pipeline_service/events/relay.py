@@ -1,13 +1,15 @@
 """The events relay: publishes pending outbox rows to Kafka, in order, at least once.
 
-One round = one database transaction: take the relay lock, read the oldest pending rows, produce
-them (idempotent producer, `acks=all`), wait for every delivery report, mark sent exactly the
-rows Kafka acknowledged, commit. On PostgreSQL the lock is a transaction-scoped advisory lock,
-so any number of relays may run: one round runs at a time, the next round (on whichever relay
-gets the lock) starts from the first row still pending, and a relay that dies mid-round loses
+One round: read the oldest pending rows, produce them (idempotent producer, `acks=all`), wait for
+every delivery report, mark sent exactly the rows Kafka acknowledged. On PostgreSQL the round is
+one transaction that takes the relay lock first, a transaction-scoped advisory lock, so any
+number of relays may run: one round runs at a time, the next round (on whichever relay gets the
+lock) starts from the first row still pending, and a relay that dies mid-round loses
 the lock with its connection. That keeps per-key order (unlike SKIP LOCKED over rows, which lets
 a second relay publish event 4 of a run while the first still holds 1-3) and fails over with
-no lease to expire. SQLite has no such lock: run a single relay there (the embedded shape).
+no lease to expire. SQLite has no such lock: run a single relay there (the embedded shape); its
+round is three short transactions (read, produce outside any, mark sent), because a SQLite
+transaction here holds the write lock and a broker outage would hold it for the produce timeout.
 """
 
 from __future__ import annotations
@@ -126,41 +128,69 @@ class EventRelay:
         self.producer.flush(5)
 
     def publish_round(self) -> RoundResult:
-        """One round in one transaction; returns what it published."""
-        with Session(self.engine) as session, session.begin():
-            if self._is_postgres and not session.scalar(
-                text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": RELAY_LOCK_KEY}
-            ):
-                return RoundResult()  # another relay is publishing right now
-            rows = session.execute(
-                select(OutboxEvent, Tenant.name)
-                .join(Tenant, Tenant.id == OutboxEvent.tenant_id)
-                .where(OutboxEvent.sent_at.is_(None))
-                .order_by(OutboxEvent.seq)
-                .limit(self.settings.relay_batch_size)
-            ).all()
-            self._observe_backlog(session)
-            if not rows:
-                return RoundResult()
-            self._ensure_topic()
-            delivered = self._produce([(row, tenant) for row, tenant in rows])
-            sent = _in_order_prefix_per_key([row for row, _ in rows], delivered)
-            result = RoundResult(
-                selected=len(rows),
-                sent=len(sent),
-                failed=len(rows) - len(sent),
-                errors=[error for error in delivered.values() if error],
-            )
-            if sent:
-                session.execute(
-                    update(OutboxEvent)
-                    .where(OutboxEvent.seq.in_(sent))
-                    .values(sent_at=datetime.now(UTC))
-                )
+        """One round; returns what it published."""
+        if self._is_postgres:
+            # One transaction holding the relay lock: no other relay publishes meanwhile.
+            # PostgreSQL readers and writers of other rows do not wait for it.
+            with Session(self.engine) as session, session.begin():
+                if not session.scalar(
+                    text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": RELAY_LOCK_KEY}
+                ):
+                    return RoundResult()  # another relay is publishing right now
+                rows = self._pending_rows(session)
+                result, sent = self._publish(rows)
+                self._mark_sent(session, sent)
+        else:
+            # SQLite: every transaction here takes the database's write lock (BEGIN
+            # IMMEDIATE), so one held while Kafka answers — up to message.timeout.ms when it
+            # is down — would stall the API and run recording. One relay runs on SQLite, so
+            # read, produce and mark sent in separate short transactions.
+            with Session(self.engine, expire_on_commit=False) as session:
+                with session.begin():
+                    rows = self._pending_rows(session)
+                result, sent = self._publish(rows)
+                if sent:
+                    with session.begin():
+                        self._mark_sent(session, sent)
         if self.metrics is not None:
             self.metrics.published.inc(result.sent)
             self.metrics.failed.inc(result.failed)
         return result
+
+    def _pending_rows(self, session: Session) -> list[tuple[OutboxEvent, str]]:
+        rows = session.execute(
+            select(OutboxEvent, Tenant.name)
+            .join(Tenant, Tenant.id == OutboxEvent.tenant_id)
+            .where(OutboxEvent.sent_at.is_(None))
+            .order_by(OutboxEvent.seq)
+            .limit(self.settings.relay_batch_size)
+        ).all()
+        self._observe_backlog(session)
+        return [(row, tenant) for row, tenant in rows]
+
+    def _publish(self, rows: list[tuple[OutboxEvent, str]]) -> tuple[RoundResult, list[int]]:
+        """Produce `rows`; the result and the seqs that may be marked sent."""
+        if not rows:
+            return RoundResult(), []
+        self._ensure_topic()
+        delivered = self._produce(rows)
+        sent = _in_order_prefix_per_key([row for row, _ in rows], delivered)
+        result = RoundResult(
+            selected=len(rows),
+            sent=len(sent),
+            failed=len(rows) - len(sent),
+            errors=[error for error in delivered.values() if error],
+        )
+        return result, sent
+
+    @staticmethod
+    def _mark_sent(session: Session, sent: list[int]) -> None:
+        if sent:
+            session.execute(
+                update(OutboxEvent)
+                .where(OutboxEvent.seq.in_(sent))
+                .values(sent_at=datetime.now(UTC))
+            )
 
     # -- Kafka ------------------------------------------------------------------------------
 

@@ -257,6 +257,20 @@ class DuckDBEngine:
         """`load_tables` in a thread; cancellation interrupts it. DuckDB errors -> StepError."""
         await self.run_on_cursor(lambda cur: self.load_tables(files, cursor=cur))
 
+    async def missing_tables(self, names: Sequence[str]) -> list[str]:
+        """The names (as a step's outputs give them) that are no table or view here."""
+
+        def look(cur: duckdb.DuckDBPyConnection) -> list[str]:
+            missing = []
+            for name in names:
+                try:
+                    cur.table(name)  # a relation by name: no SQL text, nothing to inject
+                except duckdb.Error:
+                    missing.append(name)
+            return missing
+
+        return await self.run_on_cursor(look)
+
     async def run_on_cursor(
         self,
         work: Callable[[duckdb.DuckDBPyConnection], T],

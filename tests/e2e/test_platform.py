@@ -22,6 +22,7 @@ from pipeline_service.temporal.client import connect
 from pipeline_service.temporal.dev_server import free_port, temporal_binary
 from tests.conftest import scratch_postgres_database
 from tests.e2e.conftest import Cli, wait_for
+from tests.service.test_runs import SLOW_SQL
 
 ADMIN = "e2e-admin-key"
 HELLO = """\
@@ -69,6 +70,11 @@ async def _search_attributes(address: str) -> set[str]:
     raise AssertionError(f"no Temporal at {address}")
 
 
+async def _terminate(address: str, workflow_id: str, reason: str) -> None:
+    client = await connect(address)
+    await client.get_workflow_handle(workflow_id).terminate(reason=reason)
+
+
 def test_server_and_worker_processes_run_a_pipeline(
     cli: Cli, bare_temporal: str, tmp_path: Path, kafka_broker: EmbeddedBroker
 ) -> None:
@@ -85,6 +91,9 @@ def test_server_and_worker_processes_run_a_pipeline(
             # The worker relays the outbox to Kafka when this is set.
             "LAMINAR_KAFKA_BOOTSTRAP_SERVERS": kafka_broker.bootstrap_servers,
             "LAMINAR_EVENTS_TOPIC": f"e2e-events-{port}",
+            # The worker reconciles runs that Temporal ended on its own: quickly, for the test.
+            "LAMINAR_RECONCILE_INTERVAL": "500ms",
+            "LAMINAR_RECONCILE_AFTER": "0s",
         }
         refused = cli.run("server", env=env)
         assert refused.code == 2 and "laminar db upgrade" in refused.stderr, refused.details
@@ -124,6 +133,28 @@ def test_server_and_worker_processes_run_a_pipeline(
                 run = http.get(f"/v1/runs/{run['id']}", headers=auth).json()
             assert run["status"] == "SUCCEEDED", (run, worker.output())
             assert [s["status"] for s in run["steps"]] == ["SUCCEEDED", "SUCCEEDED"]
+
+            # A run terminated from Temporal's side: the worker's reconciler records it.
+            slow = {"name": "slow", "steps": [{"id": "s", "type": "sql", "sql": SLOW_SQL}]}
+            assert http.post("/v1/pipelines", json={"definition": slow}, headers=auth).is_success
+            run = http.post("/v1/pipelines/slow/runs", json={}, headers=auth).json()
+            wait_for(
+                lambda: (
+                    http.get(f"/v1/runs/{run['id']}", headers=auth).json()["status"] == "RUNNING"
+                ),
+                30,
+                "the slow run to start",
+            )
+            asyncio.run(_terminate(bare_temporal, run["workflow_id"], "e2e says stop"))
+            wait_for(
+                lambda: (
+                    http.get(f"/v1/runs/{run['id']}", headers=auth).json()["status"] == "FAILED"
+                ),
+                30,
+                f"the reconciler to record the end; worker said:\n{worker.output()}",
+            )
+            ended = http.get(f"/v1/runs/{run['id']}", headers=auth).json()
+            assert "e2e says stop" in ended["error"], ended
 
         # The same through the CLI client.
         client_env = {"LAMINAR_URL": base, "LAMINAR_API_KEY": ADMIN}

@@ -53,7 +53,7 @@ def test_orders_quality_quarantines_notifies_and_keeps_history(cli: Cli, tmp_pat
     assert len(receiver.requests) == 2
     for headers, body in receiver.requests:
         assert verify(headers, body, EXAMPLE_SECRET)
-        assert headers["idempotency-key"].endswith("/notify")
+        assert headers["idempotency-key"].endswith("/notify")  # not notify_failure: skipped
         assert json.loads(body)["title"].startswith("Orders report ")
 
     history = cli.run(
@@ -85,7 +85,12 @@ def test_orphan_order_fails_the_referential_error_check(cli: Cli, tmp_path: Path
         tmp_path / "state", 'SELECT order_id FROM quarantine."check_clean__referential_customer_id"'
     )
     assert orphans == [(5099,)]
-    assert receiver.requests == []  # the reports and the notification did not run
+    # The reports and their notification did not run; the failure alert (one_failed) did.
+    assert len(receiver.requests) == 1
+    headers, body = receiver.requests[0]
+    assert verify(headers, body, EXAMPLE_SECRET)
+    assert headers["idempotency-key"].endswith("/notify_failure")
+    assert json.loads(body)["title"].startswith("Orders run failed ")
 
 
 def test_trino_steps_through_laminar_run(cli: Cli, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.pools import PoolActivities
 from activities.recording import RecordingActivities
 from activities.steps import StepActivities
 from schemas.loading import validate_pipeline
@@ -82,7 +83,8 @@ def worker_for(
 ) -> Worker:
     """A worker with the scripted executor; with `sessions`, it also records run state."""
     activities = StepActivities({"noop": executor}, tmp_path / "work", client)
-    registered: list[Any] = [activities.run_step]
+    pools = PoolActivities(sessions)
+    registered: list[Any] = [activities.run_step, pools.acquire_pool_slot, pools.release_pool_slot]
     if sessions is not None:
         registered.append(RecordingActivities(sessions).record_run_event)
     return Worker(

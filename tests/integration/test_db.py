@@ -14,6 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, func, inspect, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from activities.recording import RecordingActivities
 from pipeline_service.db import migrate
 from pipeline_service.db.models import ApiKey, Base, OutboxEvent, Run, StepRun
 from pipeline_service.db.recording import record_run_events
@@ -187,6 +188,50 @@ def test_record_run_events_writes_rows_and_outbox_once(sessions: sessionmaker[Se
         assert [e.event_id for e in outbox] == [e.event_id for e in batch.events]
         assert outbox[-1].payload["duration_ms"] == 2000
         assert outbox[2].payload["attempt"] == 1 and outbox[2].actor == "test-key"
+
+
+def test_the_recording_activity_writes_a_recorded_batch_again_as_nothing(
+    sessions: sessionmaker[Session],
+) -> None:
+    """The activity skips the read of recorded ids (one round trip fewer); a batch that was
+    recorded already makes the insert fail, and the whole group is written again with it."""
+    with transaction(sessions) as session:
+        first, second = add_run(session).workflow_id, add_run(session).workflow_id
+    at = datetime(2026, 2, 1, 12, tzinfo=UTC)
+    recorded, fresh = _batch(first, at), _batch(second, at)
+    recording = RecordingActivities(sessions)
+    assert [r.recorded for r in recording._write([recorded])] == [6]
+    results = recording._write([fresh, recorded])  # one group, as group commit writes them
+    assert [(r.recorded, r.skipped) for r in results] == [(6, 0), (0, 6)]
+    with sessions() as session:
+        ids = [e.event_id for e in recorded.events + fresh.events]
+        count = session.scalar(
+            select(func.count()).select_from(OutboxEvent).where(OutboxEvent.event_id.in_(ids))
+        )
+        assert count == 12
+
+
+def test_a_finished_run_keeps_its_first_end(sessions: sessionmaker[Session]) -> None:
+    """Once a run's end is recorded (e.g. by the reconciler), a later run transition of a
+    batch still in flight changes nothing and adds no event."""
+    with transaction(sessions) as session:
+        workflow_id = add_run(session).workflow_id
+    at = datetime(2026, 2, 1, 12, tzinfo=UTC)
+    batch = _batch(workflow_id, at)
+    ended = RecordRunEventsInput(
+        workflow_id=workflow_id,
+        events=[
+            RunEvent(event_id=str(uuid.uuid4()), at=at,
+                     run=RunTransition(status=RecordedRunStatus.FAILED, at=at, error="killed"))
+        ],
+    )  # fmt: skip
+    with transaction(sessions) as session:
+        record_run_events(session, ended)
+        late = record_run_events(session, batch)
+    assert (late.recorded, late.skipped) == (4, 2)  # the step events; not the run's two
+    with sessions() as session:
+        run = get_run_by_workflow_id(session, workflow_id)
+        assert run is not None and (run.status, run.error) == ("FAILED", "killed")
 
 
 def test_a_failed_transaction_records_nothing(sessions: sessionmaker[Session]) -> None:

@@ -180,3 +180,39 @@ async def test_python_outputs_hand_a_table_and_a_result_to_a_later_sql_step(
         "result": {"count": 2},
         "tables": {"städte": "städte"},
     }
+
+
+@pytest.mark.slow
+async def test_a_spark_step_gets_an_upstream_result_in_its_args(
+    client: Client, queue: str, tmp_path: Path
+) -> None:
+    """Real spark-submit (local, the pyspark package's Spark): the arg rendered from the
+    upstream python step's result reaches the application."""
+    (tmp_path / "count.py").write_text(
+        "import json, os\n"
+        "json.dump({'day': '2026-01-30'}, open(os.environ['LAMINAR_RESULT'], 'w'))\n"
+    )
+    out = tmp_path / "seen.txt"
+    (tmp_path / "app.py").write_text(
+        "import sys\nopen(sys.argv[1], 'w').write(sys.argv[2])\n"  # no session: a quick driver
+    )
+    data = {
+        "name": "spark-handoff",
+        "steps": [
+            {"id": "count", "type": "python", "script": "count.py"},
+            {
+                "id": "app",
+                "type": "spark",
+                "depends_on": ["count"],
+                "application": "app.py",
+                "args": [str(out), "{{ steps.count.result.day }}"],
+                "driver_memory": "512m",
+            },
+        ],
+    }
+    run = run_input(tmp_path, data)
+    summary: RunSummary = await client.execute_workflow(
+        PipelineRunWorkflow.run, run, id=run.context.run_id, task_queue=queue
+    )
+    assert summary.status == RunStatus.SUCCEEDED, summary
+    assert out.read_text() == "2026-01-30"

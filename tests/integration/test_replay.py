@@ -16,7 +16,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from pipeline_service.db.migrate import upgrade
-from pipeline_service.db.session import make_engine, session_factory
+from pipeline_service.db.pools import set_pool
+from pipeline_service.db.session import make_engine, session_factory, transaction
 from tests.integration.scripted import (
     Behavior,
     ScriptedExecutor,
@@ -98,11 +99,54 @@ SCENARIOS: dict[str, tuple[dict[str, Behavior], list[dict[str, Any]], dict[str, 
         ],
         {},
     ),
+    # a failure under the default on_failure (continue): its dependents are skipped while an
+    # independent branch finishes (saved before control flow: trigger rules, fail_fast)
+    "recorded_failure_skips_dependents": (
+        {"boom": Behavior(fail_times=9, retryable=False), "side": Behavior(sleep=0.3)},
+        [
+            {"id": "boom"},
+            {"id": "side"},
+            {"id": "after", "depends_on": ["boom"]},
+            {"id": "last", "depends_on": ["after", "side"]},
+        ],
+        {},
+    ),
+    # control flow (patch control-flow): fail_fast cancels a sibling, an all_done cleanup and
+    # a one_failed alert run, an ignored failure, a `when:` that skips
+    "recorded_control_flow": (
+        {
+            "boom": Behavior(sleep=0.3, fail_times=9, retryable=False),
+            "optional": Behavior(fail_times=9, retryable=False),
+            "slow": Behavior(sleep=30),
+        },
+        [
+            {"id": "optional", "on_failure": "ignore"},
+            {"id": "gated", "depends_on": ["optional"], "when": "{{ ds == '1999-01-01' }}"},
+            {"id": "boom", "depends_on": ["optional"]},
+            {"id": "slow", "heartbeat_timeout": "1s"},
+            {"id": "cleanup", "depends_on": ["boom", "slow"], "trigger_rule": "all_done"},
+            {"id": "alert", "depends_on": ["boom"], "trigger_rule": "one_failed"},
+        ],
+        {"on_failure": "fail_fast"},
+    ),
 }
 # The same scenarios with run-state recording on (RunInput.record): the histories carry the
 # `record-run-events` patch marker and one record_run_event local activity per workflow task.
 SCENARIOS["recorded_diamond_with_retry"] = SCENARIOS["diamond_with_retry"]
 SCENARIOS["recorded_failure_with_compensation"] = SCENARIOS["failure_with_compensation"]
+# Steps holding pool slots (patch "pools"): two parallel steps share a pool of one; one is
+# retried, releasing its slot between attempts.
+SCENARIOS["recorded_pools"] = (
+    {"b": Behavior(fail_times=1), "a": Behavior(sleep=0.2)},
+    [
+        {"id": "a", "pool": "engine"},
+        {"id": "b", "pool": "engine", "retry": {"initial_interval": 0.2}},
+        {"id": "c", "depends_on": ["a", "b"]},
+    ],
+    {},
+)
+# Recorded before steps could name a pool (patch "pools"): runs in flight at that change.
+SCENARIOS["recorded_before_pools"] = SCENARIOS["workflow_driven_retries"]
 
 
 async def _record(client: Client, tmp_path: Path, name: str) -> None:
@@ -116,6 +160,8 @@ async def _record(client: Client, tmp_path: Path, name: str) -> None:
         engine = make_engine(f"sqlite:///{tmp_path / 'record.db'}")
         upgrade(engine)
         sessions = session_factory(engine)
+        with transaction(sessions) as session:
+            set_pool(session, None, "engine", 1, actor="test")
     async with worker_for(client, executor, tmp_path, queue, sessions):
         handle = await client.start_workflow(
             PipelineRunWorkflow.run,

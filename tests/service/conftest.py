@@ -4,6 +4,7 @@ Tests isolate by tenant: each makes its own."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,11 +21,13 @@ from temporalio.client import Client
 
 from pipeline_service.api.app import create_app
 from pipeline_service.db.session import session_factory
+from pipeline_service.dispatcher import RunDispatcher
 from pipeline_service.settings import ServiceSettings
 from pipeline_service.temporal.worker import build_worker
 from steps.engines.duckdb import DuckDBEngine
 
 ADMIN_KEY = "test-admin-" + uuid.uuid4().hex
+SECRET_KEY = "test-secret-key-" + uuid.uuid4().hex
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
@@ -78,6 +81,7 @@ async def service(
     settings = ServiceSettings(
         database_url=db_engine.url.render_as_string(hide_password=False),
         admin_api_key=SecretStr(ADMIN_KEY),
+        secret_key=SecretStr(SECRET_KEY),
         task_queue=queue,
         source_dir=EXAMPLES,
         work_dir=work / "work",
@@ -86,12 +90,28 @@ async def service(
     app = create_app(settings, temporal=client)
     engine = DuckDBEngine(work / "warehouse.duckdb")
     worker = build_worker(
-        client, task_queue=queue, engine=engine, work_root=settings.work_dir, sessions=sessions
+        client,
+        task_queue=queue,
+        engine=engine,
+        work_root=settings.work_dir,
+        sessions=sessions,
+        secret_key=SECRET_KEY,
     )
     transport = httpx.ASGITransport(app=app)
+    # The ASGI transport runs no lifespan: the dispatcher of waiting runs runs here.
+    dispatcher = RunDispatcher(
+        sessions,
+        app.state.services.temporal_client,
+        task_queue=queue,
+        source_dir=EXAMPLES,
+    )
+    stop = asyncio.Event()
     async with (
         worker,
         httpx.AsyncClient(transport=transport, base_url="http://laminar.test", timeout=60) as http,
     ):
+        dispatching = asyncio.create_task(dispatcher.run(stop))
         yield Service(db_engine.dialect.name, settings, sessions, http, engine, app)
+        stop.set()
+        await dispatching
     engine.close()

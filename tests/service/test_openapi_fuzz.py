@@ -44,6 +44,7 @@ def api_schema(  # type: ignore[no-untyped-def]
     settings_ = ServiceSettings(
         database_url=url,
         admin_api_key=SecretStr(ADMIN),
+        secret_key=SecretStr("fuzz-secret-key-" + uuid.uuid4().hex),
         temporal_address=dev_server.address,
         task_queue=f"fuzz-{uuid.uuid4()}",  # no worker: runs stay queued
         source_dir=Path(root),

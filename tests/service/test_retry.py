@@ -88,3 +88,44 @@ async def test_a_marked_step_is_recorded_and_reused(service: Service) -> None:
         f"/v1/runs/{retried['id']}/steps/gate/mark", json={"status": "SKIPPED", "reason": "x"}
     )
     assert again.status_code == 409
+
+
+async def test_a_reused_step_hands_its_tables_to_the_steps_that_run_again(
+    service: Service,
+) -> None:
+    """Retry from failure reuses a python step with `outputs:`: the step that runs again still
+    reads the reused step's table through `steps.<id>.outputs.<name>`."""
+    tenant = await service.tenant()
+    suffix = tenant.name.replace("-", "_")
+    await tenant.apply(
+        {
+            "name": "handoff_retry",
+            "steps": [
+                {
+                    "id": "extract",
+                    "type": "python",
+                    "script": "scripts/extract_cities.py",
+                    "outputs": {"städte": "cities.csv"},
+                },
+                {
+                    "id": "report",
+                    "type": "sql",
+                    "depends_on": ["extract"],
+                    "retry": {"max_attempts": 1},
+                    "sql": f"CREATE OR REPLACE TABLE report_{suffix} AS SELECT sum(people) AS n "
+                    f"FROM {{{{ steps.extract.outputs['städte'] }}}}, gate_{suffix}",
+                },
+            ],
+        }
+    )
+    run_id = (await tenant.http.post("/v1/pipelines/handoff_retry/runs", json={})).json()["id"]
+    failed = await wait_finished(tenant, run_id)
+    assert [s["status"] for s in failed["steps"]] == ["SUCCEEDED", "FAILED"], failed
+    await _sql(service, f"CREATE TABLE gate_{suffix} AS SELECT 1 AS x")
+    response = await tenant.http.post(f"/v1/runs/{run_id}/retry", json={})
+    assert response.status_code == 201, response.text
+    retried = await wait_finished(tenant, response.json()["id"])
+    assert retried["status"] == "SUCCEEDED", retried
+    extract = {s["step_id"]: s for s in retried["steps"]}["extract"]
+    assert len(extract["attempts"]) == 1  # reused, not run again
+    assert await _sql(service, f"SELECT n FROM report_{suffix}") == [(2_510_000,)]

@@ -235,3 +235,31 @@ async def test_access_token_is_sent_as_bearer(
             trino_step("SELECT 1"), make_ctx(tmp_path, source_dir)
         )
         assert standin.auth_headers[-1] == "Bearer jwt-token-123"
+
+
+async def test_a_connection_password_can_be_the_run_tenants_secret(
+    engine: DuckDBEngine, standin: TrinoStandIn, tmp_path: Path, source_dir: Path
+) -> None:
+    """`password: "{{ secrets.trino_pw }}"`: the value comes from the run's tenant secrets
+    (resolved by the activity into the step context), never from the worker's settings."""
+    import dataclasses
+
+    from steps.registry import build_executors, connection_secret_names
+
+    settings = resources(standin.port, password="{{ secrets.trino_pw }}")
+    catalog = EngineCatalog(engine, settings)
+    assert catalog.secret_names("warehouse") == {"trino_pw"}
+    assert connection_secret_names(build_executors(engine, settings), trino_step("SELECT 1")) == {
+        "trino_pw"
+    }
+    executor = SqlExecutor(catalog)
+    with pytest.raises(StepError) as missing:
+        await executor.execute(trino_step("SELECT 1"), make_ctx(tmp_path, source_dir))
+    assert missing.value.error_type == "SecretNotFound" and not missing.value.retryable
+    wrong = dataclasses.replace(make_ctx(tmp_path, source_dir), secrets={"trino_pw": "nope-123"})
+    with pytest.raises(StepError) as refused:
+        await executor.execute(trino_step("SELECT 1"), wrong)
+    assert refused.value.error_type == "AuthError"
+    right = dataclasses.replace(make_ctx(tmp_path, source_dir), secrets={"trino_pw": SECRET})
+    await executor.execute(trino_step("SELECT 1"), right)
+    assert standin.auth_headers[-1] is not None and standin.auth_headers[-1].startswith("Basic ")

@@ -264,3 +264,26 @@ def test_restore_points_come_from_rest_answers_and_savepoint_directories(tmp_pat
     assert recorded_point(tmp_path) is None
     record_point(tmp_path, points[0])
     assert recorded_point(tmp_path) == points[0]
+
+
+def test_ident_makes_a_backtick_quoted_flink_identifier(tmp_path: Path) -> None:
+    """Validation accepts `{{ x | ident }}` in Flink SQL; the run renders it as a name."""
+    sql = (
+        "INSERT INTO {{ params.sink | ident }} SELECT {{ params.sink }} AS s "
+        "FROM `{{ params.sink | ident }}_src` WHERE a = '{{ params.sink | ident }}';"
+    )
+    doc = {
+        "name": "p",
+        "params": {"sink": "x"},
+        "steps": [{"id": "f", "type": "flink", "sql": sql}],
+    }
+    validate_pipeline(doc, source_dir=tmp_path)
+    run = RUN.model_copy(update={"params": {"sink": "odd`name"}})
+    assert render_flink_sql(sql, run) == [
+        "INSERT INTO `odd``name` SELECT 'odd`name' AS s "
+        "FROM `odd``name_src` WHERE a = '`odd``name`'"
+    ]
+    for bad in ("", 3, "a\x00b"):
+        bad_run = RUN.model_copy(update={"params": {"sink": bad}})
+        with pytest.raises(ValueError, match="ident"):
+            render_flink_sql("SELECT 1 FROM {{ params.sink | ident }}", bad_run)

@@ -86,3 +86,38 @@ async def test_attempt_counts_attempts_spent_before_a_lost_worker(
     assert result.attempt == 5
     assert result.started_at is not None and result.finished_at is not None
     assert result.started_at <= result.finished_at
+
+
+async def test_a_table_written_on_another_workers_duckdb_fails_with_that_said(
+    tmp_path: Path,
+) -> None:
+    """Two workers, two DuckDB warehouses: the downstream step on the other worker is told
+    where its table is, instead of DuckDB's bare 'table does not exist'."""
+    from temporalio.exceptions import ApplicationError
+
+    from schemas.run import UpstreamResult
+
+    first, second = DuckDBEngine(tmp_path / "w1.duckdb"), DuckDBEngine(tmp_path / "w2.duckdb")
+    try:
+        write = SqlStep(id="a", type="sql", sql="CREATE TABLE t AS SELECT 1 AS x")
+        env, _ = environment(None)
+        await env.run(
+            StepActivities(build_executors(first), tmp_path / "w1", warehouse=first).run_step,
+            step_input(write, tmp_path),
+        )
+        read = SqlStep(id="b", type="sql", sql="SELECT * FROM {{ steps.a.outputs['t'] }}")
+        upstream = step_input(read, tmp_path).model_copy(
+            update={"upstream": {"a": UpstreamResult(tables={"t": "t"})}}
+        )
+        same = StepActivities(build_executors(first), tmp_path / "w1", warehouse=first)
+        env, _ = environment(None)
+        await env.run(same.run_step, upstream)  # on the worker that has it: fine
+        other = StepActivities(build_executors(second), tmp_path / "w2", warehouse=second)
+        env, _ = environment(None)
+        with pytest.raises(ApplicationError) as caught:
+            await env.run(other.run_step, upstream)
+        assert caught.value.type == "TableOnOtherWorker" and caught.value.non_retryable
+        assert "'t' (from step 'a')" in caught.value.message
+    finally:
+        first.close()
+        second.close()

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from pipeline_service.api.definitions import check_definition, invalid
+from pipeline_service.api.definitions import Checked, check_definition, invalid
 from pipeline_service.api.deps import OperatorDep, ReaderDep, ServicesDep, SessionDep, tenant_of
 from pipeline_service.api.models import (
     DefinitionIn,
@@ -27,7 +27,9 @@ from pipeline_service.api.models import (
     VersionPublic,
 )
 from pipeline_service.api.problems import ProblemError, not_found
+from pipeline_service.bundles import bundle_dir, store_bundle
 from pipeline_service.db import pipelines as repo
+from pipeline_service.db import quotas
 from pipeline_service.db.models import Pipeline, PipelineVersion
 from pipeline_service.db.outbox import add_event
 from schemas.events import EventType
@@ -85,6 +87,20 @@ def _detail(session: Session, pipeline: Pipeline, number: int | None = None) -> 
     )
 
 
+def _within_quota(session: Session, tenant_id: int, checked: Checked) -> None:
+    """A definition the tenant's quota would refuse to run is refused when stored, too."""
+    steps = [step.type for step in checked.definition.steps]
+    problems = quotas.definition_problems(quotas.get_quota(session, tenant_id), steps)
+    if problems:
+        raise ProblemError(403, "; ".join(problems))
+
+
+def _store_bundle(session: Session, tenant_id: int, checked: Checked) -> str | None:
+    if checked.files is None:
+        return None
+    return store_bundle(session, tenant_id, checked.files)
+
+
 def _event(session: Session, pipeline: Pipeline, type: EventType, actor: str) -> None:
     add_event(
         session,
@@ -106,8 +122,9 @@ def create(
 ) -> PipelineDetail:
     """Store a new pipeline (status DRAFT) from a valid definition."""
     tenant = tenant_of(principal)
-    checked = check_definition(body, services.settings.source_dir)
+    checked = check_definition(body, services.settings.source_dir, services.settings.bundle_cache)
     name = checked.definition.name
+    _within_quota(session, tenant.id, checked)
     if repo.get_pipeline(session, tenant.id, name) is not None:
         raise ProblemError(409, f"pipeline '{name}' exists already; PUT /v1/pipelines/{name}")
     try:
@@ -118,6 +135,7 @@ def create(
             checked.data,
             actor=principal.actor,
             source_text=checked.source,
+            bundle_digest=_store_bundle(session, tenant.id, checked),
         )
         _event(session, pipeline, EventType.PIPELINE_CREATED, principal.actor)
         session.commit()
@@ -157,7 +175,7 @@ def validate_dry_run(
 ) -> ValidationReport:
     """Validate a definition without storing anything (for an editor, as the user types):
     422 lists every problem with its path and, for YAML text, its line and column."""
-    checked = check_definition(body, services.settings.source_dir)
+    checked = check_definition(body, services.settings.source_dir, services.settings.bundle_cache)
     return _report(checked.definition)
 
 
@@ -211,17 +229,24 @@ def update(
     pipeline = _pipeline(session, tenant_of(principal).id, name)
     if pipeline.status == PipelineStatus.ARCHIVED.value:
         raise ProblemError(409, f"pipeline '{name}' is archived")
-    checked = check_definition(body, services.settings.source_dir)
+    checked = check_definition(body, services.settings.source_dir, services.settings.bundle_cache)
     if checked.definition.name != name:
         raise ProblemError(
             422,
             f"the definition's name '{checked.definition.name}' differs from '{name}' "
             "(a pipeline cannot be renamed)",
         )
+    _within_quota(session, pipeline.tenant_id, checked)
     current = _version(session, pipeline, pipeline.current_version)
-    if repo.definition_digest(checked.data) != current.digest:
+    bundle = _store_bundle(session, pipeline.tenant_id, checked)
+    if repo.definition_digest(checked.data, bundle) != current.digest:
         repo.add_version(
-            session, pipeline, checked.data, actor=principal.actor, source_text=checked.source
+            session,
+            pipeline,
+            checked.data,
+            actor=principal.actor,
+            source_text=checked.source,
+            bundle_digest=bundle,
         )
         _event(session, pipeline, EventType.PIPELINE_UPDATED, principal.actor)
         session.commit()
@@ -235,8 +260,13 @@ def validate_stored(
     """Validate the current version against the tenant's context: VALIDATED, or 422."""
     pipeline = _pipeline(session, tenant_of(principal).id, name)
     version = _version(session, pipeline, pipeline.current_version)
+    source_dir = services.settings.source_dir
+    if version.bundle_digest is not None:
+        source_dir = bundle_dir(
+            session, pipeline.tenant_id, version.bundle_digest, services.settings.bundle_cache
+        )
     try:
-        validate_pipeline(version.definition, source_dir=services.settings.source_dir)
+        validate_pipeline(version.definition, source_dir=source_dir)
     except PipelineValidationError as exc:
         raise invalid(exc, None) from None
     if pipeline.status == PipelineStatus.DRAFT.value:

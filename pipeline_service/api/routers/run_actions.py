@@ -14,7 +14,7 @@ from pydantic import Field
 from pipeline_service.api.deps import OperatorDep, ServicesDep, tenant_of
 from pipeline_service.api.models import Request, RunDetail
 from pipeline_service.api.problems import ProblemError, not_found
-from pipeline_service.api.routers.runs import IDEMPOTENCY_KEY_PATTERN, _detail, _run
+from pipeline_service.api.routers.runs import IDEMPOTENCY_KEY_PATTERN, _detail, _run, refused
 from pipeline_service.db import runs as repo
 from pipeline_service.db.models import PipelineVersion, Run, StepRun
 from pipeline_service.db.recording import record_run_events
@@ -88,6 +88,7 @@ async def retry(
                 step_id: StepResult(
                     rows_affected=row.rows_affected,
                     outputs=row.outputs or {},
+                    tables=row.tables or {},
                     log_path=row.log_path,
                     started_at=row.started_at,
                     finished_at=row.finished_at,
@@ -121,9 +122,10 @@ async def retry(
             request,
             task_queue=services.settings.task_queue,
             source_dir=services.settings.source_dir,
+            bundle_cache=services.settings.bundle_cache,
         )
     except LaunchRefused as exc:
-        raise ProblemError(exc.status, exc.detail) from None
+        raise refused(exc) from None
 
     def answer() -> RunDetail:
         with services.sessions() as session:
@@ -161,6 +163,7 @@ def mark_step(
             error=latest.error,
             error_type=latest.error_type,
             outputs=latest.outputs or {},
+            tables=latest.tables or {},
             marked_by=principal.actor,
             mark_reason=body.reason,
         )

@@ -32,6 +32,7 @@ from pipeline_service.api.models import (
 from pipeline_service.api.problems import ProblemError, not_found
 from pipeline_service.api.routers.pipelines import decode_cursor, encode_cursor
 from pipeline_service.api.services import Services
+from pipeline_service.db import quotas
 from pipeline_service.db import runs as repo
 from pipeline_service.db.models import PipelineVersion, Run, StepRun
 from pipeline_service.db.pipelines import get_pipeline
@@ -76,6 +77,8 @@ def _public(session: Session, run: Run) -> RunPublic:
         duration_ms=_ms(run.started_at, run.finished_at),
         error=run.error,
         retry_of=retry_of.public_id if retry_of else None,
+        waiting=run.submitted_at is None and run.status == RecordedRunStatus.QUEUED.value,
+        priority=run.priority,
     )
 
 
@@ -105,6 +108,7 @@ def _attempt(row: StepRun, work_dir: Path) -> StepAttempt:
         error_type=row.error_type,
         rows_affected=row.rows_affected,
         outputs=row.outputs or {},
+        tables=row.tables or {},
         log_tail=_log_tail(row.log_path, work_dir),
         marked_by=row.marked_by,
         mark_reason=row.mark_reason,
@@ -129,6 +133,11 @@ def _detail(session: Session, run: Run, work_dir: Path) -> RunDetail:
             )
         )
     return RunDetail(**_public(session, run).model_dump(), steps=steps)
+
+
+def refused(exc: LaunchRefused) -> ProblemError:
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+    return ProblemError(exc.status, exc.detail, headers=headers)
 
 
 def _run(session: Session, tenant_id: int, run_id: str) -> Run:
@@ -176,9 +185,10 @@ async def trigger(
             request,
             task_queue=services.settings.task_queue,
             source_dir=services.settings.source_dir,
+            bundle_cache=services.settings.bundle_cache,
         )
     except LaunchRefused as exc:
-        raise ProblemError(exc.status, exc.detail) from None
+        raise refused(exc) from None
     except PipelineValidationError as exc:
         raise invalid(exc, None) from None
     except RPCError as exc:
@@ -263,6 +273,8 @@ async def cancel(run_id: str, principal: OperatorDep, services: ServicesDep) -> 
     run = await anyio.to_thread.run_sync(load)
     if run.status in RUN_FINISHED:
         raise ProblemError(409, f"run {run_id} has finished ({run.status})")
+    if await anyio.to_thread.run_sync(_cancel_waiting, services, run, principal.actor):
+        return await anyio.to_thread.run_sync(_answer, services, run.id)
     temporal = await services.temporal_client()
     try:
         await temporal.get_workflow_handle(run.workflow_id).cancel()
@@ -279,6 +291,25 @@ async def cancel(run_id: str, principal: OperatorDep, services: ServicesDep) -> 
             return _detail(session, fresh, services.settings.work_dir)
 
     return await anyio.to_thread.run_sync(answer)
+
+
+def _answer(services: Services, run_id: int) -> RunDetail:
+    with services.sessions() as session:
+        fresh = session.get(Run, run_id)
+        assert fresh is not None
+        return _detail(session, fresh, services.settings.work_dir)
+
+
+def _cancel_waiting(services: Services, run: Run, actor: str) -> bool:
+    """Cancel a run still waiting in the tenant's queue (under the tenant's lock, so the
+    dispatcher cannot start it meanwhile); False if it has a slot (its workflow runs)."""
+    with transaction(services.sessions) as session:
+        quotas.lock_quota(session, run.tenant_id)
+        fresh = session.get(Run, run.id)
+        if fresh is None or fresh.submitted_at is not None or fresh.status in RUN_FINISHED:
+            return False
+        quotas.cancel_waiting(session, fresh, f"cancelled by {actor} while waiting for a slot")
+        return True
 
 
 def _cancel_unstarted(services: Services, run: Run) -> None:

@@ -1,0 +1,1 @@
+"""The tenant secret store: encrypted at rest, resolved only inside activities."""
