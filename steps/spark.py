@@ -120,8 +120,12 @@ class SparkExecutor:
             raise
         finally:
             await _finish(poller)
-            progress.rest = None  # the driver is gone: the log has the last word
             await _finish(follower)
+            # The driver is gone: the log, read to its end, has the last word (the REST API's
+            # figures are from the last poll, before the final stages finished).
+            if progress.rest is not None:
+                progress.rest = None
+                ctx.heartbeat(progress.details())
             if not group_alive(group):
                 pid_file.unlink(missing_ok=True)
         if group_alive(group):
