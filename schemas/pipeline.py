@@ -423,11 +423,31 @@ def _flink_conf_key(key: str) -> str:
     return key
 
 
+STREAMING_TIMEOUT = timedelta(days=365)
+"""The timeout of a streaming Flink step that runs until cancelled and sets none."""
+STREAMING_STOP_ROOM = timedelta(minutes=5)
+"""Room a streaming step with `until:` gets by default past it to stop with a savepoint."""
+
+
+def _stream_end(value: Any) -> Any:
+    """`until: cancelled` (or nothing) runs until the run is cancelled; else a duration."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "cancelled"):
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise ValueError(
+            f"invalid 'until' {value!r}: use 'cancelled' or a duration such as '30m' or '2h'"
+        ) from None
+
+
 class FlinkStep(StepBase):
     """Flink SQL statements or a jar job on a Flink session cluster.
 
     `{{ ... }}` in `sql` become SQL literals (quoted and escaped), never SQL text. A batch job
-    succeeds when it finishes; a streaming job once it runs.
+    succeeds when it finishes. A streaming job is watched while it runs: the step runs until
+    the run is cancelled (or for `until`), stopping the job with a savepoint, and a failed job
+    is restarted from its latest checkpoint by the step's retries.
     """
 
     type: Literal["flink"]
@@ -438,8 +458,27 @@ class FlinkStep(StepBase):
     mode: Literal["batch", "streaming"] = "batch"
     parallelism: int | None = Field(None, ge=1, le=10000)
     savepoint_path: str | None = Field(None, min_length=1)
-    """Streaming: start from this savepoint, and stop with a savepoint here on cancel."""
+    """Streaming: a directory. A first attempt starts from the newest savepoint in it (or from
+    it, if it is a savepoint itself); cancelling stops the job with a savepoint there; the
+    job's checkpoints go to `<savepoint_path>/checkpoints` unless `conf` says otherwise."""
+    until: Annotated[PositiveDuration | None, BeforeValidator(_stream_end)] = None
+    """Streaming: how long the step runs before it stops the job with a savepoint and
+    succeeds; `cancelled` (the default): until the run is cancelled or the job finishes."""
     conf: dict[Annotated[str, AfterValidator(_flink_conf_key)], str] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _streaming_steps_default_to_long_timeout(cls, data: Any) -> Any:
+        """A streaming step is meant to keep running: without a `timeout` it gets `until` plus
+        room to stop, or STREAMING_TIMEOUT when it runs until cancelled."""
+        if isinstance(data, dict) and data.get("mode") == "streaming" and "timeout" not in data:
+            try:
+                until = _stream_end(data.get("until"))
+            except ValueError:
+                return data  # the field's own validation reports it
+            timeout = STREAMING_TIMEOUT if until is None else until + STREAMING_STOP_ROOM
+            data = {**data, "timeout": timeout}
+        return data
 
     @model_validator(mode="after")
     def _one_kind_of_job(self) -> FlinkStep:
@@ -449,6 +488,20 @@ class FlinkStep(StepBase):
             raise ValueError("'args' and 'entry_class' go with a 'jar'")
         if self.jar is not None and not self.jar.endswith(".jar"):
             raise ValueError(f"jar {self.jar!r} must be a .jar file")
+        if self.savepoint_path and not (
+            self.savepoint_path.startswith("/") or "://" in self.savepoint_path
+        ):
+            raise ValueError(
+                f"savepoint_path {self.savepoint_path!r} must be an absolute path or a URI "
+                "(s3://bucket/savepoints/step): the Flink cluster resolves it, not the pipeline"
+            )
+        if self.until is not None and self.mode != "streaming":
+            raise ValueError("'until' applies to streaming steps (a batch job ends by itself)")
+        if self.until is not None and self.until >= self.timeout:
+            raise ValueError(
+                f"'until' ({self.until.total_seconds():g}s) must be shorter than 'timeout' "
+                f"({self.timeout.total_seconds():g}s): the step needs time to take its savepoint"
+            )
         return self
 
 

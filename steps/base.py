@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +12,7 @@ from schemas.pipeline import SecretRef, StepBase
 from schemas.run import RunContext, StepResult, UpstreamResult
 from schemas.templating import render_text
 
-__all__ = ["StepContext", "StepError", "StepExecutor", "StepResult"]
+__all__ = ["StepContext", "StepError", "StepExecutor", "StepResult", "step_tag"]
 
 S_contra = TypeVar("S_contra", bound=StepBase, contravariant=True)
 
@@ -71,3 +72,9 @@ class StepExecutor(Protocol[S_contra]):
     """One per step type. `execute` is cancelled (asyncio) on timeout, cancel or shutdown."""
 
     async def execute(self, step: S_contra, ctx: StepContext) -> StepResult: ...
+
+
+def step_tag(idempotency_key: str) -> str:
+    """A stable, shell-safe tag for what a step starts outside Laminar (drivers, jobs, pods):
+    the same for every attempt, so an attempt finds what an earlier one left running."""
+    return hashlib.sha256(idempotency_key.encode()).hexdigest()[:20]

@@ -4,27 +4,37 @@ API; jobs followed, explained and cancelled through the JobManager's REST API.
 Every job id a step starts is recorded in its work directory as soon as it is known, and SQL
 jobs are named after the step's idempotency key, so an attempt first cancels whatever an
 earlier attempt left running on the cluster (its worker died mid-job).
+
+A streaming step keeps running while its job does (steps/flink_stream.py): until the run is
+cancelled, which stops the job with a savepoint, or for its `until`. A job that fails fails
+the attempt; the next attempt (the step's retry policy) restarts it from its latest
+checkpoint. An attempt whose worker died follows on the job its predecessor started.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import shlex
+import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from schemas.pipeline import FlinkStep
 from schemas.templating import render_text
-from steps.base import StepContext, StepError, StepResult
+from steps.base import StepContext, StepError, StepResult, step_tag
+from steps.driver_output import exception_lines
 from steps.flink_job import (
     FlinkOptions,
     client_conf_dir,
+    flink_uri,
     job_config,
     job_name,
     sql_command,
+    streaming_config,
     write_sql_job,
 )
 from steps.flink_rest import (
@@ -34,10 +44,16 @@ from steps.flink_rest import (
     exception_headline,
     vertex_progress,
 )
-from steps.process import die_with_parent
-from steps.process_groups import tagged_groups, terminate_group
-from steps.spark_output import exception_lines
-from steps.spark_submit import step_tag
+from steps.flink_stream import (
+    UNTIL,
+    RestorePoint,
+    find_restore_point,
+    record_point,
+    watch_job,
+)
+from steps.process import spawn_group, tagged_groups, terminate_group
+
+log = logging.getLogger(__name__)
 
 LOG_NAME = "step.log"
 JOBS_NAME = "flink-jobs.txt"
@@ -55,20 +71,34 @@ class FlinkExecutor:
         work_dir = ctx.work_dir.resolve()
         work_dir.mkdir(parents=True, exist_ok=True)
         tag = step_tag(ctx.idempotency_key)
-        config = job_config(step, self.options, tag)  # fails early without a cluster
+        job_config(step, self.options, tag)  # fails early without a cluster
         assert self.options.rest_url is not None
         rest = FlinkRest(self.options.rest_url)
         jobs: list[str] = []
+        streaming = step.mode == "streaming"
         try:
-            await self._stop_earlier_attempts(rest, tag, work_dir)
+            earlier, adopted = await self._stop_earlier_attempts(rest, tag, work_dir, streaming)
             try:
-                if step.sql is not None:
-                    await self._run_sql(step, ctx, rest, config, tag, work_dir, jobs)
+                restore = None
+                if adopted is not None:
+                    _note(work_dir, f"following job {adopted}, which an earlier attempt started")
+                    _record(jobs, adopted, work_dir)
                 else:
-                    await self._run_jar(step, ctx, rest, work_dir, jobs)
-                return await self._settle(step, ctx, rest, jobs, work_dir)
+                    if streaming:
+                        restore = await find_restore_point(rest, step, work_dir, earlier)
+                        _note_restart(ctx, work_dir, restore)
+                    path = restore.path if restore else None
+                    if step.sql is not None:
+                        config = job_config(step, self.options, tag, path)
+                        await self._run_sql(step, ctx, rest, config, tag, work_dir, jobs, path)
+                    else:
+                        await self._run_jar(step, ctx, rest, work_dir, jobs, path)
+                    result = await self._settle(step, ctx, rest, jobs, work_dir)
+                    if not streaming or not jobs:
+                        return result
+                return await self._watch(step, ctx, rest, jobs, work_dir, restore)
             except asyncio.CancelledError:
-                await self._stop_jobs(step, rest, jobs)
+                await self._stop_jobs(step, rest, jobs, work_dir)
                 raise
         finally:
             await rest.close()
@@ -84,8 +114,9 @@ class FlinkExecutor:
         tag: str,
         work_dir: Path,
         jobs: list[str],
+        restore_path: str | None,
     ) -> None:
-        job_path = write_sql_job(step, self.options, ctx, tag, work_dir)
+        job_path = write_sql_job(step, self.options, ctx, tag, work_dir, restore_path)
         argv = sql_command(self.options, job_path, tag)
         env = {name: os.environ[name] for name in _PASSED_THROUGH if name in os.environ}
         env.update(
@@ -101,16 +132,7 @@ class FlinkExecutor:
             log.write(f"--- attempt {ctx.attempt}: {shlex.join(argv)} ---\n".encode())
             log.flush()
             start = log.tell()
-            process = await asyncio.create_subprocess_exec(
-                *die_with_parent(),
-                *argv,
-                cwd=work_dir,
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-            )
+            process = await spawn_group(argv, cwd=work_dir, env=env, stdout=asyncio.subprocess.PIPE)
             follow = asyncio.create_task(self._follow_jobs(rest, jobs, ctx))
             try:
                 assert process.stdout is not None
@@ -125,7 +147,13 @@ class FlinkExecutor:
             raise await self._failure(rest, jobs, log_path, start, f"exited with {returncode}")
 
     async def _run_jar(
-        self, step: FlinkStep, ctx: StepContext, rest: FlinkRest, work_dir: Path, jobs: list[str]
+        self,
+        step: FlinkStep,
+        ctx: StepContext,
+        rest: FlinkRest,
+        work_dir: Path,
+        jobs: list[str],
+        restore_path: str | None,
     ) -> None:
         assert step.jar is not None
         root = ctx.source_dir.resolve()
@@ -144,8 +172,10 @@ class FlinkExecutor:
             body["entryClass"] = step.entry_class
         if step.parallelism:
             body["parallelism"] = step.parallelism
-        if step.mode == "streaming" and step.savepoint_path:
-            body["savepointPath"] = step.savepoint_path
+        if step.mode == "streaming":
+            body["flinkConfiguration"] = {**step.conf, **streaming_config(step)}
+            if restore_path:
+                body["savepointPath"] = flink_uri(restore_path)
         try:
             job_id = await rest.run_jar(jar_id, body)
         except FlinkRestError as exc:
@@ -243,34 +273,129 @@ class FlinkExecutor:
 
     # --- stopping jobs --------------------------------------------------------------------
 
-    async def _stop_jobs(self, step: FlinkStep, rest: FlinkRest, jobs: list[str]) -> None:
+    async def _watch(
+        self,
+        step: FlinkStep,
+        ctx: StepContext,
+        rest: FlinkRest,
+        jobs: list[str],
+        work_dir: Path,
+        restore: RestorePoint | None,
+    ) -> StepResult:
+        """A streaming step runs while its job does (see steps/flink_stream.py)."""
+        if len(jobs) != 1:
+            await self._stop_jobs(step, rest, jobs, work_dir)
+            raise StepError(
+                f"a streaming step runs one job, this one started {len(jobs)}: put its INSERT "
+                "statements in one EXECUTE STATEMENT SET BEGIN ... END",
+                error_type="FlinkUserError",
+                retryable=False,
+            )
+        [job_id] = jobs
+        until = step.until.total_seconds() if step.until is not None else None
+        state, latest = await watch_job(
+            rest, job_id, ctx, work_dir, until=until, poll=self.options.poll_interval
+        )
+        outputs: dict[str, Any] = {"job_ids": jobs, "mode": step.mode, "state": state}
+        if restore is not None:
+            outputs["restored_from"] = restore.path
+        if latest is not None:
+            outputs["checkpoint"] = latest.path
+        if state == UNTIL:
+            outputs["savepoint"] = await self._stop_job(step, rest, job_id, work_dir)
+            outputs["state"] = "STOPPED"
+        elif state == "FAILED":
+            error = await self._failure(rest, jobs, work_dir / LOG_NAME, None, "failed")
+            # No checkpoint of its own yet: the point it started from is still the newest.
+            resume = latest or restore
+            then = f"from {resume.describe()}" if resume else "without state (no checkpoint yet)"
+            raise StepError(
+                f"{error.message}\n(a retry restarts the job {then})",
+                error_type=error.error_type,
+                retryable=error.retryable,
+            )
+        elif state == "CANCELED":
+            raise StepError(
+                f"Flink job {job_id} was cancelled on the cluster, not by Laminar",
+                error_type="FlinkJobCancelled",
+                retryable=False,
+            )
+        elif state != "FINISHED":
+            raise StepError(f"Flink job {job_id} is {state}", error_type="FlinkJobFailed")
+        return StepResult(outputs=outputs, log_path=str(work_dir / LOG_NAME))
+
+    # --- stopping jobs --------------------------------------------------------------------
+
+    async def _stop_jobs(
+        self, step: FlinkStep, rest: FlinkRest, jobs: list[str], work_dir: Path
+    ) -> None:
         for job_id in jobs:
             with contextlib.suppress(FlinkRestError, OSError):
-                if (await rest.job(job_id))["state"] in TERMINAL:
-                    continue
-                if step.mode == "streaming" and step.savepoint_path:
-                    await rest.stop_with_savepoint(job_id, step.savepoint_path)
-                else:
-                    await rest.cancel(job_id)
+                if (await rest.job(job_id))["state"] not in TERMINAL:
+                    await self._stop_job(step, rest, job_id, work_dir)
 
-    async def _stop_earlier_attempts(self, rest: FlinkRest, tag: str, work_dir: Path) -> None:
+    async def _stop_job(
+        self, step: FlinkStep, rest: FlinkRest, job_id: str, work_dir: Path
+    ) -> str | None:
+        """A streaming job with a `savepoint_path` stops with a savepoint there, recorded for
+        the next start; any other job (or a savepoint that fails) is cancelled."""
+        if step.mode == "streaming" and step.savepoint_path:
+            try:
+                target = flink_uri(step.savepoint_path)
+                request = await rest.stop_with_savepoint(job_id, target)
+                location = await rest.savepoint_location(
+                    job_id, request, self.options.savepoint_timeout
+                )
+            except (FlinkRestError, OSError) as exc:
+                _note(work_dir, f"stopping job {job_id} with a savepoint failed ({exc}): cancel")
+            else:
+                point = RestorePoint(location, "savepoint", time.time() * 1000, job_id)
+                record_point(work_dir, point)
+                _note(work_dir, f"stopped job {job_id} with a savepoint at {location}")
+                await self._terminal(rest, job_id)  # the job ends just after its savepoint
+                return location
+        await rest.cancel(job_id)
+        return None
+
+    async def _stop_earlier_attempts(
+        self, rest: FlinkRest, tag: str, work_dir: Path, adopt: bool
+    ) -> tuple[list[str], str | None]:
+        """Stop what earlier attempts of this step left running: their drivers, and their
+        jobs, except a streaming step's one running job, which this attempt follows on
+        (`adopt`). Returns the earlier jobs (newest last) and the one adopted."""
         groups = tagged_groups(f"laminar-tag={tag}")
         await asyncio.gather(*(terminate_group(g, self.options.terminate_grace) for g in groups))
-        recorded = set(_recorded(work_dir))
+        recorded = _recorded(work_dir)
         name = job_name(tag)
-        stale = [
-            job["jid"]
-            for job in await rest.jobs()
-            if job.get("state") not in TERMINAL
-            and (job["jid"] in recorded or str(job.get("name", "")).startswith(name))
+        earlier = [
+            job
+            for job in sorted(await rest.jobs(), key=lambda j: j.get("start-time", 0))
+            if job["jid"] in recorded or str(job.get("name", "")).startswith(name)
         ]
+        stale = [job["jid"] for job in earlier if job.get("state") not in TERMINAL]
+        adopted = stale.pop() if adopt and len(stale) == 1 else None
         if stale or groups:
-            with (work_dir / LOG_NAME).open("a") as log:
-                log.write(f"laminar: stopping an earlier attempt: jobs {stale}, drivers {groups}\n")
+            _note(work_dir, f"stopping an earlier attempt: jobs {stale}, drivers {sorted(groups)}")
         for job_id in stale:
             with contextlib.suppress(FlinkRestError):
                 await rest.cancel(job_id)
         (work_dir / JOBS_NAME).unlink(missing_ok=True)
+        return [job["jid"] for job in earlier], adopted
+
+
+def _note(work_dir: Path, text: str) -> None:
+    """A line of Laminar's own in the step log (and the worker's log)."""
+    log.info("flink step: %s", text)
+    with (work_dir / LOG_NAME).open("a") as f:
+        f.write(f"laminar: {text}\n")
+
+
+def _note_restart(ctx: StepContext, work_dir: Path, restore: RestorePoint | None) -> None:
+    if restore is not None:
+        _note(work_dir, f"attempt {ctx.attempt}: starting from {restore.describe()}")
+        log.warning("flink step %s restarts from %s", ctx.step_id, restore.describe())
+    elif ctx.attempt > 1:
+        _note(work_dir, f"attempt {ctx.attempt}: no checkpoint or savepoint, starting afresh")
 
 
 def _record(jobs: list[str], job_id: str, work_dir: Path) -> None:

@@ -31,7 +31,7 @@ from schemas.templating import (
 )
 from steps.base import StepContext, StepError
 from steps.flink_local import DEFAULT_TOOL_DIR, FlinkNotInstalled, flink_config, flink_home
-from steps.spark_submit import split_spark_sql
+from steps.sql_split import split_statements
 
 SQL_DRIVER = Path(__file__).with_name("flink_sql_driver.py")
 SQL_JOB_NAME = "flink_sql_job.json"
@@ -49,6 +49,8 @@ class FlinkOptions(BaseModel):
     python: str = sys.executable
     poll_interval: float = 1.0
     terminate_grace: float = 5.0
+    savepoint_timeout: float = 60.0
+    """How long stopping a streaming job waits for its savepoint before cancelling it."""
 
 
 def job_name(tag: str) -> str:
@@ -119,7 +121,7 @@ def render_flink_sql(
         raise
     except RENDER_ERRORS as exc:
         raise TemplateProblem(f"template error: {exc}") from exc
-    return split_spark_sql(_place_literals(text, collector))
+    return split_statements(_place_literals(text, collector), "spark")
 
 
 _PLACEHOLDER = re.compile(r"\x00lam(\d+)\x00")
@@ -193,8 +195,34 @@ def rest_target(url: str) -> tuple[str, int]:
     return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
 
 
-def job_config(step: FlinkStep, options: FlinkOptions, tag: str) -> dict[str, str]:
-    """Flink options for the jobs of one attempt: the step's own, then the platform's."""
+CHECKPOINT_INTERVAL = "1 min"
+"""Streaming jobs checkpoint this often unless `conf` sets `execution.checkpointing.interval`."""
+
+
+def flink_uri(path: str) -> str:
+    """A location as Flink's file systems want it: an absolute local path gets `file://`."""
+    return f"file://{path}" if path.startswith("/") else path
+
+
+def streaming_config(step: FlinkStep) -> dict[str, str]:
+    """What a streaming job needs to be restarted from a checkpoint: periodic checkpoints,
+    written out (under `<savepoint_path>/checkpoints` by default) and kept when the job ends.
+    The step's own `conf` wins over each of these."""
+    config = {
+        "execution.checkpointing.interval": CHECKPOINT_INTERVAL,
+        "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
+    }
+    if step.savepoint_path:
+        checkpoints = step.savepoint_path.rstrip("/") + "/checkpoints"
+        config["execution.checkpointing.dir"] = flink_uri(checkpoints)
+    return {key: value for key, value in config.items() if key not in step.conf}
+
+
+def job_config(
+    step: FlinkStep, options: FlinkOptions, tag: str, restore_path: str | None = None
+) -> dict[str, str]:
+    """Flink options for the jobs of one attempt: the step's own, then the platform's.
+    `restore_path`: the checkpoint or savepoint a streaming job starts from."""
     if options.rest_url is None:
         raise StepError(
             "no Flink cluster configured: set LAMINAR_FLINK__REST_URL (a session cluster's REST "
@@ -204,6 +232,8 @@ def job_config(step: FlinkStep, options: FlinkOptions, tag: str) -> dict[str, st
         )
     host, port = rest_target(options.rest_url)
     config = dict(step.conf)
+    if step.mode == "streaming":
+        config.update(streaming_config(step))
     config.update(
         {
             "execution.target": "remote",
@@ -215,19 +245,24 @@ def job_config(step: FlinkStep, options: FlinkOptions, tag: str) -> dict[str, st
     )
     if step.parallelism:
         config["parallelism.default"] = str(step.parallelism)
-    if step.mode == "streaming" and step.savepoint_path:
-        config["execution.state-recovery.path"] = step.savepoint_path
+    if step.mode == "streaming" and restore_path:
+        config["execution.state-recovery.path"] = flink_uri(restore_path)
     return config
 
 
 def write_sql_job(
-    step: FlinkStep, options: FlinkOptions, ctx: StepContext, tag: str, work_dir: Path
+    step: FlinkStep,
+    options: FlinkOptions,
+    ctx: StepContext,
+    tag: str,
+    work_dir: Path,
+    restore_path: str | None = None,
 ) -> Path:
     assert step.sql is not None
     job = {
         "mode": step.mode,
         "job_name": job_name(tag),
-        "config": job_config(step, options, tag),
+        "config": job_config(step, options, tag, restore_path),
         "statements": render_flink_sql(step.sql, ctx.run, ctx.upstream),
     }
     path = work_dir / SQL_JOB_NAME

@@ -21,8 +21,7 @@ from typing import Any
 import httpx
 import yaml
 
-from steps.process import die_with_parent
-from steps.process_groups import signal_group
+from steps.process import die_with_parent, signal_group
 
 DEFAULT_TOOL_DIR = Path(__file__).resolve().parent.parent / ".tools" / "flink"
 """Where `make flink` installs the Flink distribution (override: LAMINAR_FLINK__TOOL_DIR)."""

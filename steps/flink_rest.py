@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,32 @@ class FlinkRest:
     async def stop_with_savepoint(self, job_id: str, directory: str) -> str:
         body = {"targetDirectory": directory, "drain": False}
         return str((await self._call("POST", f"/jobs/{job_id}/stop", json=body))["request-id"])
+
+    async def savepoint_location(self, job_id: str, request_id: str, wait: float) -> str:
+        """Where a triggered savepoint (or stop-with-savepoint) went, once it completed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            info = await self._call("GET", f"/jobs/{job_id}/savepoints/{request_id}")
+            if info.get("status", {}).get("id") == "COMPLETED":
+                operation = info.get("operation") or {}
+                if "location" in operation:
+                    return str(operation["location"])
+                cause = (operation.get("failure-cause") or {}).get("stack-trace", "")
+                raise FlinkRestError(
+                    f"savepoint of job {job_id} failed: {exception_headline(cause)}"
+                )
+            if loop.time() > deadline:
+                raise FlinkRestError(f"savepoint of job {job_id} not done after {wait:g}s")
+            await asyncio.sleep(0.2)
+
+    async def checkpoints(self, job_id: str) -> dict[str, Any]:
+        """The job's checkpoint statistics (`latest.completed`, `.savepoint`, `.restored`);
+        empty when checkpointing is off."""
+        try:
+            return dict(await self._call("GET", f"/jobs/{job_id}/checkpoints"))
+        except FlinkRestError:
+            return {}  # "Checkpointing has not been enabled", or a job the cluster forgot
 
     async def root_exception(self, job_id: str) -> str | None:
         """The exception that failed the job: the newest entry of its exception history."""

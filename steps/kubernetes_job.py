@@ -20,9 +20,8 @@ from pydantic import BaseModel, ConfigDict
 
 from schemas.pipeline import PythonStep
 from schemas.templating import render_text
-from steps.base import StepContext, StepError, StepResult
+from steps.base import StepContext, StepError, StepResult, step_tag
 from steps.python_script import resolve_script
-from steps.spark_submit import step_tag
 
 LABEL = "laminar.dev/step"
 LOG_NAME = "step.log"

@@ -8,11 +8,9 @@ environment is never passed through; only PATH, locale, and what the step declar
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import re
-import signal
 import sys
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -21,7 +19,7 @@ from schemas.pipeline import PythonStep
 from schemas.templating import render_text
 from steps.base import StepContext, StepError, StepResult
 from steps.engines.duckdb import DuckDBEngine
-from steps.process import die_with_parent
+from steps.process import group_alive, spawn_group, terminate_group
 from steps.python_env import default_environments, ensure_environment
 
 LOG_NAME = "step.log"
@@ -186,71 +184,19 @@ class PythonScriptExecutor:
         env: dict[str, str],
         log: BinaryIO,
     ) -> int:
-        process = await asyncio.create_subprocess_exec(
-            *die_with_parent(),  # setpriv execs the script: same pid, same process group
-            *argv,
-            cwd=cwd,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=log,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,  # its own process group: the whole tree can be signalled
-        )
+        process = await spawn_group(argv, cwd=cwd, env=env, stdout=log)
         group = process.pid
         waiting = asyncio.ensure_future(process.wait())
         try:
             await asyncio.wait({waiting})
         except asyncio.CancelledError:
-            await self._terminate_group(group)
+            await terminate_group(group, self.terminate_grace)
             await asyncio.wait({waiting}, timeout=1.0)  # let the leader be reaped
             raise
-        if _group_alive(group):
+        if group_alive(group):
             # The script exited but left background processes: they never outlive the step.
-            await self._terminate_group(group)
+            await terminate_group(group, self.terminate_grace)
         return waiting.result()
-
-    async def _terminate_group(self, group: int) -> None:
-        """SIGTERM the group, give it the grace period, then SIGKILL whatever is left."""
-        loop = asyncio.get_running_loop()
-        try:
-            _signal_group(group, signal.SIGTERM)
-            deadline = loop.time() + self.terminate_grace
-            while _group_alive(group) and loop.time() < deadline:
-                await asyncio.sleep(0.05)
-        finally:
-            # Also runs when a second cancellation interrupts the grace period.
-            _signal_group(group, signal.SIGKILL)
-
-
-def _signal_group(group: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):  # already gone
-        os.killpg(group, signum)
-
-
-def _group_alive(group: int) -> bool:
-    """Whether any process of the group still runs (zombies waiting to be reaped do not)."""
-    try:
-        os.killpg(group, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    if not os.path.isdir("/proc"):
-        return True
-    # Killed members are reparented to init and linger as zombies until it reaps them,
-    # which can take a while; only members that can still act count.
-    with os.scandir("/proc") as entries:
-        for entry in entries:
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(os.path.join(entry.path, "stat"), "rb") as f:
-                    stat = f.read()
-            except OSError:
-                continue  # exited meanwhile
-            # pid (comm) state ppid pgrp ...; comm may contain spaces and parentheses.
-            fields = stat[stat.rindex(b")") + 2 :].split()
-            if len(fields) > 2 and int(fields[2]) == group and fields[0] != b"Z":
-                return True
-    return False
 
 
 def _context_document(

@@ -1,6 +1,7 @@
 """Spark steps: spark-submit as a child process group, followed, cancellable, never duplicated.
 
-The driver's output goes to the step log and feeds heartbeat progress (jobs, stages, tasks).
+The driver's output goes to the step log and feeds heartbeat progress (jobs, stages, tasks),
+taken from the driver's REST API once a local driver's UI answers.
 Cancellation stops the whole process group (the JVM and a PySpark driver's Python). Every
 driver carries the step's tag in its command line and a pid file in the step directory, so an
 attempt first stops any driver an earlier attempt left running (its worker died mid-job).
@@ -16,17 +17,17 @@ from pathlib import Path
 from typing import BinaryIO
 
 from schemas.pipeline import SparkStep
-from steps.base import StepContext, StepError, StepResult
-from steps.process import die_with_parent
-from steps.process_groups import group_alive, tagged_groups, terminate_group
-from steps.spark_output import SparkProgress, exception_lines, is_deterministic
+from steps.base import StepContext, StepError, StepResult, step_tag
+from steps.driver_output import exception_lines
+from steps.process import group_alive, spawn_group, tagged_groups, terminate_group
+from steps.spark_output import SparkProgress, is_deterministic
+from steps.spark_rest import SparkUiClient
 from steps.spark_submit import (
     TAG_CONF,
     SparkOptions,
     driver_pod_prefix,
     kill_command,
     spark_home,
-    step_tag,
     submit_command,
     write_sql_job,
 )
@@ -35,6 +36,7 @@ LOG_NAME = "step.log"
 PID_NAME = "spark-driver.pid"
 _PASSED_THROUGH = ("LANG", "LC_ALL", "JAVA_HOME")
 _PROGRESS_EVERY = 0.5  # seconds between reads of the log for progress
+_UI_POLL_EVERY = 0.5  # seconds between calls of the driver's REST API
 _CHUNK = 64 * 1024
 _TAIL_BYTES = 256 * 1024
 
@@ -101,22 +103,14 @@ class SparkExecutor:
         progress: SparkProgress,
         ctx: StepContext,
     ) -> int:
-        process = await asyncio.create_subprocess_exec(
-            *die_with_parent(),  # setpriv execs spark-submit, which execs java: same pid
-            *argv,
-            cwd=work_dir,
-            env=self._environment(work_dir),
-            stdin=asyncio.subprocess.DEVNULL,
-            # Straight to the log file, never through a pipe: a busy worker must not be able
-            # to stall the driver on a full pipe. Progress is read back from the file.
-            stdout=log,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,  # its own process group: the whole tree can be stopped
-        )
+        # Straight to the log file, never through a pipe: a busy worker must not be able to
+        # stall the driver on a full pipe. Progress is read back from the file.
+        process = await spawn_group(argv, cwd=work_dir, env=self._environment(work_dir), stdout=log)
         group = process.pid
         pid_file = work_dir / PID_NAME
         pid_file.write_text(f"{group}\n")
         follower = asyncio.create_task(_follow(Path(log.name), log.tell(), progress, ctx))
+        poller = asyncio.create_task(_poll_ui(progress, ctx))
         try:
             returncode = await process.wait()
         except asyncio.CancelledError:
@@ -125,7 +119,13 @@ class SparkExecutor:
                 await asyncio.wait_for(process.wait(), 1.0)  # reap the leader
             raise
         finally:
+            await _finish(poller)
             await _finish(follower)
+            # The driver is gone: the log, read to its end, has the last word (the REST API's
+            # figures are from the last poll, before the final stages finished).
+            if progress.rest is not None:
+                progress.rest = None
+                ctx.heartbeat(progress.details())
             if not group_alive(group):
                 pid_file.unlink(missing_ok=True)
         if group_alive(group):
@@ -198,6 +198,24 @@ async def _follow(path: Path, offset: int, progress: SparkProgress, ctx: StepCon
             _feed(b"\n".join(lines), progress, ctx)
 
 
+async def _poll_ui(progress: SparkProgress, ctx: StepContext) -> None:
+    """Once the driver logged its UI port, heartbeat progress from its REST API."""
+    client: SparkUiClient | None = None
+    try:
+        while True:
+            await asyncio.sleep(_UI_POLL_EVERY)
+            if progress.ui_port is None:
+                continue
+            client = client or SparkUiClient(progress.ui_port)
+            details = await client.progress()
+            if details is not None and details != progress.rest:
+                progress.rest = details
+                ctx.heartbeat(progress.details())
+    finally:
+        if client is not None:
+            await client.close()
+
+
 def _feed(text: bytes, progress: SparkProgress, ctx: StepContext) -> None:
     changed = False
     for line in text.split(b"\n"):
@@ -206,7 +224,7 @@ def _feed(text: bytes, progress: SparkProgress, ctx: StepContext) -> None:
         ctx.heartbeat(progress.details())
 
 
-async def _finish(follower: asyncio.Task[None]) -> None:
+async def _finish(follower: asyncio.Task[None]) -> None:  # a follower or the UI poller
     follower.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await follower

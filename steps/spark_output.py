@@ -1,7 +1,8 @@
-"""Reading a Spark driver's output: progress for heartbeats, exception lines for failures.
+"""Reading a Spark driver's output for heartbeat progress.
 
 Spark's default log4j profile logs the DAG scheduler at INFO on stderr; those lines give jobs,
-stages and task counts as they happen, without opening the driver's UI port.
+stages and task counts as they happen. A local driver also logs its UI port: from then on the
+driver's REST API (steps/spark_rest.py) gives the same figures, and is preferred.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from steps.spark_rest import ui_port
 
 _STAGE_SUBMITTED = re.compile(r"DAGScheduler: Submitting (\d+) missing tasks from \w+ (\d+) ")
 _STAGE_FINISHED = re.compile(r"DAGScheduler: \w+Stage (\d+) \(.*\) finished in ")
@@ -19,12 +22,6 @@ _JOB_STARTED = re.compile(r"DAGScheduler: Got (?:map stage )?job (\d+) ")
 _JOB_FINISHED = re.compile(r"DAGScheduler: Job (\d+) finished")
 _SQL_STATEMENT = re.compile(r"^laminar: statement (\d+)/(\d+)$")
 
-# `pkg.Name: message`, `Exception in thread "main" x.Y: ...`, `Caused by: ...`. Log lines start
-# with a date, stack frames with whitespace or "at": neither matches.
-_EXCEPTION = re.compile(
-    r"^(?:Exception in thread \"[^\"]*\" |Caused by: |: )?"
-    r"((?:[A-Za-z_][\w$]*\.)*[A-Za-z_][\w$]*(?:Exception|Error|Exit|Interrupt))(?::\s?(.*))?$"
-)
 # Failures that come out the same on every attempt: retrying cannot help.
 DETERMINISTIC = (
     "AnalysisException",
@@ -35,8 +32,6 @@ DETERMINISTIC = (
     "ImportError",
     "FileNotFoundException",
 )
-MAX_ERROR_LINES = 6
-_MAX_LINE = 500
 
 
 @dataclass
@@ -50,9 +45,16 @@ class SparkProgress:
     tasks: dict[int, tuple[int, int]] = field(default_factory=dict)
     """stage -> (tasks finished, tasks in the stage)."""
     statement: tuple[int, int] | None = None
+    ui_port: int | None = None
+    """The driver's UI port, once it logged it (local mode)."""
+    rest: dict[str, Any] | None = None
+    """The latest progress from the driver's REST API; preferred over the log's."""
 
     def feed(self, line: str) -> bool:
         """Take one output line; True when it changed the progress."""
+        if self.ui_port is None and (port := ui_port(line)) is not None:
+            self.ui_port = port
+            return False
         if "DAGScheduler" in line:
             if m := _STAGE_SUBMITTED.search(line):
                 stage = int(m[2])
@@ -78,13 +80,16 @@ class SparkProgress:
         return False
 
     def details(self) -> dict[str, Any]:
-        """Heartbeat details: `stages: "3/4"` is stages finished of those submitted so far."""
+        """Heartbeat details: `stages: "3/4"` is stages finished of those submitted so far;
+        from the driver's REST API once it answered, else from the log."""
         running = sorted(self.stages_submitted - self.stages_done)
         out: dict[str, Any] = {
             "jobs": f"{len(self.jobs_done)}/{len(self.jobs_started)}",
             "stages": f"{len(self.stages_done)}/{len(self.stages_submitted)}",
         }
-        if running:
+        if self.rest is not None:
+            out = dict(self.rest)
+        elif running:
             done, total = self.tasks.get(running[-1], (0, 0))
             out["running_stage"] = running[-1]
             out["tasks"] = f"{done}/{total}"
@@ -94,21 +99,6 @@ class SparkProgress:
 
     def summary(self) -> dict[str, Any]:
         return {"jobs": len(self.jobs_done), "stages": len(self.stages_done)}
-
-
-def exception_lines(text: str) -> list[str]:
-    """The exception headlines in a driver's output, root cause last, without repeats."""
-    found: list[str] = []
-    for raw in text.splitlines():
-        line = raw.rstrip()
-        if not _EXCEPTION.match(line):
-            continue
-        line = line.removeprefix("Caused by: ").removeprefix(": ")  # ": " starts py4j's
-        line = line if len(line) <= _MAX_LINE else line[: _MAX_LINE - 3] + "..."
-        if line in found:
-            found.remove(line)
-        found.append(line)
-    return found[-MAX_ERROR_LINES:]
 
 
 def is_deterministic(lines: list[str]) -> bool:

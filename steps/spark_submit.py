@@ -6,7 +6,6 @@ a cluster. The embedded default is `local[N]` with the Spark that the `pyspark` 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import re
@@ -15,7 +14,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import sqlglot
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.pipeline import SparkStep
@@ -23,6 +21,7 @@ from schemas.run import RunContext, UpstreamResult
 from schemas.sql_templates import render_sql
 from schemas.templating import render_text
 from steps.base import StepError
+from steps.sql_split import split_statements
 
 SQL_DRIVER = Path(__file__).with_name("spark_sql_driver.py")
 SQL_JOB_NAME = "spark_sql_job.json"
@@ -82,34 +81,10 @@ def spark_home(options: SparkOptions) -> Path:
     return Path(spec.origin).parent
 
 
-def step_tag(idempotency_key: str) -> str:
-    """A stable, shell-safe tag for the step's drivers (the same for every attempt)."""
-    return hashlib.sha256(idempotency_key.encode()).hexdigest()[:20]
-
-
 def driver_pod_prefix(run: RunContext, step_id: str, tag: str) -> str:
     """Driver pods are named `<prefix>-<attempt>`, so a retry or a cancel finds them."""
     step = _POD_NAME_UNSAFE.sub("-", step_id.lower()).strip("-")[:20] or "step"
     return f"laminar-{step}-{tag[:12]}"
-
-
-def split_spark_sql(text: str) -> list[str]:
-    """Statements of a Spark SQL script, cut at top-level semicolons, text kept as written.
-
-    Pieces holding only comments are dropped (Spark rejects an empty statement).
-    """
-    tokens = sqlglot.Dialect.get_or_raise("spark").tokenize(text)
-    statements, start, has_sql = [], 0, False
-    for token in tokens:
-        if token.token_type != sqlglot.TokenType.SEMICOLON:
-            has_sql = True
-            continue
-        if has_sql:
-            statements.append(text[start : token.start].strip())
-        start, has_sql = token.end + 1, False
-    if has_sql:
-        statements.append(text[start:].strip())
-    return statements
 
 
 def write_sql_job(
@@ -126,7 +101,7 @@ def write_sql_job(
         text = re.sub(rf"\$({names})\b", r":\1", text)
     params = {name: _typed(value) for name, value in values.items()}
     path = work_dir / SQL_JOB_NAME
-    job = {"statements": split_spark_sql(text), "params": params}
+    job = {"statements": split_statements(text, "spark"), "params": params}
     path.write_text(json.dumps(job, indent=2) + "\n")
     return path
 
@@ -158,8 +133,10 @@ def submit_command(
     argv += ["--name", f"laminar-{run.pipeline}-{step_id}"]
     conf: dict[str, str] = {}
     if options.is_local:
-        # No UI port opened per step, scratch space inside the step's directory.
-        conf["spark.ui.enabled"] = "false"
+        # The UI on a free loopback port (SPARK_LOCAL_IP), for progress from its REST API;
+        # no console progress bar in the log; scratch space inside the step's directory.
+        conf["spark.ui.port"] = "0"
+        conf["spark.ui.showConsoleProgress"] = "false"
         conf["spark.local.dir"] = str(work_dir / "spark-local")
         conf["spark.sql.warehouse.dir"] = str(work_dir / "spark-warehouse")
     conf.update(options.conf)

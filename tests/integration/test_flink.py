@@ -12,23 +12,36 @@ import os
 import shutil
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from temporalio.client import Client, WorkflowFailureError
 
+from activities.steps import run_dir_name
+from pipeline_service.temporal.worker import build_worker
+from schemas.loading import validate_pipeline
 from schemas.pipeline import FlinkStep
-from schemas.run import RunContext
-from steps.base import StepContext, StepError
+from schemas.run import RunContext, RunInput, RunSummary
+from steps.base import StepContext, StepError, step_tag
+from steps.engines.duckdb import DuckDBEngine
 from steps.flink import FlinkExecutor
-from steps.flink_job import FlinkOptions, client_conf_dir, job_config, sql_command, write_sql_job
+from steps.flink_job import (
+    FlinkOptions,
+    client_conf_dir,
+    job_config,
+    job_name,
+    sql_command,
+    write_sql_job,
+)
 from steps.flink_local import DEFAULT_TOOL_DIR, LocalFlinkCluster
-from steps.process_groups import tagged_groups
+from steps.process import tagged_groups
 from steps.registry import execute_step
-from steps.spark_submit import step_tag
+from workflows.pipeline_run import PipelineRunWorkflow
 
 pytestmark = pytest.mark.slow
 
@@ -276,24 +289,165 @@ async def test_a_failing_jar_job_reports_its_exception(
     assert "java.lang.IllegalStateException: count job failed at 5" in info.value.message
 
 
-async def test_a_streaming_step_succeeds_once_its_job_runs(
+def restored_from(cluster: LocalFlinkCluster, job_id: str) -> dict[str, Any]:
+    stats = httpx.get(f"{cluster.rest_url}/jobs/{job_id}/checkpoints").json()
+    return dict((stats.get("latest") or {}).get("restored") or {})
+
+
+async def test_a_failed_streaming_job_is_restarted_from_its_latest_checkpoint(
+    flink: LocalFlinkCluster, client: Client, tmp_path: Path
+) -> None:
+    """The job fails on row 60 (a bad cast) and Flink itself does not restart it, so the
+    attempt fails; the run's workflow retries the step under its retry policy, and the second
+    attempt starts the job from the checkpoint the first one completed. Through the real
+    worker and workflow on the dev server."""
+    data = {
+        "name": "stream",
+        "steps": [
+            {
+                "id": "agg",
+                "type": "flink",
+                "mode": "streaming",
+                "parallelism": 1,
+                "savepoint_path": str(tmp_path / "state"),
+                "retry": {"max_attempts": 2, "initial_interval": "1s"},
+                "conf": {
+                    "execution.checkpointing.interval": "500 ms",
+                    "restart-strategy.type": "none",
+                },
+                "sql": "CREATE TABLE src (id BIGINT) WITH ('connector' = 'datagen', "
+                "'rows-per-second' = '20', 'fields.id.kind' = 'sequence', "
+                "'fields.id.start' = '1', 'fields.id.end' = '100000');\n"
+                "CREATE TABLE dst (id INT) WITH ('connector' = 'blackhole');\n"
+                "INSERT INTO dst SELECT CAST(IF(id = 60, 'boom', CAST(id AS STRING)) AS INT) "
+                "FROM src;",
+            }
+        ],
+    }
+    definition = validate_pipeline(data, source_dir=tmp_path)
+    moment = datetime(2026, 1, 31, tzinfo=UTC)
+    context = RunContext.manual("stream", f"test/stream/{uuid.uuid4()}", moment, {})
+    run = RunInput(pipeline=definition, context=context, source_dir=str(tmp_path))
+    options = FlinkOptions(rest_url=flink.rest_url, poll_interval=0.3)
+    queue = f"flink-{uuid.uuid4()}"
+    engine = DuckDBEngine(tmp_path / "warehouse.duckdb")
+    work_root = tmp_path / "work"
+    try:
+        async with build_worker(
+            client, task_queue=queue, engine=engine, work_root=work_root, flink=options
+        ):
+            with pytest.raises(WorkflowFailureError) as failure:
+                await client.execute_workflow(
+                    PipelineRunWorkflow.run, run, id=context.run_id, task_queue=queue
+                )
+    finally:
+        engine.close()
+    summary = RunSummary.model_validate(failure.value.cause.details[0])  # type: ignore[union-attr]
+    [state] = summary.steps
+    assert state.status == "FAILED" and state.attempt == 2  # the retry policy's two attempts
+    assert state.error and "boom" in state.error
+    assert "a retry restarts the job from checkpoint" in state.error
+
+    name = job_name(step_tag(f"{context.run_id}/agg"))
+    jobs = httpx.get(f"{flink.rest_url}/jobs/overview").json()["jobs"]
+    first, second = sorted(
+        (job for job in jobs if job["name"].startswith(name)), key=lambda job: job["start-time"]
+    )
+    assert first["state"] == second["state"] == "FAILED"
+    stats = httpx.get(f"{flink.rest_url}/jobs/{first['jid']}/checkpoints").json()
+    checkpoint = stats["latest"]["completed"]
+    restored = restored_from(flink, second["jid"])
+    # (Flink counts any restore from a given path as a savepoint restore: is_savepoint is set.)
+    assert restored["id"] == checkpoint["id"]
+    assert restored["external_path"] == checkpoint["external_path"]
+    log = (work_root / run_dir_name(context.run_id) / "agg" / "step.log").read_text()
+    assert f"attempt 2: starting from checkpoint {checkpoint['id']} of job {first['jid']}" in log
+
+
+async def test_a_cancelled_streaming_step_stops_with_a_savepoint_and_a_rerun_resumes(
+    flink: LocalFlinkCluster, tmp_path: Path
+) -> None:
+    sql = (
+        "CREATE TABLE src (k INT) WITH ('connector' = 'datagen', 'rows-per-second' = '5');\n"
+        "CREATE TABLE dst (k INT) WITH ('connector' = 'blackhole');\n"
+        "INSERT INTO dst SELECT k FROM src;"
+    )
+    savepoints = tmp_path / "savepoints"
+    conf = {"execution.checkpointing.interval": "1 s"}
+    step = FlinkStep.model_validate(
+        {
+            "id": "agg",
+            "type": "flink",
+            "mode": "streaming",
+            "sql": sql,
+            "conf": conf,
+            "savepoint_path": str(savepoints),
+        }
+    )
+    assert step.until is None and step.timeout.days == 365  # runs until cancelled
+    executor = FlinkExecutor(FlinkOptions(rest_url=flink.rest_url, poll_interval=0.3))
+    ctx, beats = make_ctx(tmp_path / "first")
+    running = asyncio.create_task(execute_step({"flink": executor}, step, ctx))
+    await wait_for(
+        lambda: any(b.get("state") == "RUNNING" for b in beats.details), 90, "the job to run"
+    )
+    await asyncio.sleep(1)
+    assert not running.done()  # a streaming step keeps running while its job does
+    job_id = beats.details[-1]["job_id"]
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert job_state(flink, job_id) == "FINISHED"  # stop-with-savepoint ends the job so
+    [savepoint] = [d for d in savepoints.glob("savepoint-*") if (d / "_metadata").is_file()]
+
+    # A new run of the step starts from that savepoint, and with `until` ends by itself.
+    rerun = step.model_copy(update={"until": timedelta(seconds=3)})
+    ctx2, beats2 = make_ctx(tmp_path / "second")
+    result = await execute_step({"flink": executor}, rerun, ctx2)
+    [job2] = result.outputs["job_ids"]
+    assert result.outputs["state"] == "STOPPED"
+    assert result.outputs["restored_from"] == str(savepoint)
+    restored = restored_from(flink, job2)
+    assert restored["is_savepoint"] and restored["external_path"].endswith(str(savepoint))
+    assert job_state(flink, job2) == "FINISHED"
+    assert result.outputs["savepoint"].endswith(
+        next(d.name for d in savepoints.glob("savepoint-*") if d != savepoint)
+    )
+    assert any(b.get("restored_from") for b in beats2.details)
+
+
+async def test_a_streaming_retry_follows_the_job_a_dead_worker_left_running(
     flink: LocalFlinkCluster, tmp_path: Path
 ) -> None:
     step = FlinkStep(
         id="agg",
         type="flink",
         mode="streaming",
+        until=timedelta(seconds=2),
+        savepoint_path=str(tmp_path / "savepoints"),
         sql="CREATE TABLE src (k INT) WITH ('connector' = 'datagen', 'rows-per-second' = '5');\n"
         "CREATE TABLE dst (k INT) WITH ('connector' = 'blackhole');\n"
         "INSERT INTO dst SELECT k FROM src;",
     )
-    ctx, _ = make_ctx(tmp_path)
-    executor = FlinkExecutor(FlinkOptions(rest_url=flink.rest_url, poll_interval=0.5))
-    result = await execute_step({"flink": executor}, step, ctx)
-    [job_id] = result.outputs["job_ids"]
-    try:
-        assert result.outputs["mode"] == "streaming"
-        assert job_state(flink, job_id) == "RUNNING"  # it keeps running after the step
-    finally:
-        httpx.patch(f"{flink.rest_url}/jobs/{job_id}", params={"mode": "cancel"})
-    await wait_for(lambda: job_state(flink, job_id) == "CANCELED", 30, "the job to stop")
+    options = FlinkOptions(rest_url=flink.rest_url, poll_interval=0.5)
+    ctx1, _ = make_ctx(tmp_path, attempt=1)
+    tag = step_tag(ctx1.idempotency_key)
+    # Attempt 1 submitted the job, then its worker died: the job runs on, unwatched.
+    ctx1.work_dir.mkdir(parents=True)
+    job_path = write_sql_job(step, options, ctx1, tag, ctx1.work_dir)
+    env = {
+        "PATH": os.environ["PATH"],
+        "FLINK_CONF_DIR": str(client_conf_dir(options, job_config(step, options, tag), tmp_path)),
+        "PYTHONPATH": str(options.tool_dir),
+    }
+    driver = subprocess.run(sql_command(options, job_path, tag), env=env, capture_output=True)
+    assert driver.returncode == 0, driver.stdout[-2000:]
+    [old] = running_jobs(flink)
+
+    ctx2, _ = make_ctx(tmp_path, attempt=2)
+    result = await execute_step({"flink": FlinkExecutor(options)}, step, ctx2)
+    assert result.outputs["job_ids"] == [old["jid"]]  # followed on, not started again
+    assert result.outputs["state"] == "STOPPED" and result.outputs["savepoint"]
+    assert job_state(flink, old["jid"]) == "FINISHED"
+    assert f"following job {old['jid']}" in (ctx2.work_dir / "step.log").read_text()
+    assert not running_jobs(flink)

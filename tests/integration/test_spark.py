@@ -18,10 +18,10 @@ import pytest
 
 from schemas.pipeline import SparkStep
 from schemas.run import RunContext
-from steps.base import StepContext, StepError
+from steps.base import StepContext, StepError, step_tag
 from steps.registry import execute_step
 from steps.spark import SparkExecutor
-from steps.spark_submit import SparkOptions, step_tag, submit_command
+from steps.spark_submit import SparkOptions, submit_command
 
 pytestmark = pytest.mark.slow
 
@@ -142,6 +142,8 @@ async def test_an_application_runs_with_templated_args_and_reports_progress(
     assert rows == [(k, "2026-01-31", 20000) for k in range(10)]
     assert result.outputs["jobs"] >= 1 and result.outputs["stages"] >= 2
     assert any(d.get("running_stage") is not None for d in beats.details), beats.details
+    # While the driver ran, its REST API gave the progress (then the log's last lines did).
+    assert any(d.get("source") == "spark-rest" for d in beats.details), beats.details
     assert beats.details[-1]["stages"].split("/")[0] == str(result.outputs["stages"])
     log = Path(result.log_path or "").read_text()
     assert "DAGScheduler" in log and "spark.laminar.step=" in log

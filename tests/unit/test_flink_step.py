@@ -3,14 +3,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+import os
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from schemas.loading import PipelineValidationError, validate_pipeline
-from schemas.pipeline import FlinkStep
+from schemas.pipeline import STREAMING_TIMEOUT, FlinkStep
 from schemas.run import RunContext
 from steps.base import StepError
 from steps.flink_job import (
@@ -22,6 +23,13 @@ from steps.flink_job import (
     sql_literal,
 )
 from steps.flink_rest import exception_headline, vertex_progress
+from steps.flink_stream import (
+    newest_savepoint,
+    points_of,
+    record_point,
+    recorded_point,
+    watch_details,
+)
 
 RUN = RunContext.manual("p", "default/p/2026-01-31", datetime(2026, 1, 31, tzinfo=UTC), {})
 
@@ -120,19 +128,27 @@ def test_job_settings_put_the_platform_last(tmp_path: Path) -> None:
         parallelism=3,
         mode="streaming",
         savepoint_path="file:///sp",
-        conf={"table.exec.mini-batch.enabled": "true"},
+        conf={"table.exec.mini-batch.enabled": "true", "execution.checkpointing.interval": "5 s"},
     )
-    config = job_config(step, FlinkOptions(rest_url="http://jm.example:8081"), "tag1")
+    options = FlinkOptions(rest_url="http://jm.example:8081")
+    config = job_config(step, options, "tag1", "/sp/savepoint-1")
     assert config == {
         "table.exec.mini-batch.enabled": "true",
+        "execution.checkpointing.interval": "5 s",  # the step's own
+        "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
+        "execution.checkpointing.dir": "file:///sp/checkpoints",
         "execution.target": "remote",
         "rest.address": "jm.example",
         "rest.port": "8081",
         "pipeline.name": "laminar-tag1",
         "execution.runtime-mode": "STREAMING",
         "parallelism.default": "3",
-        "execution.state-recovery.path": "file:///sp",
+        "execution.state-recovery.path": "file:///sp/savepoint-1",
     }
+    assert "execution.state-recovery.path" not in job_config(step, options, "tag1")
+    batch = job_config(step.model_copy(update={"mode": "batch"}), options, "t", "/sp/x")
+    assert not any(key.startswith("execution.checkpointing.dir") for key in batch)
+    assert "execution.state-recovery.path" not in batch
     with pytest.raises(StepError, match="no Flink cluster configured"):
         job_config(step, FlinkOptions(), "t")
     with pytest.raises(StepError, match="must look like"):
@@ -176,6 +192,78 @@ def test_rest_answers_become_progress_and_a_headline() -> None:
     )
     assert exception_headline(trace) == "java.lang.ArithmeticException: / by zero"
     assert exception_headline("just text") == "just text"
+
+
+def test_streaming_steps_say_how_they_end(tmp_path: Path) -> None:
+    sql = {"sql": "INSERT INTO t SELECT 1"}
+    forever = FlinkStep.model_validate({"id": "f", "type": "flink", "mode": "streaming", **sql})
+    assert forever.until is None and forever.timeout == STREAMING_TIMEOUT
+    bounded = FlinkStep.model_validate(
+        {"id": "f", "type": "flink", "mode": "streaming", "until": "2h", **sql}
+    )
+    assert bounded.until == timedelta(hours=2) and bounded.timeout > bounded.until
+    named = {"id": "f", "type": "flink", "mode": "streaming", "until": "cancelled", **sql}
+    assert FlinkStep.model_validate(named).until is None
+    assert FlinkStep.model_validate(bounded.model_dump(mode="json")) == bounded
+    assert problems({"until": "1h", **sql}, tmp_path) == [
+        "steps[0]: 'until' applies to streaming steps (a batch job ends by itself)"
+    ]
+    [too_long] = problems({"mode": "streaming", "until": "2h", "timeout": "1h", **sql}, tmp_path)
+    assert "'until' (7200s) must be shorter than 'timeout' (3600s)" in too_long
+    [unknown] = problems({"mode": "streaming", "until": "forever", **sql}, tmp_path)
+    assert unknown.startswith("steps[0].until:") and "use 'cancelled' or a duration" in unknown
+    [relative] = problems({"mode": "streaming", "savepoint_path": "sp", **sql}, tmp_path)
+    assert "must be an absolute path or a URI" in relative
+
+
+def test_restore_points_come_from_rest_answers_and_savepoint_directories(tmp_path: Path) -> None:
+    stats = {
+        "counts": {"completed": 7, "failed": 1},
+        "latest": {
+            "completed": {
+                "id": 7,
+                "is_savepoint": False,
+                "latest_ack_timestamp": 2000,
+                "external_path": "file:/cp/job/chk-7",
+            },
+            "savepoint": {
+                "id": 5,
+                "is_savepoint": True,
+                "latest_ack_timestamp": 1000,
+                "external_path": "file:/sp/savepoint-1",
+            },
+            "restored": {"id": 3, "external_path": "file:/sp/savepoint-0"},
+        },
+    }
+    points = points_of("job", stats)
+    assert [(p.kind, p.checkpoint_id, p.path) for p in points] == [
+        ("checkpoint", 7, "file:/cp/job/chk-7"),
+        ("savepoint", 5, "file:/sp/savepoint-1"),
+    ]
+    in_memory = {
+        "latest": {"completed": {"id": 1, "external_path": "<checkpoint-not-externalized>"}}
+    }
+    assert points_of("job", in_memory) == [] and points_of("job", {}) == []
+    details = watch_details({"jid": "job", "state": "RUNNING", "vertices": []}, stats)
+    assert details["checkpoint"] == 7 and details["checkpoints_completed"] == 7
+    assert details["restored_from"] == "file:/sp/savepoint-0"
+    assert details["checkpoint_at"].startswith("1970-01-01T00:00:02")
+
+    assert newest_savepoint(str(tmp_path)) is None
+    for name in ("savepoint-a", "savepoint-b", "savepoint-empty"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "savepoint-a" / "_metadata").write_bytes(b"x")
+    (tmp_path / "savepoint-b" / "_metadata").write_bytes(b"x")
+    os.utime(tmp_path / "savepoint-a" / "_metadata", (1, 1))
+    newest = newest_savepoint(f"file://{tmp_path}")
+    assert newest is not None and newest.path == str(tmp_path / "savepoint-b")
+    direct = newest_savepoint(str(tmp_path / "savepoint-a"))  # the path is a savepoint itself
+    assert direct is not None and direct.path == str(tmp_path / "savepoint-a")
+    assert newest_savepoint("s3://bucket/sp") is None  # object stores are not listed
+
+    assert recorded_point(tmp_path) is None
+    record_point(tmp_path, points[0])
+    assert recorded_point(tmp_path) == points[0]
 
 
 def test_ident_makes_a_backtick_quoted_flink_identifier(tmp_path: Path) -> None:

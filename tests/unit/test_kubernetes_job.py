@@ -16,14 +16,13 @@ import pytest
 from schemas.loading import PipelineValidationError, validate_pipeline
 from schemas.pipeline import PythonStep
 from schemas.run import RunContext
-from steps.base import StepContext, StepError
+from steps.base import StepContext, StepError, step_tag
 from steps.kubernetes_job import (
     LABEL,
     KubernetesJobExecutor,
     KubernetesJobOptions,
     manifests,
 )
-from steps.spark_submit import step_tag
 
 
 class RecordingApi:

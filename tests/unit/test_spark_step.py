@@ -17,19 +17,20 @@ from activities.steps import StepActivities
 from schemas.loading import PipelineValidationError, validate_pipeline
 from schemas.pipeline import NoopStep, SparkStep
 from schemas.run import RunContext, RunStepInput, StepResult
-from steps.base import StepContext, StepError
-from steps.spark_output import SparkProgress, exception_lines, is_deterministic
+from steps.base import StepContext, StepError, step_tag
+from steps.driver_output import exception_lines
+from steps.spark_output import SparkProgress, is_deterministic
+from steps.spark_rest import rest_progress
 from steps.spark_submit import (
     SQL_DRIVER,
     KubernetesOptions,
     SparkOptions,
     kill_command,
     spark_home,
-    split_spark_sql,
-    step_tag,
     submit_command,
     write_sql_job,
 )
+from steps.sql_split import split_statements
 
 RUN = RunContext.manual(
     "sales", "default/sales/2026-01-31", datetime(2026, 1, 31, tzinfo=UTC), {"region": "EU"}
@@ -184,7 +185,7 @@ def test_local_command_runs_the_application_from_the_pyspark_package(
     assert "spark.laminar.step=t123" in conf
     assert "spark.sql.shuffle.partitions=4" in conf
     assert "spark.eventLog.enabled=false" in conf
-    assert "spark.ui.enabled=false" in conf
+    assert "spark.ui.port=0" in conf  # a free port: progress comes from its REST API
     assert f"spark.local.dir={work / 'spark-local'}" in conf
     assert _pairs(argv, "--driver-memory") == ["1g"]
     assert _pairs(argv, "--packages") == ["org.example:lib:1.0"]
@@ -336,10 +337,11 @@ def test_sql_job_binds_template_values_as_spark_parameters(
     assert argv[-4:] == ["--files", str(job_path), str(SQL_DRIVER), job_path.name]
 
 
-def test_split_spark_sql_keeps_semicolons_inside_literals_and_comments() -> None:
-    assert split_spark_sql("SELECT 'a;b'; ;SELECT 2 -- x;\n") == ["SELECT 'a;b'", "SELECT 2 -- x;"]
-    assert split_spark_sql("SELECT 1; -- trailing;\n") == ["SELECT 1"]
-    assert split_spark_sql("  ") == []
+def test_split_statements_keeps_semicolons_inside_literals_and_comments() -> None:
+    statements = split_statements("SELECT 'a;b'; ;SELECT 2 -- x;\n", "spark")
+    assert statements == ["SELECT 'a;b'", "SELECT 2 -- x;"]
+    assert split_statements("SELECT 1; -- trailing;\n", "spark") == ["SELECT 1"]
+    assert split_statements("  ", "spark") == []
 
 
 # --- reading the driver's output --------------------------------------------------------------
@@ -419,3 +421,30 @@ async def test_periodic_heartbeats_repeat_the_latest_progress(tmp_path: Path) ->
     await env.run(activities.run_step, step_input)
     assert len(beats) >= 3  # the report, then the periodic beats every 0.5 s
     assert all(beat == ({"stages": "1/4"},) for beat in beats), beats
+
+
+def test_progress_comes_from_the_drivers_rest_api_once_it_answers() -> None:
+    progress = SparkProgress()
+    assert not progress.feed("26/11/24 INFO JettyUtils: Start Jetty 127.0.0.1:0 for SparkUI")
+    progress.feed("26/11/24 INFO Utils: Successfully started service 'SparkUI' on port 35757.")
+    assert progress.ui_port == 35757
+    progress.feed("26/11/24 INFO DAGScheduler: Got job 0 (collect at x.py:3) with 4 partitions")
+    progress.feed("laminar: statement 2/3")
+    assert progress.details()["jobs"] == "0/1" and "source" not in progress.details()
+    jobs = [{"jobId": 1, "status": "RUNNING"}, {"jobId": 0, "status": "SUCCEEDED"}]
+    stages = [
+        {"stageId": 0, "attemptId": 0, "status": "COMPLETE", "numTasks": 4, "numCompleteTasks": 4},
+        {"stageId": 1, "attemptId": 0, "status": "SKIPPED", "numTasks": 4},
+        {"stageId": 2, "attemptId": 0, "status": "FAILED", "numTasks": 2, "numFailedTasks": 1},
+        {"stageId": 2, "attemptId": 1, "status": "ACTIVE", "numTasks": 2, "numCompleteTasks": 1},
+        {"stageId": 3, "attemptId": 0, "status": "PENDING", "numTasks": 8},
+    ]
+    progress.rest = rest_progress(jobs, stages)
+    assert progress.details() == {
+        "jobs": "1/2",
+        "stages": "1/3",  # stage 1 was skipped; stage 2 counts once, by its newest attempt
+        "source": "spark-rest",
+        "running_stage": 2,
+        "tasks": "1/2",
+        "statement": "2/3",
+    }
