@@ -38,8 +38,18 @@ CRDS = {
     ("flink.apache.org/v1beta1", "FlinkDeployment"),
     ("flink.apache.org/v1beta1", "FlinkSessionJob"),
 }
-# The Secret prod takes from outside the repository; the README says how to create it.
-EXTERNAL_SECRETS = {"laminar-secrets": {"database-url", "admin-api-key"}}
+
+
+def _readme_secret_keys() -> dict[str, set[str]]:
+    """The Secret prod takes from outside the repository, with the keys the README's
+    `kubectl create secret generic` command gives it."""
+    readme = (REPO / "README.md").read_text()
+    command = re.search(r"create secret generic (\S+)((?:[^\n]*\\\n)*[^\n]*)", readme)
+    assert command, "README.md: no `kubectl create secret generic` command for prod"
+    return {command[1]: set(re.findall(r"--from-literal=([\w.-]+)=", command[2]))}
+
+
+EXTERNAL_SECRETS = _readme_secret_keys()
 _RENDERS: dict[str, list[dict[str, Any]]] = {}
 
 
