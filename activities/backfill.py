@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
 import anyio.to_thread
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 from temporalio import activity
-from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError, RPCStatusCode
 
 from activities.names import (
     CANCEL_RUNS,
@@ -29,11 +26,10 @@ from pipeline_service.db.outbox import add_event
 from pipeline_service.db.runs import get_run_by_workflow_id
 from pipeline_service.db.session import transaction
 from pipeline_service.db.tenants import get_tenant
-from pipeline_service.launcher import LaunchRefused, LaunchRequest, Priority, launch_run
+from pipeline_service.launcher import LaunchRequest, Priority, StartPath
 from pipeline_service.scheduling.backfill_plan import plan_page
 from pipeline_service.scheduling.fire_times import Cron
 from schemas.events import EventType
-from schemas.loading import PipelineValidationError
 from schemas.recording import RUN_FINISHED
 from schemas.run import Trigger
 from schemas.scheduling import (
@@ -59,18 +55,7 @@ def run_statuses(session: Session, workflow_ids: list[str]) -> dict[str, str]:
     return {workflow_id: status for workflow_id, status in rows}
 
 
-class BackfillActivities:
-    def __init__(
-        self,
-        sessions: sessionmaker[Session],
-        client: Client,
-        *,
-        task_queue: str,
-        source_dir: Path,
-    ) -> None:
-        self.sessions, self.client = sessions, client
-        self.task_queue, self.source_dir = task_queue, source_dir
-
+class BackfillActivities(StartPath):
     @activity.defn(name=PLAN_BACKFILL_PAGE)
     async def plan_backfill_page(self, request: BackfillPageInput) -> BackfillPage:
         return await anyio.to_thread.run_sync(self._plan, request)
@@ -120,18 +105,9 @@ class BackfillActivities:
             data_interval_end=item.interval_end,
             priority=Priority.BACKFILL,
         )
-        try:
-            launch = await launch_run(
-                self.sessions,
-                self.client,
-                launch_request,
-                task_queue=self.task_queue,
-                source_dir=self.source_dir,
-            )
-        except LaunchRefused as exc:
-            return BackfillLaunchResult(workflow_id=item.workflow_id, status="", refused=exc.detail)
-        except PipelineValidationError as exc:
-            return BackfillLaunchResult(workflow_id=item.workflow_id, status="", refused=str(exc))
+        launch = await self.launch(launch_request)
+        if isinstance(launch, str):
+            return BackfillLaunchResult(workflow_id=item.workflow_id, status="", refused=launch)
         return BackfillLaunchResult(workflow_id=launch.run.workflow_id, status=launch.run.status)
 
     @activity.defn(name=WAIT_RUNS)
@@ -152,11 +128,7 @@ class BackfillActivities:
     @activity.defn(name=CANCEL_RUNS)
     async def cancel_runs(self, request: RunsCancelInput) -> None:
         for workflow_id in request.workflow_ids:
-            try:
-                await self.client.get_workflow_handle(workflow_id).cancel()
-            except RPCError as exc:
-                if exc.status != RPCStatusCode.NOT_FOUND:
-                    raise
+            await self.cancel(workflow_id)
 
     @activity.defn(name=RECORD_BACKFILL_EVENT)
     async def record_backfill_event(self, request: BackfillEventInput) -> None:

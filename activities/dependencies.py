@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
@@ -16,22 +15,21 @@ from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
 
 from activities.names import CHECK_DEPENDENCIES, FAIL_DEPENDENT, LAUNCH_DEPENDENT
-from pipeline_service.db.models import Pipeline, PipelineVersion, Run, Tenant
+from pipeline_service.db.models import Pipeline, Run, Tenant
 from pipeline_service.db.outbox import add_event
-from pipeline_service.db.pipelines import get_pipeline, get_version
+from pipeline_service.db.pipelines import current_definitions, get_pipeline, get_version
 from pipeline_service.db.runs import NewRun, get_run_by_workflow_id, insert_run
 from pipeline_service.db.session import transaction
 from pipeline_service.db.tenants import get_tenant
 from pipeline_service.launcher import (
-    LaunchRefused,
     LaunchRequest,
     Priority,
-    launch_run,
+    StartPath,
+    run_payload,
     workflow_id_for,
 )
 from pipeline_service.scheduling.dependencies import downstream_interval, upstream_dates
 from schemas.events import EventType
-from schemas.loading import PipelineValidationError
 from schemas.pipeline import Dependency
 from schemas.recording import PipelineStatus, RecordedRunStatus, RecordRunEventsInput
 from schemas.run import Trigger
@@ -92,13 +90,7 @@ async def open_gate(
     return workflow_id
 
 
-class DependencyActivities:
-    def __init__(
-        self, sessions: sessionmaker[Session], client: Client, *, task_queue: str, source_dir: Path
-    ) -> None:
-        self.sessions, self.client = sessions, client
-        self.task_queue, self.source_dir = task_queue, source_dir
-
+class DependencyActivities(StartPath):
     @activity.defn(name=CHECK_DEPENDENCIES)
     async def check_dependencies(self, request: GateCheckInput) -> GateCheck:
         return await anyio.to_thread.run_sync(self._check, request)
@@ -136,7 +128,7 @@ class DependencyActivities:
 
     @activity.defn(name=LAUNCH_DEPENDENT)
     async def launch_dependent(self, gate: GateInput) -> GateOutcome:
-        tenant = await anyio.to_thread.run_sync(self._tenant, gate.tenant)
+        tenant = await self.find_tenant(gate.tenant)
         if tenant is None:
             return GateOutcome(detail=f"tenant '{gate.tenant}' not found")
         request = LaunchRequest(
@@ -148,21 +140,10 @@ class DependencyActivities:
             data_interval_end=gate.interval_end,
             priority=Priority.BACKFILL if gate.trigger == "backfill" else Priority.SCHEDULED,
         )
-        try:
-            launch = await launch_run(
-                self.sessions,
-                self.client,
-                request,
-                task_queue=self.task_queue,
-                source_dir=self.source_dir,
-            )
-        except (LaunchRefused, PipelineValidationError) as exc:
-            return GateOutcome(detail=str(exc))
+        launch = await self.launch(request)
+        if isinstance(launch, str):
+            return GateOutcome(detail=launch)
         return GateOutcome(workflow_id=launch.run.workflow_id)
-
-    def _tenant(self, name: str) -> Tenant | None:
-        with self.sessions() as session:
-            return get_tenant(session, name)
 
     @activity.defn(name=FAIL_DEPENDENT)
     async def fail_dependent(self, request: GateFailInput) -> None:
@@ -205,17 +186,7 @@ class DependencyActivities:
                 key=run.public_id,
                 type=EventType.PIPELINE_FAILED,
                 actor=DEPENDENCY_ACTOR,
-                payload={
-                    "tenant": tenant.name,
-                    "pipeline": pipeline.name,
-                    "version": version.version,
-                    "run_id": run.public_id,
-                    "workflow_id": run.workflow_id,
-                    "logical_date": run.logical_date.isoformat(),
-                    "status": run.status,
-                    "trigger": run.trigger,
-                    "error": request.reason,
-                },
+                payload={**run_payload(tenant, pipeline, version, run), "error": request.reason},
             )
 
 
@@ -246,18 +217,7 @@ class DownstreamNotifier:
             upstream = session.get(Pipeline, run.pipeline_id)
             tenant = session.get(Tenant, run.tenant_id)
             assert upstream is not None and tenant is not None
-            rows = session.execute(
-                select(Pipeline.name, PipelineVersion.definition)
-                .join(
-                    PipelineVersion,
-                    (PipelineVersion.pipeline_id == Pipeline.id)
-                    & (PipelineVersion.version == Pipeline.current_version),
-                )
-                .where(
-                    Pipeline.tenant_id == run.tenant_id,
-                    Pipeline.status != PipelineStatus.ARCHIVED.value,
-                )
-            ).all()
+            rows = current_definitions(session, run.tenant_id)
             logical_date = run.logical_date.astimezone(UTC)
             signal = UpstreamSignal(pipeline=upstream.name, logical_date=logical_date)
             gates = []

@@ -6,30 +6,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime
-from pathlib import Path
 
 import anyio.to_thread
 from pydantic import ValidationError
 from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 from temporalio import activity
-from temporalio.client import Client
-from temporalio.service import RPCError, RPCStatusCode
 
 from activities.dependencies import current_definition, open_gate
 from activities.names import LAUNCH_SCHEDULED, PLAN_SCHEDULE
 from pipeline_service.db.models import Pipeline, Run, Tenant
 from pipeline_service.db.pipelines import get_pipeline, get_version
 from pipeline_service.db.tenants import get_tenant
-from pipeline_service.launcher import (
-    LaunchRefused,
-    LaunchRequest,
-    Priority,
-    launch_run,
-    workflow_id_for,
-)
+from pipeline_service.launcher import LaunchRequest, Priority, StartPath, workflow_id_for
 from pipeline_service.scheduling.planning import plan
-from schemas.loading import PipelineValidationError
 from schemas.pipeline import Schedule
 from schemas.recording import RUN_FINISHED, PipelineStatus
 from schemas.run import Trigger
@@ -47,18 +37,7 @@ log = logging.getLogger(__name__)
 SCHEDULE_ACTOR = "schedule"
 
 
-class ScheduleActivities:
-    def __init__(
-        self,
-        sessions: sessionmaker[Session],
-        client: Client,
-        *,
-        task_queue: str,
-        source_dir: Path,
-    ) -> None:
-        self.sessions, self.client = sessions, client
-        self.task_queue, self.source_dir = task_queue, source_dir
-
+class ScheduleActivities(StartPath):
     @activity.defn(name=PLAN_SCHEDULE)
     async def plan_schedule(self, request: PlanScheduleInput) -> SchedulePlan:
         found = await anyio.to_thread.run_sync(self._schedule, request.tenant, request.pipeline)
@@ -92,7 +71,7 @@ class ScheduleActivities:
                 )
             if request.overlap == "cancel_other":
                 for workflow_id in active:
-                    await self._cancel(workflow_id)
+                    await self.cancel(workflow_id)
         fire = request.fire
         if await anyio.to_thread.run_sync(self._has_dependencies, tenant, request.pipeline):
             # The run waits for its upstream runs in the date's gate, which starts it.
@@ -115,18 +94,9 @@ class ScheduleActivities:
             data_interval_end=fire.interval_end,
             priority=Priority.SCHEDULED,
         )
-        try:
-            launch = await launch_run(
-                self.sessions,
-                self.client,
-                launch_request,
-                task_queue=self.task_queue,
-                source_dir=self.source_dir,
-            )
-        except LaunchRefused as exc:
-            return LaunchScheduledResult(outcome=LaunchOutcome.REFUSED, detail=exc.detail)
-        except PipelineValidationError as exc:
-            return LaunchScheduledResult(outcome=LaunchOutcome.REFUSED, detail=str(exc))
+        launch = await self.launch(launch_request)
+        if isinstance(launch, str):
+            return LaunchScheduledResult(outcome=LaunchOutcome.REFUSED, detail=launch)
         return LaunchScheduledResult(
             outcome=LaunchOutcome.STARTED if launch.created else LaunchOutcome.EXISTING,
             workflow_id=launch.run.workflow_id,
@@ -159,13 +129,6 @@ class ScheduleActivities:
             ).all()
             session.expunge(tenant)
             return tenant, list(rows)
-
-    async def _cancel(self, workflow_id: str) -> None:
-        try:
-            await self.client.get_workflow_handle(workflow_id).cancel()
-        except RPCError as exc:
-            if exc.status != RPCStatusCode.NOT_FOUND:
-                raise
 
 
 def current_schedule(session: Session, tenant_name: str, name: str) -> Schedule | str:

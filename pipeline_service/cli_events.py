@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from pipeline_service.cli_client import DEFAULT_URL, Api, Key, Url
-from pipeline_service.cli_service import _fail, _settings, console
+from pipeline_service.cli_service import _connect_temporal, _fail, _settings, console
 from pipeline_service.events.metrics import RelayMetrics
 from pipeline_service.settings import ServiceSettings
 
@@ -75,16 +75,8 @@ async def _triggers(settings: ServiceSettings, tenant: str) -> None:
 
     from pipeline_service.db.session import make_engine, session_factory
     from pipeline_service.events.triggers import TriggerConsumer
-    from pipeline_service.temporal.client import connect
 
-    try:
-        temporal = await asyncio.wait_for(
-            connect(settings.temporal_address, settings.temporal_namespace), timeout=15
-        )
-    except Exception as exc:
-        raise ConnectionError(
-            f"cannot reach Temporal at {settings.temporal_address}: {exc}"
-        ) from None
+    temporal = await _connect_temporal(settings)
     engine = make_engine(settings.database_url)
     assert settings.kafka_bootstrap_servers is not None
     consumer = TriggerConsumer(

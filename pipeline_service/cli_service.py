@@ -40,6 +40,20 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
+async def _connect_temporal(settings: ServiceSettings) -> Client:
+    """A client of the settings' Temporal; ConnectionError naming the address if unreachable."""
+    from pipeline_service.temporal.client import connect
+
+    try:
+        return await asyncio.wait_for(
+            connect(settings.temporal_address, settings.temporal_namespace), timeout=15
+        )
+    except Exception as exc:
+        raise ConnectionError(
+            f"cannot reach Temporal at {settings.temporal_address}: {exc}"
+        ) from None
+
+
 @db_app.command("upgrade")
 def db_upgrade(
     search_attributes: Annotated[
@@ -211,18 +225,10 @@ async def _worker(
     settings: ServiceSettings, max_concurrent_steps: int, metrics_port: int | None
 ) -> None:
     from pipeline_service.db.session import make_engine, session_factory
-    from pipeline_service.temporal.client import connect
     from pipeline_service.temporal.worker import build_worker
     from steps.engines.duckdb import DuckDBEngine
 
-    try:
-        client = await asyncio.wait_for(
-            connect(settings.temporal_address, settings.temporal_namespace), timeout=15
-        )
-    except Exception as exc:
-        raise ConnectionError(
-            f"cannot reach Temporal at {settings.temporal_address}: {exc}"
-        ) from None
+    client = await _connect_temporal(settings)
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     db = make_engine(settings.database_url)
     warehouse = DuckDBEngine(settings.work_dir / "warehouse.duckdb")

@@ -104,12 +104,8 @@ class RunDispatcher:
                 return []
         taken = []
         for run in quotas.waiting_runs(session, tenant_id, limit=free):
-            tenant = session.get(Tenant, run.tenant_id)
-            pipeline = session.get(Pipeline, run.pipeline_id)
-            version = session.get(PipelineVersion, run.version_id)
-            assert tenant is not None and pipeline is not None and version is not None
             try:
-                run_input = self._run_input(session, tenant, pipeline, version, run)
+                run_input = self._run_input(session, run)
             except (PipelineValidationError, BundleError) as exc:
                 quotas.cancel_waiting(session, run, f"cannot start: {exc}")
                 continue
@@ -124,14 +120,12 @@ class RunDispatcher:
             taken.append(Submission(run, run_input))
         return taken
 
-    def _run_input(
-        self,
-        session: Session,
-        tenant: Tenant,
-        pipeline: Pipeline,
-        version: PipelineVersion,
-        run: Run,
-    ) -> RunInput:
+    def _run_input(self, session: Session, run: Run) -> RunInput:
+        """The workflow input of a recorded run (PipelineValidationError, BundleError)."""
+        tenant = session.get(Tenant, run.tenant_id)
+        pipeline = session.get(Pipeline, run.pipeline_id)
+        version = session.get(PipelineVersion, run.version_id)
+        assert tenant is not None and pipeline is not None and version is not None
         here, source = run_source(session, pipeline, version, self.source_dir, self.bundle_cache)
         definition = validate_pipeline(version.definition, source_dir=here)
         return build_run_input(tenant, pipeline, run, definition, source)
@@ -144,12 +138,8 @@ class RunDispatcher:
             found = []
             with self.sessions() as session:
                 for run in quotas.stalled_submissions(session, utcnow() - STALLED_AFTER):
-                    tenant = session.get(Tenant, run.tenant_id)
-                    pipeline = session.get(Pipeline, run.pipeline_id)
-                    version = session.get(PipelineVersion, run.version_id)
-                    assert tenant is not None and pipeline is not None and version is not None
                     try:
-                        run_input = self._run_input(session, tenant, pipeline, version, run)
+                        run_input = self._run_input(session, run)
                     except (PipelineValidationError, BundleError):
                         continue
                     found.append(Submission(run, run_input))

@@ -24,6 +24,7 @@ from temporalio.common import (
     WorkflowIDReusePolicy,
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from pipeline_service.bundles import BUNDLE_PREFIX, bundle_dir, default_cache
 from pipeline_service.db import pools, quotas
@@ -33,8 +34,9 @@ from pipeline_service.db.outbox import add_event
 from pipeline_service.db.pipelines import get_pipeline, get_version
 from pipeline_service.db.runs import NewRun, get_run_by_workflow_id, insert_run
 from pipeline_service.db.session import transaction
+from pipeline_service.db.tenants import get_tenant
 from schemas.events import EventType
-from schemas.loading import resolve_params, validate_pipeline
+from schemas.loading import PipelineValidationError, resolve_params, validate_pipeline
 from schemas.pipeline import PipelineDefinition
 from schemas.recording import PipelineStatus, RecordedRunStatus
 from schemas.run import RunContext, RunInput, StepResult, Trigger
@@ -184,14 +186,7 @@ def _record(
                 type=EventType.PIPELINE_QUEUED,
                 actor=request.actor,
                 payload={
-                    "tenant": request.tenant.name,
-                    "pipeline": pipeline.name,
-                    "version": version.version,
-                    "run_id": run.public_id,
-                    "workflow_id": run.workflow_id,
-                    "logical_date": run.logical_date.isoformat(),
-                    "status": run.status,
-                    "trigger": run.trigger,
+                    **run_payload(request.tenant, pipeline, version, run),
                     "waiting": run.submitted_at is None,
                 },
             )
@@ -209,6 +204,22 @@ def _record(
             return Launch(run, created), None
         run_input = build_run_input(request.tenant, pipeline, run, definition, source)
     return Launch(run, created), run_input
+
+
+def run_payload(
+    tenant: Tenant, pipeline: Pipeline, version: PipelineVersion, run: Run
+) -> dict[str, Any]:
+    """What a run's lifecycle event says about the run."""
+    return {
+        "tenant": tenant.name,
+        "pipeline": pipeline.name,
+        "version": version.version,
+        "run_id": run.public_id,
+        "workflow_id": run.workflow_id,
+        "logical_date": run.logical_date.isoformat(),
+        "status": run.status,
+        "trigger": run.trigger,
+    }
 
 
 def _check_pools(session: Session, tenant: Tenant, definition: PipelineDefinition) -> None:
@@ -341,3 +352,42 @@ async def start_workflow(
             ),
             memo={"tenant": context.tenant, "pipeline": context.pipeline, "run": run.public_id},
         )
+
+
+class StartPath:
+    """What the start paths that run on a worker (schedule, dependency gate, backfill, Kafka
+    trigger) share: the database, the Temporal client, and where their runs go."""
+
+    def __init__(
+        self, sessions: sessionmaker[Session], client: Client, *, task_queue: str, source_dir: Path
+    ) -> None:
+        self.sessions, self.client = sessions, client
+        self.task_queue, self.source_dir = task_queue, source_dir
+
+    async def launch(self, request: LaunchRequest) -> Launch | str:
+        """`launch_run`; or why the run cannot start (LaunchRefused, PipelineValidationError)."""
+        try:
+            return await launch_run(
+                self.sessions,
+                self.client,
+                request,
+                task_queue=self.task_queue,
+                source_dir=self.source_dir,
+            )
+        except (LaunchRefused, PipelineValidationError) as exc:
+            return str(exc)
+
+    async def find_tenant(self, name: str) -> Tenant | None:
+        def look_up() -> Tenant | None:
+            with self.sessions() as session:
+                return get_tenant(session, name)
+
+        return await anyio.to_thread.run_sync(look_up)
+
+    async def cancel(self, workflow_id: str) -> None:
+        """Cancel the workflow; one that is gone needs nothing."""
+        try:
+            await self.client.get_workflow_handle(workflow_id).cancel()
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise

@@ -132,3 +132,22 @@ def list_versions(session: Session, pipeline: Pipeline) -> list[PipelineVersion]
 def set_status(session: Session, pipeline: Pipeline, status: PipelineStatus, actor: str) -> None:
     pipeline.status = status.value
     pipeline.updated_at, pipeline.updated_by = utcnow(), actor
+
+
+def current_definitions(
+    session: Session, tenant_id: int, *, with_archived: bool = False
+) -> list[tuple[str, dict[str, Any]]]:
+    """(name, definition of its current version) of each of the tenant's pipelines; archived
+    ones only if `with_archived`."""
+    query = (
+        select(Pipeline.name, PipelineVersion.definition)
+        .join(
+            PipelineVersion,
+            (PipelineVersion.pipeline_id == Pipeline.id)
+            & (PipelineVersion.version == Pipeline.current_version),
+        )
+        .where(Pipeline.tenant_id == tenant_id)
+    )
+    if not with_archived:
+        query = query.where(Pipeline.status != PipelineStatus.ARCHIVED.value)
+    return [(name, definition) for name, definition in session.execute(query).all()]

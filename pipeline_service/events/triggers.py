@@ -21,16 +21,13 @@ from typing import Any
 import anyio.to_thread
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from jsonpath_ng.ext.parser import parse
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from temporalio.client import Client
 
-from pipeline_service.db.models import Pipeline, PipelineVersion, Tenant
+from pipeline_service.db.pipelines import current_definitions
 from pipeline_service.db.tenants import get_tenant
-from pipeline_service.launcher import Launch, LaunchRefused, LaunchRequest, launch_run
-from schemas.loading import PipelineValidationError
+from pipeline_service.launcher import Launch, LaunchRequest, StartPath
 from schemas.pipeline import EventTrigger, KafkaTrigger
-from schemas.recording import PipelineStatus
 from schemas.run import Trigger
 
 log = logging.getLogger(__name__)
@@ -71,7 +68,7 @@ def idempotency_key(trigger: KafkaTrigger, message: Message, document: Any) -> s
     return f"kafka:{message.topic()}:{message.partition()}:{message.offset()}"
 
 
-class TriggerConsumer:
+class TriggerConsumer(StartPath):
     """Starts the runs that one tenant's Kafka triggers ask for."""
 
     def __init__(
@@ -86,8 +83,8 @@ class TriggerConsumer:
         kafka_config: dict[str, Any] | None = None,
         before_commit: Callable[[Message], None] | None = None,
     ) -> None:
-        self.sessions, self.temporal, self.tenant = sessions, temporal, tenant
-        self.task_queue, self.source_dir = task_queue, source_dir
+        super().__init__(sessions, temporal, task_queue=task_queue, source_dir=source_dir)
+        self.tenant = tenant
         self.before_commit = before_commit
         self.consumer = Consumer(
             {
@@ -112,7 +109,7 @@ class TriggerConsumer:
             tenant = get_tenant(session, self.tenant)
             found: dict[str, list[Subscription]] = {}
             if tenant is not None:
-                for name, definition in _definitions(session, tenant):
+                for name, definition in current_definitions(session, tenant.id):
                     for raw in definition.get("triggers") or []:
                         kafka = EventTrigger.model_validate(raw).kafka
                         found.setdefault(kafka.topic, []).append(Subscription(name, kafka))
@@ -156,7 +153,7 @@ class TriggerConsumer:
                 "trigger consumer: %s@%s is not JSON; skipped", message.topic(), message.offset()
             )
             return []
-        tenant = await anyio.to_thread.run_sync(self._tenant)
+        tenant = await self.find_tenant(self.tenant)
         launches = []
         for subscription in self.subscriptions.get(str(message.topic()), []):
             trigger = subscription.trigger
@@ -170,27 +167,16 @@ class TriggerConsumer:
                 idempotency_key=idempotency_key(trigger, message, document),
                 trigger=Trigger.EVENT,
             )
-            try:
-                launch = await launch_run(
-                    self.sessions,
-                    self.temporal,
-                    request,
-                    task_queue=self.task_queue,
-                    source_dir=self.source_dir,
-                )
-            except (LaunchRefused, PipelineValidationError) as exc:
+            launch = await self.launch(request)
+            if isinstance(launch, str):
                 # A paused pipeline, params that do not fit: this message cannot start it.
                 log.warning(
-                    "trigger %s -> %s refused: %s", message.topic(), subscription.pipeline, exc
+                    "trigger %s -> %s refused: %s", message.topic(), subscription.pipeline, launch
                 )
                 continue
             launches.append(launch)
             self.started.append(launch)
         return launches
-
-    def _tenant(self) -> Tenant | None:
-        with self.sessions() as session:
-            return get_tenant(session, self.tenant)
 
     async def run(self, stop: asyncio.Event, refresh_every: float = 30) -> None:
         """Until `stop` is set; re-reads the triggers every `refresh_every` seconds."""
@@ -210,16 +196,3 @@ class TriggerConsumer:
 
     def close(self) -> None:
         self.consumer.close()
-
-
-def _definitions(session: Session, tenant: Tenant) -> list[tuple[str, dict[str, Any]]]:
-    rows = session.execute(
-        select(Pipeline.name, PipelineVersion.definition)
-        .join(
-            PipelineVersion,
-            (PipelineVersion.pipeline_id == Pipeline.id)
-            & (PipelineVersion.version == Pipeline.current_version),
-        )
-        .where(Pipeline.tenant_id == tenant.id, Pipeline.status != PipelineStatus.ARCHIVED.value)
-    ).all()
-    return [(name, definition) for name, definition in rows]

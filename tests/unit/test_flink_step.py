@@ -153,8 +153,13 @@ def test_job_settings_put_the_platform_last(tmp_path: Path) -> None:
         job_config(step, FlinkOptions(), "t")
     with pytest.raises(StepError, match="must look like"):
         job_config(step, FlinkOptions(rest_url="jm:8081"), "t")
-    argv = sql_command(FlinkOptions(python="/py"), tmp_path / "job.json", "tag1")
-    assert argv[1:] == [
+    # The command is pure logic: a tool dir laid out like `make flink`'s install will do.
+    tools = tmp_path / "tools"
+    (tools / "pyflink" / "bin").mkdir(parents=True)
+    (tools / "pyflink" / "bin" / "jobmanager.sh").touch()
+    argv = sql_command(FlinkOptions(python="/py", tool_dir=tools), tmp_path / "job.json", "tag1")
+    assert argv == [
+        str(tools / "pyflink" / "bin" / "flink"),
         "run",
         "-py",
         str(SQL_DRIVER),

@@ -9,7 +9,6 @@ from typing import Annotated
 
 import yaml
 from fastapi import APIRouter, Query
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -125,15 +124,7 @@ def _check_dependency_cycle(
     """422 naming the cycle if this definition closes one among the tenant's pipelines."""
     if not definition.depends_on:
         return
-    rows = session.execute(
-        select(Pipeline.name, PipelineVersion.definition)
-        .join(
-            PipelineVersion,
-            (PipelineVersion.pipeline_id == Pipeline.id)
-            & (PipelineVersion.version == Pipeline.current_version),
-        )
-        .where(Pipeline.tenant_id == tenant_id)
-    ).all()
+    rows = repo.current_definitions(session, tenant_id, with_archived=True)
     graph = {name: [d["pipeline"] for d in data.get("depends_on") or []] for name, data in rows}
     graph[definition.name] = [d.pipeline for d in definition.depends_on]
     cycle = dependency_cycle(graph)
