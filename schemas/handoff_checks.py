@@ -12,6 +12,7 @@ from schemas.pipeline import (
     NotificationStep,
     PythonStep,
     QualityStep,
+    SensorStep,
     SparkStep,
     SqlStep,
     Step,
@@ -100,6 +101,8 @@ def templated_fields(step: Step) -> list[tuple[FieldPath, str]]:
             # A `{secret: name}` value is no template: the activity resolves it.
             *((("env", key), value) for key, value in step.env.items() if isinstance(value, str)),
         ]
+    if isinstance(step, SensorStep):
+        return [((name,), text) for name, text in (("file", step.file), ("sql", step.sql)) if text]
     if isinstance(step, SparkStep | FlinkStep):
         file = (
             ("jar", step.jar) if isinstance(step, FlinkStep) else ("application", step.application)

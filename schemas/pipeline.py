@@ -563,8 +563,58 @@ class NoopStep(StepBase):
     type: Literal["noop"]
 
 
+class SensorStep(StepBase):
+    """Waits for a condition before its dependants run: a file appears in the pipeline directory
+    (`file:`) or a SQL query's first value is true (`sql:`). The workflow checks (one short
+    activity), then sleeps `poke_interval` on a durable timer (no worker slot is held while
+    waiting), until the condition holds or `timeout` has passed: then the step fails with what
+    it waited for and how long."""
+
+    type: Literal["sensor"]
+    file: str | None = Field(None, min_length=1, max_length=1000)
+    """A path relative to the pipeline directory (a template: `data/{{ ds }}.csv`)."""
+    sql: str | None = Field(None, min_length=1, max_length=100_000)
+    """A query whose first row's first value is true (`SELECT count(*) > 0 FROM t`)."""
+    engine: EngineName = "duckdb"
+    connection: str | None = None
+    poke_interval: PositiveDuration = timedelta(seconds=60)
+    check_timeout: PositiveDuration = timedelta(seconds=60)
+    """The time one check may take."""
+
+    @field_validator("file")
+    @classmethod
+    def _file_inside_pipeline(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if "://" in value:
+            raise ValueError(
+                "object-store URLs are not supported by sensors yet; use a path relative to "
+                "the pipeline directory"
+            )
+        if value.startswith("/") or ".." in value.replace("\\", "/").split("/"):
+            raise ValueError("use a path inside the pipeline directory (relative, no '..')")
+        return value
+
+    @model_validator(mode="after")
+    def _one_condition(self) -> SensorStep:
+        if (self.file is None) == (self.sql is None):
+            raise ValueError("a sensor needs exactly one of 'file' or 'sql'")
+        if self.sql is not None:
+            check_engine_connection(self.engine, self.connection)
+        if self.poke_interval > self.timeout:
+            raise ValueError("poke_interval: must not be longer than the sensor's timeout")
+        return self
+
+
 Step = Annotated[
-    SqlStep | PythonStep | SparkStep | FlinkStep | QualityStep | NotificationStep | NoopStep,
+    SqlStep
+    | PythonStep
+    | SparkStep
+    | FlinkStep
+    | QualityStep
+    | NotificationStep
+    | NoopStep
+    | SensorStep,
     Field(discriminator="type"),
 ]
 STEP_MODELS: dict[str, type[StepBase]] = {
@@ -575,6 +625,7 @@ STEP_MODELS: dict[str, type[StepBase]] = {
     "quality": QualityStep,
     "notification": NotificationStep,
     "noop": NoopStep,
+    "sensor": SensorStep,
 }
 STEP_TYPES = tuple(STEP_MODELS)
 

@@ -19,6 +19,7 @@ from steps.notification import NotificationExecutor
 from steps.python_runners import PythonRunners
 from steps.python_script import PythonScriptExecutor
 from steps.quality import QualityExecutor
+from steps.sensor import SensorExecutor
 from steps.spark import SparkExecutor
 from steps.spark_submit import SparkOptions
 from steps.sql import SqlExecutor
@@ -39,14 +40,16 @@ def build_executors(
     where Spark, Flink and Kubernetes jobs run, from their options (default: local)."""
     resources = resources if resources is not None else load_resources()
     catalog = EngineCatalog(engine, resources)
+    sql = SqlExecutor(catalog)
     executors: Executors = {
         "notification": NotificationExecutor(resources),
-        "sql": SqlExecutor(catalog),
+        "sql": sql,
         "quality": QualityExecutor(catalog),
         "python": PythonRunners(PythonScriptExecutor(engine), kubernetes_options=kubernetes),
         "spark": SparkExecutor(spark),
         "flink": FlinkExecutor(flink),
         "noop": NoopExecutor(),
+        "sensor": SensorExecutor(sql),
     }
     return executors
 

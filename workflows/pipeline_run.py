@@ -24,7 +24,7 @@ with workflow.unsafe.imports_passed_through():
         WORKER_LOST,
     )
     from schemas.handoff_checks import referenced_steps
-    from schemas.pipeline import OnFailure, Step
+    from schemas.pipeline import OnFailure, SensorStep, Step
     from schemas.recording import RecordedRunStatus, RecordRunEventsResult
     from schemas.run import (
         STEP_ACTIVE,
@@ -39,7 +39,7 @@ with workflow.unsafe.imports_passed_through():
         StepStatus,
         UpstreamResult,
     )
-    from workflows import control_flow, dag, pools, retries
+    from workflows import control_flow, dag, pools, retries, sensors
     from workflows.recording import RunRecorder
 
 DEFAULT_HEARTBEAT_TIMEOUT = timedelta(seconds=30)
@@ -347,9 +347,22 @@ class PipelineRunWorkflow:
 
     async def _execute(self, step: Step, *, compensation: bool = False) -> StepResult:
         """Run one step to success or its last failed attempt."""
+        if isinstance(step, SensorStep) and workflow.patched(sensors.SENSORS_PATCH):
+            return await self._wait_for_sensor(step)
         if workflow.patched(WORKFLOW_DRIVEN_RETRIES):
             return await self._execute_attempts(step, compensation)
         return await self._execute_with_temporal_retries(step, compensation)
+
+    async def _wait_for_sensor(self, step: SensorStep) -> StepResult:
+        """A sensor: the workflow checks and sleeps until it holds or times out (sensors.py)."""
+        run_input = RunStepInput(
+            step=step,
+            context=self._input.context,
+            source_dir=self._input.source_dir,
+            upstream=self._upstream(step),
+            report_retries=False,
+        )
+        return await sensors.wait(step, run_input)
 
     async def _execute_attempts(self, step: Step, compensation: bool) -> StepResult:
         """One activity per attempt, the workflow deciding retries and backoff (a durable

@@ -19,7 +19,7 @@ from activities.pools import PoolActivities
 from activities.recording import RecordingActivities
 from activities.steps import StepActivities
 from schemas.loading import validate_pipeline
-from schemas.pipeline import NoopStep
+from schemas.pipeline import NoopStep, SensorStep
 from schemas.run import RunContext, RunInput, StepResult
 from steps.base import StepContext, StepError
 from workflows.pipeline_run import PipelineRunWorkflow
@@ -32,6 +32,8 @@ class Behavior:
     retryable: bool = True
     block_first: float = 0.0
     """Block the worker's event loop this long on the first attempt: no heartbeats go out."""
+    unmet_checks: int = 0
+    """A sensor step: this many checks find its condition unmet, the next ones met."""
 
 
 @dataclass
@@ -41,7 +43,7 @@ class ScriptedExecutor:
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
     failures: dict[str, int] = field(default_factory=dict)
 
-    async def execute(self, step: NoopStep, ctx: StepContext) -> StepResult:
+    async def execute(self, step: NoopStep | SensorStep, ctx: StepContext) -> StepResult:
         behavior = self.behaviors.get(step.id, Behavior())
         self.calls.append((step.id, ctx.attempt))
         start = time.monotonic()
@@ -54,6 +56,9 @@ class ScriptedExecutor:
             raise StepError(
                 f"scripted failure {self.failures[step.id]}", retryable=behavior.retryable
             )
+        if step.type == "sensor":
+            checks = sum(1 for called, _ in self.calls if called == step.id)
+            return StepResult(outputs={"met": checks > behavior.unmet_checks})
         return StepResult(outputs={"attempt": ctx.attempt})
 
 
@@ -82,7 +87,7 @@ def worker_for(
     sessions: sessionmaker[Session] | None = None,
 ) -> Worker:
     """A worker with the scripted executor; with `sessions`, it also records run state."""
-    activities = StepActivities({"noop": executor}, tmp_path / "work", client)
+    activities = StepActivities({"noop": executor, "sensor": executor}, tmp_path / "work", client)
     pools = PoolActivities(sessions)
     registered: list[Any] = [activities.run_step, pools.acquire_pool_slot, pools.release_pool_slot]
     if sessions is not None:

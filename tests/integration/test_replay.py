@@ -147,6 +147,19 @@ SCENARIOS["recorded_pools"] = (
 )
 # Recorded before steps could name a pool (patch "pools"): runs in flight at that change.
 SCENARIOS["recorded_before_pools"] = SCENARIOS["workflow_driven_retries"]
+# Recorded before sensor steps existed (patch "sensors"): a run in flight at that change.
+SCENARIOS["recorded_before_sensors"] = SCENARIOS["diamond_with_retry"]
+# Sensors (patch "sensors"): one met on its third check, one that times out; their dependants.
+SCENARIOS["sensors"] = (
+    {"ready": Behavior(unmet_checks=2), "never": Behavior(unmet_checks=1000)},
+    [
+        {"id": "ready", "type": "sensor", "file": "in.csv", "poke_interval": 0.2, "timeout": 30},
+        {"id": "never", "type": "sensor", "file": "no.csv", "poke_interval": 0.2, "timeout": 1},
+        {"id": "after_ready", "depends_on": ["ready"]},
+        {"id": "after_never", "depends_on": ["never"]},
+    ],
+    {},
+)
 
 
 async def _record(client: Client, tmp_path: Path, name: str) -> None:
