@@ -17,6 +17,7 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
 from activities.names import RUN_STEP, STEP_ATTEMPT_FAILED_SIGNAL, WORKER_LOST
+from schemas.pipeline import SensorStep
 from schemas.run import RunStepInput, StepAttemptFailed, StepResult
 from steps.base import StepContext, StepError
 from steps.engines.duckdb import DuckDBEngine
@@ -90,7 +91,9 @@ class StepActivities:
         try:
             await self._check_upstream_tables(input)
             # execute_step stamps the attempt and its start and finish times on the result.
-            result = await _within_timeout(step.timeout, execute_step(self._executors, step, ctx))
+            # A sensor's timeout is its whole wait; one check (this activity) has check_timeout.
+            limit = step.check_timeout if isinstance(step, SensorStep) else step.timeout
+            result = await _within_timeout(limit, execute_step(self._executors, step, ctx))
             return _redacted_result(result, ctx) if secrets else result
         except StepError as err:
             # What leaves the activity goes into the workflow's history: no secret values.

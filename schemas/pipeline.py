@@ -580,6 +580,19 @@ class SensorStep(StepBase):
     poke_interval: PositiveDuration = timedelta(seconds=60)
     check_timeout: PositiveDuration = timedelta(seconds=60)
     """The time one check may take."""
+    upstream: Any = None
+    """Reserved: waiting for another pipeline's run is the pipeline's `depends_on:`."""
+
+    @field_validator("upstream")
+    @classmethod
+    def _no_upstream_runs(cls, value: Any) -> None:
+        if value is not None:
+            raise ValueError(
+                "sensors cannot wait for another pipeline's run yet; use the pipeline's "
+                "depends_on: [{pipeline: NAME}] (it waits for the upstream runs of the logical "
+                "date before the run starts)"
+            )
+        return None
 
     @field_validator("file")
     @classmethod

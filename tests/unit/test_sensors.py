@@ -39,7 +39,7 @@ def sensor(**fields: Any) -> SensorStep:
         ({"file": "a", "poke_interval": "2h"}, "steps[0]: poke_interval: must not be longer"),
         ({"file": "{{ params.nope }}"}, "steps[0].file: unknown param 'nope'"),
         ({"sql": "SELECT 1", "engine": "trino"}, "steps[0]: engine 'trino' needs a connection"),
-        ({"file": "a", "upstream": "other"}, "steps[0].upstream"),
+        ({"file": "a", "upstream": {"pipeline": "o"}}, "steps[0].upstream: sensors cannot wait"),
     ],
 )
 def test_invalid_sensors_are_reported_at_their_path(
