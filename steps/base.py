@@ -27,6 +27,33 @@ class StepError(Exception):
         self.retryable = retryable
 
 
+def confined_path(
+    source_dir: Path,
+    relative: str,
+    what: str,
+    *,
+    must_be_file: bool = True,
+    error_type: str = "ScriptPathError",
+) -> Path:
+    """`relative` resolved inside the pipeline directory (symlinks followed); a path that
+    leads outside it, or (with `must_be_file`) is not a file, is a non-retryable StepError."""
+    root = source_dir.resolve()
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root):
+        raise StepError(
+            f"{what} {relative!r} resolves outside the pipeline directory {root}",
+            error_type=error_type,
+            retryable=False,
+        )
+    if must_be_file and not path.is_file():
+        raise StepError(
+            f"{what} {relative!r} is not a file in {root}",
+            error_type=error_type,
+            retryable=False,
+        )
+    return path
+
+
 @dataclass(frozen=True)
 class StepContext:
     """Everything a step execution may use besides its own definition."""

@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 
 from schemas.pipeline import FlinkStep
 from schemas.templating import render_text
-from steps.base import StepContext, StepError, StepResult, step_tag
+from steps.base import StepContext, StepError, StepResult, confined_path, step_tag
 from steps.driver_output import exception_lines
 from steps.flink_job import (
     FlinkOptions,
@@ -156,14 +156,7 @@ class FlinkExecutor:
         restore_path: str | None,
     ) -> None:
         assert step.jar is not None
-        root = ctx.source_dir.resolve()
-        jar = (root / render_text(step.jar, ctx.run, ctx.upstream)).resolve()
-        if not jar.is_relative_to(root) or not jar.is_file():
-            raise StepError(
-                f"jar {step.jar!r} is not a file inside the pipeline directory {root}",
-                error_type="ScriptPathError",
-                retryable=False,
-            )
+        jar = confined_path(ctx.source_dir, render_text(step.jar, ctx.run, ctx.upstream), "jar")
         jar_id = await rest.upload_jar(jar)
         body: dict[str, Any] = {
             "programArgsList": [render_text(a, ctx.run, ctx.upstream) for a in step.args]

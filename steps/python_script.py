@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 
 from schemas.pipeline import PythonStep
 from schemas.templating import render_text
-from steps.base import StepContext, StepError, StepResult
+from steps.base import StepContext, StepError, StepResult, confined_path
 from steps.engines.duckdb import DuckDBEngine
 from steps.process import group_alive, spawn_group, terminate_group
 from steps.python_env import default_environments, ensure_environment
@@ -37,21 +37,7 @@ _UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9_.\-]")
 
 def resolve_script(source_dir: Path, script: str) -> Path:
     """The script's real path; refuses anything that resolves outside `source_dir`."""
-    root = source_dir.resolve()
-    path = (root / script).resolve()
-    if not path.is_relative_to(root):
-        raise StepError(
-            f"script {script!r} resolves outside the pipeline directory {root}",
-            error_type="ScriptPathError",
-            retryable=False,
-        )
-    if not path.is_file():
-        raise StepError(
-            f"script {script!r} is not a file in {root}",
-            error_type="ScriptPathError",
-            retryable=False,
-        )
-    return path
+    return confined_path(source_dir, script, "script")
 
 
 class PythonScriptExecutor:

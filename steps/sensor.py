@@ -7,7 +7,7 @@ from typing import Any
 
 from schemas.pipeline import SensorStep, SqlStep
 from schemas.templating import render_text
-from steps.base import StepContext, StepError, StepResult
+from steps.base import StepContext, StepResult, confined_path
 from steps.sql import SqlExecutor
 
 FALSE_VALUES = frozenset({"", "false", "0", "no", "off", "none"})
@@ -34,14 +34,13 @@ class SensorExecutor:
 
     async def _file(self, template: str, ctx: StepContext) -> StepResult:
         relative = render_text(template, ctx.run, ctx.upstream)
-        root = ctx.source_dir.resolve()
-        path = (root / relative).resolve()
-        if not path.is_relative_to(root):
-            raise StepError(
-                f"sensor file {relative!r} resolves outside the pipeline directory {root}",
-                error_type="PathOutsidePipeline",
-                retryable=False,
-            )
+        path = confined_path(
+            ctx.source_dir,
+            relative,
+            "sensor file",
+            must_be_file=False,
+            error_type="PathOutsidePipeline",
+        )
         return StepResult(outputs={"met": path.exists(), "file": relative})
 
     async def _sql(self, step: SensorStep, ctx: StepContext) -> StepResult:

@@ -20,7 +20,7 @@ from schemas.pipeline import SparkStep
 from schemas.run import RunContext, UpstreamResult
 from schemas.sql_templates import render_sql
 from schemas.templating import render_text
-from steps.base import StepError
+from steps.base import StepError, confined_path
 from steps.sql_split import split_statements
 
 SQL_DRIVER = Path(__file__).with_name("spark_sql_driver.py")
@@ -158,14 +158,14 @@ def submit_command(
     if step.packages:
         argv += ["--packages", ",".join(step.packages)]
     if step.jars:
-        argv += ["--jars", ",".join(str(_confined(root, jar, "jar")) for jar in step.jars)]
+        argv += ["--jars", ",".join(str(confined_path(root, jar, "jar")) for jar in step.jars)]
     if step.sql is not None:
         if sql_job is None:
             raise ValueError("a sql step needs its job file")
         # --files ships the job beside the driver in every deploy mode (SparkFiles.get).
         return [*argv, "--files", str(sql_job), str(SQL_DRIVER), sql_job.name]
     assert step.application is not None
-    application = _confined(root, render_text(step.application, run, upstream), "application")
+    application = confined_path(root, render_text(step.application, run, upstream), "application")
     if step.main_class:
         argv += ["--class", step.main_class]
     return [*argv, str(application), *(render_text(arg, run, upstream) for arg in step.args)]
@@ -208,20 +208,3 @@ def _kubernetes_conf(
     if k8s.upload_path:
         conf["spark.kubernetes.file.upload.path"] = k8s.upload_path
     return conf
-
-
-def _confined(root: Path, relative: str, what: str) -> Path:
-    path = (root / relative).resolve()
-    if not path.is_relative_to(root):
-        raise StepError(
-            f"{what} {relative!r} resolves outside the pipeline directory {root}",
-            error_type="ScriptPathError",
-            retryable=False,
-        )
-    if not path.is_file():
-        raise StepError(
-            f"{what} {relative!r} is not a file in {root}",
-            error_type="ScriptPathError",
-            retryable=False,
-        )
-    return path
