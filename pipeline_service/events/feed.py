@@ -58,6 +58,7 @@ class FeedCursor:
 
 
 def to_event(row: OutboxEvent, tenant: str) -> LifecycleEvent:
+    """An outbox row as the CloudEvent the feed serves and the relay publishes."""
     return to_cloud_event(
         OutboxRecord(
             event_id=row.event_id,

@@ -28,9 +28,10 @@ from sqlalchemy import Engine, delete, func, select, text, update
 from sqlalchemy.orm import Session
 
 from pipeline_service.db.models import OutboxEvent, Tenant
+from pipeline_service.events.feed import to_event
 from pipeline_service.events.metrics import RelayMetrics
 from pipeline_service.settings import ServiceSettings
-from schemas.events import CONTENT_TYPE, OutboxRecord, to_cloud_event
+from schemas.events import CONTENT_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -206,17 +207,7 @@ class EventRelay:
 
         produced: list[int] = []
         for row, tenant in rows:
-            event = to_cloud_event(
-                OutboxRecord(
-                    event_id=row.event_id,
-                    tenant=tenant,
-                    key=row.key,
-                    type=row.type,
-                    actor=row.actor,
-                    payload=row.payload,
-                    created_at=row.created_at,
-                )
-            )
+            event = to_event(row, tenant)
             try:
                 self.producer.produce(
                     self.topic,
