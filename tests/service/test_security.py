@@ -8,7 +8,6 @@ import re
 import time
 from typing import Any
 
-import httpx
 from sqlalchemy import func, select
 
 from pipeline_service.db.models import OutboxEvent, Pipeline, PipelineVersion, Run, StepRun
@@ -180,7 +179,8 @@ async def test_problem_bodies_for_unknown_paths_and_bad_json(service: Service) -
         "/v1/pipelines", content=b"{not json", headers={"content-type": "application/json"}
     )
     assert response.status_code == 422 and response.json()["errors"]
-    assert isinstance(response, httpx.Response)
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "JSON" in response.json()["detail"], response.json()
 
 
 async def test_a_revoked_key_stops_working_at_once(service: Service) -> None:
