@@ -315,6 +315,14 @@ class ServiceSettings(BaseSettings):
         default_factory=lambda: Path(platformdirs.user_cache_dir("laminar")) / "bundles"
     )
     """Where code bundles are materialized (read-only, by digest); any process may clear it."""
+    artifact_url: str | None = None
+    """Where a run's step logs and DuckDB hand-off tables live so every worker and the API
+    reach them: s3://, gs://, az://, file:// or a path (the same on every worker and server).
+    Unset: logs stay on each worker's disk and DuckDB tables do not cross workers."""
+    s3_endpoint: str | None = None
+    """S3-compatible endpoint of an s3:// artifact store (credentials: the AWS chain only)."""
+    artifact_log_interval: Duration = timedelta(seconds=30)
+    """How often a running step's log is uploaded to the artifact store (0: only at its end)."""
     kafka_bootstrap_servers: str | None = None
     """Kafka brokers (`host:port,...`) the events relay publishes to; unset: no Kafka, events
     stay readable from the outbox through the API."""
