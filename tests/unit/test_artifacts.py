@@ -209,7 +209,7 @@ async def test_each_attempts_log_is_uploaded_masked_and_the_api_reads_it(
         args=["one"],
         env={"TOKEN": SecretRef(secret="token")},
     )
-    a, b = workers
+    a, _ = workers
     with pytest.raises(ApplicationError):
         await env(attempt=1).run(a.activities.run_step, step_input(step, source))
     second = step.model_copy(update={"args": ["two"]})
