@@ -221,8 +221,7 @@ async def test_each_attempts_log_is_uploaded_masked_and_the_api_reads_it(
     assert b"one" not in second_log  # each attempt's own part of step.log
     # The API's reader: the server has no such file (another host), so the store answers.
     rows = [
-        StepRun(step_id="leaky", attempt=n, log_path=str(a.work / "elsewhere.log"))
-        for n in (1, 2)
+        StepRun(step_id="leaky", attempt=n, log_path=str(a.work / "elsewhere.log")) for n in (1, 2)
     ]
     logs = StepLogs(tmp_path / "server-work", store)
     tails = logs.tails(TENANT, run_id, rows)
