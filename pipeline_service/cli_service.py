@@ -231,14 +231,18 @@ def worker(
 ) -> None:
     """Run pipeline workflows and their steps from the task queue; any number may run."""
     settings = _settings()
+    artifacts = artifact_storage(settings)
     try:
-        asyncio.run(_worker(settings, max_concurrent_steps, metrics_port))
+        asyncio.run(_worker(settings, max_concurrent_steps, metrics_port, artifacts))
     except ConnectionError as exc:
         raise _fail(str(exc)) from None
 
 
 async def _worker(
-    settings: ServiceSettings, max_concurrent_steps: int, metrics_port: int | None
+    settings: ServiceSettings,
+    max_concurrent_steps: int,
+    metrics_port: int | None,
+    artifacts: ArtifactStorage | None,
 ) -> None:
     from pipeline_service.db.session import make_engine, session_factory
     from pipeline_service.temporal.worker import build_worker
@@ -248,7 +252,6 @@ async def _worker(
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     db = make_engine(settings.database_url)
     warehouse = DuckDBEngine(settings.work_dir / "warehouse.duckdb")
-    artifacts = artifact_storage(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -260,3 +260,26 @@ def test_keys_are_confined_to_the_tenant_and_run() -> None:
     assert key.startswith("acme/runs/") and ".." not in key.split("/")
     assert "/other/" not in key
     assert duckdb  # the consumer script's import, present in the test environment
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("s3://bucket/prefix", True),
+        ("file:///srv/artifacts", True),
+        ("/srv/artifacts", True),
+        ("ftp://host/x", False),
+        ("memory://x", False),  # per process: no other worker would see it
+        (" ", False),
+    ],
+)
+def test_the_artifact_url_setting_is_checked(url: str, ok: bool) -> None:
+    from pydantic import ValidationError
+
+    from pipeline_service.settings import ServiceSettings
+
+    if ok:
+        assert ServiceSettings(artifact_url=url).artifact_url == url
+    else:
+        with pytest.raises(ValidationError, match="artifact_url"):
+            ServiceSettings(artifact_url=url)
