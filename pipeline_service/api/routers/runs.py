@@ -21,6 +21,7 @@ from pipeline_service.api.deps import (
     tenant_of,
 )
 from pipeline_service.api.models import (
+    PoolWaitPublic,
     RunDetail,
     RunPage,
     RunPublic,
@@ -36,6 +37,7 @@ from pipeline_service.db import quotas
 from pipeline_service.db import runs as repo
 from pipeline_service.db.models import PipelineVersion, Run, StepRun, Tenant
 from pipeline_service.db.pipelines import get_pipeline
+from pipeline_service.db.pools import waiting_steps
 from pipeline_service.db.recording import record_run_events
 from pipeline_service.db.session import transaction
 from pipeline_service.launcher import LaunchRefused, LaunchRequest, launch_run, workflow_id_for
@@ -109,6 +111,13 @@ def _detail(session: Session, run: Run, logs: StepLogs) -> RunDetail:
     for row in rows:
         attempts.setdefault(row.step_id, []).append(row)
     tails = logs.tails(tenant.name, run.workflow_id, rows)
+    waits: dict[str, PoolWaitPublic] = {}
+    if run.status not in RUN_FINISHED:
+        for activity_id, wait in waiting_steps(session, run.workflow_id).items():
+            # `step`, or `step#n` for a later execution of it (a retry from the workflow).
+            waits[activity_id.split("#", 1)[0]] = PoolWaitPublic(
+                pool=wait.pool, since=wait.since, position=wait.position
+            )
     steps = []
     for step in version.definition.get("steps", []):
         rows = sorted(attempts.get(step["id"], []), key=lambda r: r.attempt)
@@ -118,6 +127,7 @@ def _detail(session: Session, run: Run, logs: StepLogs) -> RunDetail:
                 type=step.get("type", ""),
                 status=rows[-1].status if rows else "PENDING",
                 attempts=[_attempt(r, tails.get((r.step_id, r.attempt))) for r in rows],
+                waiting_for_pool=waits.get(step["id"]),
             )
         )
     return RunDetail(**_public(session, run).model_dump(), steps=steps)
