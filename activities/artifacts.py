@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 LOG_NAME = "step.log"
 """Every executor that writes a log writes it as `step.log` in the step's work directory."""
+FINAL_UPLOAD_WAIT = timedelta(seconds=10)
 _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9._\-]+")
 
 
@@ -47,8 +48,10 @@ def key_part(text: str) -> str:
 
 
 def run_prefix(tenant: str, run_id: str) -> str:
-    """Everything of one run lives under this prefix (ends with `/`)."""
-    return f"{key_part(tenant)}/runs/{key_part(run_id)}/"
+    """Everything of one run lives under this prefix (ends with `/`). The run id is made
+    readable and suffixed with its hash: two ids that read alike (`key:a b`, `key:a_b`) differ."""
+    digest = hashlib.sha256(run_id.encode()).hexdigest()[:12]
+    return f"{key_part(tenant)}/runs/{key_part(run_id)[:200]}-{digest}/"
 
 
 def log_key(tenant: str, run_id: str, step_id: str, attempt: int) -> str:
@@ -89,7 +92,9 @@ class AttemptLog:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self._upload(final=True)
+        # A store that does not answer must not hold the step's end for its retry budget.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._upload(final=True), FINAL_UPLOAD_WAIT.total_seconds())
 
     async def _periodically(self) -> None:
         while True:

@@ -6,13 +6,15 @@ whichever asks first; a waiter that stopped asking leaves the line; the API's vi
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 
-from sqlalchemy import update
+import pytest
+from sqlalchemy import delete, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline_service.db.base import utcnow
-from pipeline_service.db.models import PoolWaiter
+from pipeline_service.db.models import PoolLease, PoolWaiter
 from pipeline_service.db.pools import (
     WAITER_TTL,
     Acquired,
@@ -23,6 +25,15 @@ from pipeline_service.db.pools import (
 )
 from pipeline_service.db.session import transaction
 from pipeline_service.db.tenants import create_tenant
+
+
+@pytest.fixture(autouse=True)
+def _give_back(sessions: sessionmaker[Session]) -> Iterator[None]:
+    """The database is shared with the session's other tests (tests/service counts leases)."""
+    yield
+    with transaction(sessions) as session:
+        for model in (PoolLease, PoolWaiter):
+            session.execute(delete(model).where(model.holder.like("t-%")))
 
 
 def setup(sessions: sessionmaker[Session], slots: int) -> tuple[str, str]:

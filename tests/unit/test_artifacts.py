@@ -259,6 +259,8 @@ def test_keys_are_confined_to_the_tenant_and_run() -> None:
     key = log_key("acme", "acme/../../other/run", "../x", 1)
     assert key.startswith("acme/runs/") and ".." not in key.split("/")
     assert "/other/" not in key
+    # Run ids that read alike after the unsafe characters go still get keys of their own.
+    assert run_prefix("acme", "acme/p/key:a b") != run_prefix("acme", "acme/p/key:a_b")
     assert duckdb  # the consumer script's import, present in the test environment
 
 
