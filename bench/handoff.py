@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import os
 import statistics
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from schemas.pipeline import PythonStep
 from schemas.run import RunContext, RunStepInput, StepResult, UpstreamResult
 from steps.engines.duckdb import DuckDBEngine
 from steps.registry import build_executors
+from tests.s3_standin import s3_standin
 
 PRODUCE = """\
 import duckdb, sys
@@ -91,6 +91,7 @@ async def measure(
         args=["{{ steps.produce.outputs.big }}"], inputs=["big"],
     )  # fmt: skip
     tag = "store" if store is not None else "none"
+    root.mkdir(parents=True, exist_ok=True)
     figures: dict[str, list[float]] = {"produce": [], "same": [], "other": []}
     for n in range(repeat):
         run = f"acme/bench/{tag}-{n}"
@@ -133,41 +134,44 @@ async def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="laminar-bench-handoff-") as tmp:
         root = Path(tmp)
-        reference = await measure(None, args.rows, args.repeat, root / "none")
-        stores: dict[str, ArtifactStore] = {"file://": ArtifactStorage(f"file://{root / 'store'}")}
-        moto = None
+        stores: dict[str, ArtifactStore | None] = {
+            "(none)": None,
+            "file://": ArtifactStorage(f"file://{root / 'store'}"),
+        }
+        moto = s3_standin()
+        standin = moto.__enter__()
         try:
-            from tests.s3_standin import s3_standin
-
-            moto = s3_standin()
-            standin = moto.__enter__()
             bucket = standin.new_bucket()
-            os.environ["AWS_ALLOW_HTTP"] = "true"
             stores["s3 (moto stand-in)"] = ArtifactStorage(
                 f"s3://{bucket}/artifacts", s3_endpoint=standin.endpoint
             )
-        except ImportError:
-            print("moto is not installed: the S3 stand-in row is left out")
-        ref_produce, ref_same = median_ms(reference["produce"]), median_ms(reference["same"])
+            # Interleaved: each round measures every store, so load drifts hit all alike.
+            figures: dict[str, dict[str, list[float]]] = {
+                name: {"produce": [], "same": [], "other": []} for name in stores
+            }
+            for round_ in range(args.repeat):
+                for number, (name, store) in enumerate(stores.items()):
+                    got = await measure(store, args.rows, 1, root / f"r{round_}-{number}")
+                    for kind, values in got.items():
+                        figures[name][kind] += values
+        finally:
+            moto.__exit__(None, None, None)
+        ref_produce = median_ms(figures["(none)"]["produce"])
+        ref_same = median_ms(figures["(none)"]["same"])
         print(f"hand-off table: {args.rows} rows (id, k, md5 text); medians of {args.repeat}")
         print(f"{'store':<20} {'step':<38} {'ms':>8} {'reference ms':>13} {'ratio':>6}")
         print(f"{'(none)':<20} {'produce (reference)':<38} {ref_produce:>8.0f}")
         print(f"{'(none)':<20} {'consume, same worker (reference)':<38} {ref_same:>8.0f}")
-        try:
-            for name, store in stores.items():
-                figures = await measure(
-                    store, args.rows, args.repeat, root / name.split()[0].strip(":/")
-                )
-                rows = [
-                    ("produce + export/upload", median_ms(figures["produce"]), ref_produce),
-                    ("consume, same worker (no import)", median_ms(figures["same"]), ref_same),
-                    ("consume, other worker (import)", median_ms(figures["other"]), ref_same),
-                ]
-                for label, ms, ref in rows:
-                    print(f"{name:<20} {label:<38} {ms:>8.0f} {ref:>13.0f} {ms / ref:>6.2f}")
-        finally:
-            if moto is not None:
-                moto.__exit__(None, None, None)
+        for name in stores:
+            if name == "(none)":
+                continue
+            rows = [
+                ("produce + export/upload", median_ms(figures[name]["produce"]), ref_produce),
+                ("consume, same worker (no import)", median_ms(figures[name]["same"]), ref_same),
+                ("consume, other worker (import)", median_ms(figures[name]["other"]), ref_same),
+            ]
+            for label, ms, ref in rows:
+                print(f"{name:<20} {label:<38} {ms:>8.0f} {ref:>13.0f} {ms / ref:>6.2f}")
 
 
 if __name__ == "__main__":
