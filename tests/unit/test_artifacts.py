@@ -18,7 +18,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.artifacts import log_key, run_prefix, table_key
-from activities.steps import StepActivities
+from activities.steps import StepActivities, run_dir_name
 from pipeline_service.api.step_logs import StepLogs
 from pipeline_service.db.models import StepRun
 from pipeline_service.storage.artifacts import ArtifactStorage
@@ -236,9 +236,14 @@ async def test_a_long_steps_log_is_uploaded_while_it_runs(
     source = tmp_path / "pipeline"
     source.mkdir()
     (source / "slow.py").write_text(
-        "import time\nprint('started', flush=True)\ntime.sleep(3)\nprint('done', flush=True)\n"
+        "import os, time\nprint('started with', os.environ['TOKEN'], flush=True)\n"
+        "time.sleep(3)\nprint('done', flush=True)\n"
     )
-    step = PythonStep(id="slow", type="python", script="slow.py")
+    # The local log is masked only when the script ends: what goes up meanwhile is masked
+    # on the way.
+    step = PythonStep(
+        id="slow", type="python", script="slow.py", env={"TOKEN": SecretRef(secret="token")}
+    )
     a, _ = workers
     task = asyncio.create_task(env().run(a.activities.run_step, step_input(step, source)))
     key = log_key(TENANT, "acme/shop/2026-01-31", "slow", 1)
@@ -249,7 +254,11 @@ async def test_a_long_steps_log_is_uploaded_while_it_runs(
             seen, _ = store.objects.get(key)
             if b"started" in seen:
                 break
-    assert b"started" in seen and b"done" not in seen and not task.done()
+    assert b"started with ***" in seen and b"done" not in seen and not task.done()
+    assert PLANTED.encode() not in seen
+    assert (
+        PLANTED in (a.work / run_dir_name("acme/shop/2026-01-31") / "slow" / "step.log").read_text()
+    )
     await task
     final, _ = store.objects.get(key)
     assert b"done" in final
