@@ -16,6 +16,14 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
+from activities.artifacts import (
+    LOG_NAME,
+    ArtifactStore,
+    AttemptLog,
+    HandoffError,
+    HandoffTables,
+    log_key,
+)
 from activities.names import RUN_STEP, STEP_ATTEMPT_FAILED_SIGNAL, WORKER_LOST
 from schemas.pipeline import SensorStep
 from schemas.run import RunStepInput, StepAttemptFailed, StepResult
@@ -26,6 +34,7 @@ from steps.registry import Executors, connection_secret_names, execute_step
 log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY = timedelta(seconds=5)
+LOG_UPLOAD_EVERY = timedelta(seconds=30)
 
 BUNDLE_PREFIX = "bundle:"
 """A run's `source_dir` naming its version's code bundle (`bundle:<sha256>`)."""
@@ -53,13 +62,24 @@ class StepActivities:
         secrets: SecretResolver | None = None,
         bundles: BundleResolver | None = None,
         warehouse: DuckDBEngine | None = None,
+        artifacts: ArtifactStore | None = None,
+        log_upload_every: timedelta = LOG_UPLOAD_EVERY,
     ) -> None:
+        """With `artifacts` (LAMINAR_ARTIFACT_URL), step logs and hand-off tables go through
+        that store, so a run's steps may land on different workers (activities/artifacts.py)."""
         self._executors = executors
         self._work_root = work_root
         self._client = client
         self._secrets = secrets
         self._bundles = bundles
         self._warehouse = warehouse
+        self._artifacts = artifacts
+        self._log_upload_every = log_upload_every
+        self._handoff = (
+            HandoffTables(artifacts, warehouse, work_root / ".handoff")
+            if artifacts is not None and warehouse is not None
+            else None
+        )
 
     @activity.defn(name=RUN_STEP)
     async def run_step(self, input: RunStepInput) -> StepResult:
@@ -88,12 +108,14 @@ class StepActivities:
             secrets=secrets,
         )
         heartbeats = _start_heartbeats(info.heartbeat_timeout, progress)
+        attempt_log = self._attempt_log(input, ctx)
         try:
             await self._check_upstream_tables(input)
             # execute_step stamps the attempt and its start and finish times on the result.
             # A sensor's timeout is its whole wait; one check (this activity) has check_timeout.
             limit = step.check_timeout if isinstance(step, SensorStep) else step.timeout
             result = await _within_timeout(limit, execute_step(self._executors, step, ctx))
+            await self._export_tables(input, result)
             return _redacted_result(result, ctx) if secrets else result
         except StepError as err:
             # What leaves the activity goes into the workflow's history: no secret values.
@@ -125,12 +147,41 @@ class StepActivities:
         finally:
             if heartbeats is not None:
                 heartbeats.cancel()
+            if attempt_log is not None:
+                await attempt_log.finish()
+
+    def _attempt_log(self, input: RunStepInput, ctx: StepContext) -> AttemptLog | None:
+        """With an artifact store: this attempt's log goes there (masked) as it grows."""
+        if self._artifacts is None or activity.info().is_local:
+            return None
+        key = log_key(ctx.run.tenant, ctx.run.run_id, ctx.step_id, ctx.attempt)
+        uploader = AttemptLog(
+            self._artifacts, ctx.work_dir / LOG_NAME, key, ctx.redact, self._log_upload_every
+        )
+        uploader.start()
+        return uploader
+
+    async def _export_tables(self, input: RunStepInput, result: StepResult) -> None:
+        """Output tables of a DuckDB step go to the artifact store for steps on other workers."""
+        if self._handoff is None or not result.tables:
+            return
+        context = input.context
+        try:
+            await self._handoff.export(
+                context.tenant, context.run_id, input.step.id, sorted(set(result.tables.values()))
+            )
+        except HandoffError as exc:
+            raise StepError(str(exc), error_type="ArtifactStoreError", retryable=True) from exc
 
     async def _check_upstream_tables(self, input: RunStepInput) -> None:
-        """A DuckDB step reading tables that upstream steps wrote on another worker's DuckDB
-        fails with that said, not with a bare "table does not exist": in the platform shape
-        tables cross workers only through a shared engine (see the README)."""
-        if self._warehouse is None or getattr(input.step, "engine", None) != "duckdb":
+        """Tables upstream steps wrote, for a step that reads this worker's DuckDB warehouse:
+        with an artifact store, those this warehouse lacks (or holds from another run) are
+        imported from it; without one, a table written on another worker fails the step with
+        that said, not with a bare "table does not exist"."""
+        step = input.step
+        if self._warehouse is None or not (
+            getattr(step, "engine", None) == "duckdb" or step.type == "python"
+        ):
             return
         written = {
             table: step_id
@@ -139,13 +190,25 @@ class StepActivities:
         }
         if not written:
             return
+        if self._handoff is not None:
+            context = input.context
+            try:
+                imported = await self._handoff.import_missing(
+                    context.tenant, context.run_id, written
+                )
+            except HandoffError as exc:
+                raise StepError(str(exc), error_type="TableOnOtherWorker", retryable=False) from exc
+            if imported:
+                log.info("imported %s from the artifact store", ", ".join(imported))
+            return
         missing = await self._warehouse.missing_tables(sorted(written))
         if missing:
             where = ", ".join(f"'{t}' (from step '{written[t]}')" for t in missing)
             raise StepError(
                 f"table {where} is not in this worker's DuckDB warehouse: it was written on "
-                "another worker. A run's DuckDB tables stay on the worker that wrote them; with "
-                "several workers, hand tables between steps through a shared engine "
+                "another worker. Without an artifact store a run's DuckDB tables stay on the "
+                "worker that wrote them: set LAMINAR_ARTIFACT_URL on every worker (tables then "
+                "travel through it), or hand tables between steps through a shared engine "
                 "(engine: trino with a connection)",
                 error_type="TableOnOtherWorker",
                 retryable=False,

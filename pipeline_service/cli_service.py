@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
     from temporalio.client import Client
 
+    from pipeline_service.storage.artifacts import ArtifactStorage
+
 console = Console(soft_wrap=True)
 errors = Console(stderr=True, soft_wrap=True)
 
@@ -33,6 +35,19 @@ def _settings() -> ServiceSettings:
         for error in exc.errors():
             errors.print(f"  LAMINAR_{'__'.join(map(str, error['loc'])).upper()}: {error['msg']}")
         raise typer.Exit(2) from None
+
+
+def artifact_storage(settings: ServiceSettings) -> ArtifactStorage | None:
+    """The artifact store of LAMINAR_ARTIFACT_URL, or None; exits with why if unusable."""
+    from pipeline_service.storage.artifacts import ArtifactStorage
+    from pipeline_service.storage.store import StorageError
+
+    if not settings.artifact_url:
+        return None
+    try:
+        return ArtifactStorage(settings.artifact_url, s3_endpoint=settings.s3_endpoint)
+    except StorageError as exc:
+        raise _fail(f"LAMINAR_ARTIFACT_URL: {exc}") from None
 
 
 def _fail(message: str) -> typer.Exit:
@@ -186,6 +201,7 @@ def server(
             f"the database {engine.url!r} is at schema {revision or '(empty)'}, not "
             f"{head_revision()}: run `laminar db upgrade` first"
         )
+    artifact_storage(settings)  # an unusable LAMINAR_ARTIFACT_URL stops here, said plainly
     if settings.admin_api_key is None:
         errors.print(
             "[yellow]LAMINAR_ADMIN_API_KEY is not set: no one can create tenants or keys[/]"
@@ -215,14 +231,18 @@ def worker(
 ) -> None:
     """Run pipeline workflows and their steps from the task queue; any number may run."""
     settings = _settings()
+    artifacts = artifact_storage(settings)
     try:
-        asyncio.run(_worker(settings, max_concurrent_steps, metrics_port))
+        asyncio.run(_worker(settings, max_concurrent_steps, metrics_port, artifacts))
     except ConnectionError as exc:
         raise _fail(str(exc)) from None
 
 
 async def _worker(
-    settings: ServiceSettings, max_concurrent_steps: int, metrics_port: int | None
+    settings: ServiceSettings,
+    max_concurrent_steps: int,
+    metrics_port: int | None,
+    artifacts: ArtifactStorage | None,
 ) -> None:
     from pipeline_service.db.session import make_engine, session_factory
     from pipeline_service.temporal.worker import build_worker
@@ -271,6 +291,8 @@ async def _worker(
         source_dir=settings.source_dir,
         secret_key=settings.secret_key.get_secret_value() if settings.secret_key else None,
         bundle_cache=settings.bundle_cache,
+        artifacts=artifacts,
+        log_upload_every=settings.artifact_log_interval,
     )
     console.print(
         f"laminar worker on task queue {settings.task_queue} (temporal "

@@ -20,6 +20,8 @@ from steps.flink_local import DEFAULT_TOOL_DIR
 from steps.kubernetes_job import KubernetesJobOptions
 from steps.spark_submit import KubernetesOptions, SparkOptions
 
+ARTIFACT_SCHEMES = {"s3", "s3a", "gs", "gcs", "az", "azure", "abfs", "abfss", "file"}
+
 
 def default_state_root() -> Path:
     return Path(platformdirs.user_data_dir("laminar")) / "pipelines"
@@ -315,6 +317,29 @@ class ServiceSettings(BaseSettings):
         default_factory=lambda: Path(platformdirs.user_cache_dir("laminar")) / "bundles"
     )
     """Where code bundles are materialized (read-only, by digest); any process may clear it."""
+    artifact_url: str | None = None
+    """Where a run's step logs and DuckDB hand-off tables live so every worker and the API
+    reach them: s3://, gs://, az://, file:// or a path (the same on every worker and server).
+    Unset: logs stay on each worker's disk and DuckDB tables do not cross workers."""
+    s3_endpoint: str | None = None
+    """S3-compatible endpoint of an s3:// artifact store (credentials: the AWS chain only)."""
+    artifact_log_interval: Duration = timedelta(seconds=30)
+    """How often a running step's log is uploaded to the artifact store (0: only at its end)."""
+
+    @field_validator("artifact_url")
+    @classmethod
+    def _artifact_scheme(cls, value: str | None) -> str | None:
+        # Anything else would be taken for a local directory named like the URL.
+        if value is not None and "://" in value:
+            scheme = value.split("://", 1)[0].lower()
+            if scheme not in ARTIFACT_SCHEMES:
+                raise ValueError(
+                    f"unknown scheme {scheme!r}: use s3://, gs://, az://, file:// or a path"
+                )
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
     kafka_bootstrap_servers: str | None = None
     """Kafka brokers (`host:port,...`) the events relay publishes to; unset: no Kafka, events
     stay readable from the outbox through the API."""

@@ -3,9 +3,15 @@
 The script and the run context travel in a ConfigMap mounted into the pod; the Job has no
 retries of its own (Temporal retries the step), a deadline equal to the step's timeout, and a
 restricted security context. The executor creates both objects through the `kubernetes` client,
-follows the Job, copies the pod's log to the step log, and deletes the Job on cancel. Objects
-are named and labelled after the step's idempotency key (hashed), so an attempt first deletes
-what an earlier attempt left behind.
+follows the Job, copies the pod's log (secret values masked) to the step log, and deletes the
+Job on cancel. Objects are named and labelled after the step's idempotency key (hashed), so an
+attempt first deletes what an earlier attempt left behind.
+
+Secret values (`env: {X: {secret: name}}`) never go into the Job's pod spec, where anyone who
+may read Jobs or Pods would see them: they go into a Kubernetes Secret of the attempt, which
+the container reads through `secretKeyRef`. The Secret is owned by the Job (ownerReferences,
+so it goes when the Job does, also after a worker died mid-step) and is deleted as soon as the
+attempt ends, succeeded, failed or cancelled.
 """
 
 from __future__ import annotations
@@ -14,11 +20,11 @@ import asyncio
 import json
 import re
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from schemas.pipeline import PythonStep
+from schemas.pipeline import PythonStep, SecretRef
 from schemas.templating import render_text
 from steps.base import StepContext, StepError, StepResult, step_tag
 from steps.python_script import resolve_script
@@ -43,6 +49,10 @@ class KubernetesApi(Protocol):
     """The calls the executor makes (the `kubernetes` client's, by the same names)."""
 
     def create_namespaced_config_map(self, namespace: str, body: dict[str, Any]) -> Any: ...
+    def create_namespaced_secret(self, namespace: str, body: dict[str, Any]) -> Any: ...
+    def patch_namespaced_secret(self, name: str, namespace: str, body: dict[str, Any]) -> Any: ...
+    def delete_namespaced_secret(self, name: str, namespace: str) -> Any: ...
+    def delete_collection_namespaced_secret(self, namespace: str, label_selector: str) -> Any: ...
     def create_namespaced_job(self, namespace: str, body: dict[str, Any]) -> Any: ...
     def read_namespaced_job_status(self, name: str, namespace: str) -> Any: ...
     def list_namespaced_job(self, namespace: str, label_selector: str) -> Any: ...
@@ -57,10 +67,18 @@ def object_name(step_id: str, tag: str, attempt: int) -> str:
     return f"laminar-{step}-{tag[:12]}-{attempt}"
 
 
-def manifests(
-    step: PythonStep, ctx: StepContext, options: KubernetesJobOptions
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The ConfigMap (script + context) and the Job of one attempt."""
+class AttemptObjects(NamedTuple):
+    """The Kubernetes objects of one attempt."""
+
+    config_map: dict[str, Any]
+    """The script and the run context."""
+    job: dict[str, Any]
+    secret: dict[str, Any] | None
+    """The values of the step's secret env variables (None: it has none)."""
+
+
+def manifests(step: PythonStep, ctx: StepContext, options: KubernetesJobOptions) -> AttemptObjects:
+    """The ConfigMap (script + context), the Job and the Secret of one attempt."""
     assert step.image is not None
     tag = step_tag(ctx.idempotency_key)
     name = object_name(ctx.step_id, tag, ctx.attempt)
@@ -83,7 +101,13 @@ def manifests(
         "metadata": {"name": name, "namespace": options.namespace, "labels": labels},
         "data": {"script.py": script.read_text(), "context.json": json.dumps(context)},
     }
-    env = [{"name": k, "value": ctx.env_value(v)} for k, v in step.env.items()]
+    secret_values = {k: ctx.env_value(v) for k, v in step.env.items() if isinstance(v, SecretRef)}
+    env: list[dict[str, Any]] = [
+        {"name": k, "valueFrom": {"secretKeyRef": {"name": name, "key": k}}}
+        if isinstance(v, SecretRef)
+        else {"name": k, "value": ctx.env_value(v)}
+        for k, v in step.env.items()
+    ]
     env += [
         {"name": "LAMINAR_CONTEXT", "value": f"{MOUNT}/context.json"},
         {"name": "LAMINAR_OUTPUT_DIR", "value": SCRATCH},
@@ -132,7 +156,25 @@ def manifests(
             "template": {"metadata": {"labels": labels}, "spec": pod_spec},
         },
     }
-    return config_map, job
+    secret = (
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": options.namespace, "labels": labels},
+            "type": "Opaque",
+            "immutable": True,
+            "stringData": secret_values,
+        }
+        if secret_values
+        else None
+    )
+    return AttemptObjects(config_map, job, secret)
+
+
+def owned_by(job: dict[str, Any], uid: str) -> dict[str, Any]:
+    """The patch that makes an object garbage of the Job once the Job is deleted."""
+    owner = {"apiVersion": "batch/v1", "kind": "Job", "name": job["metadata"]["name"], "uid": uid}
+    return {"metadata": {"ownerReferences": [owner]}}
 
 
 class KubernetesJobExecutor:
@@ -146,17 +188,25 @@ class KubernetesJobExecutor:
         namespace = self.options.namespace
         tag = step_tag(ctx.idempotency_key)
         await asyncio.to_thread(self._delete_earlier, tag)
-        config_map, job = manifests(step, ctx, self.options)
+        config_map, job, secret = manifests(step, ctx, self.options)
         name = job["metadata"]["name"]
-        await asyncio.to_thread(self.api.create_namespaced_config_map, namespace, config_map)
-        await asyncio.to_thread(self.api.create_namespaced_job, namespace, job)
+        if secret is not None:  # first: the pod reads it when its container starts
+            await asyncio.to_thread(self.api.create_namespaced_secret, namespace, secret)
         try:
-            succeeded = await self._follow(name, ctx)
-        except asyncio.CancelledError:
-            await asyncio.to_thread(self._delete, name)
-            raise
+            await asyncio.to_thread(self.api.create_namespaced_config_map, namespace, config_map)
+            created = await asyncio.to_thread(self.api.create_namespaced_job, namespace, job)
+            if secret is not None:
+                await asyncio.to_thread(self._own_secret, job, created)
+            try:
+                succeeded = await self._follow(name, ctx)
+            except asyncio.CancelledError:
+                await asyncio.to_thread(self._delete, name)
+                raise
+        finally:
+            if secret is not None:  # the attempt is over: its secret values go at once
+                await asyncio.to_thread(self._delete_secret, name)
         log_path = ctx.work_dir / LOG_NAME
-        await asyncio.to_thread(self._save_log, name, log_path)
+        await asyncio.to_thread(self._save_log, name, log_path, ctx)
         if not succeeded:
             tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
             detail = f": {tail[-1]}" if tail else ""
@@ -182,24 +232,45 @@ class KubernetesJobExecutor:
         status = job.status
         return {key: int(getattr(status, key) or 0) for key in ("active", "succeeded", "failed")}
 
-    def _save_log(self, name: str, log_path: Path) -> None:
+    def _save_log(self, name: str, log_path: Path, ctx: StepContext) -> None:
         pods = self.api.list_namespaced_pod(self.options.namespace, f"job-name={name}").items
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("a") as log:
             for pod in pods:
-                log.write(
-                    self.api.read_namespaced_pod_log(pod.metadata.name, self.options.namespace)
-                )
+                text = self.api.read_namespaced_pod_log(pod.metadata.name, self.options.namespace)
+                log.write(ctx.redact(text))  # a script may print its secrets
+
+    def _own_secret(self, job: dict[str, Any], created: Any) -> None:
+        """Let the Job own its Secret, so it is collected with the Job even if this worker
+        dies before deleting it (the Job's uid exists only once the Job does)."""
+        uid = getattr(getattr(created, "metadata", None), "uid", None)
+        if uid:
+            self.api.patch_namespaced_secret(
+                job["metadata"]["name"], self.options.namespace, owned_by(job, uid)
+            )
+
+    def _delete_secret(self, name: str) -> None:
+        try:
+            self.api.delete_namespaced_secret(name, self.options.namespace)
+        except Exception as exc:  # gone already (404); the Job's deletion collects it anyway
+            if getattr(exc, "status", None) != 404:
+                raise
 
     def _delete(self, name: str) -> None:
         namespace = self.options.namespace
         self.api.delete_namespaced_job(name, namespace, propagation_policy="Background")
         self.api.delete_namespaced_config_map(name, namespace)
+        self._delete_secret(name)
 
     def _delete_earlier(self, tag: str) -> None:
-        jobs = self.api.list_namespaced_job(self.options.namespace, f"{LABEL}={tag}").items
+        selector = f"{LABEL}={tag}"
+        jobs = self.api.list_namespaced_job(self.options.namespace, selector).items
         for job in jobs:
             self._delete(job.metadata.name)
+        # Also a Secret whose Job was never created (the worker died in between).
+        self.api.delete_collection_namespaced_secret(
+            self.options.namespace, label_selector=selector
+        )
 
 
 class ClientApi:
@@ -216,5 +287,5 @@ class ClientApi:
         self._core = client.CoreV1Api()
 
     def __getattr__(self, name: str) -> Any:
-        target = self._batch if "job" in name else self._core
+        target = self._batch if name.endswith("_job") or "_job_" in name else self._core
         return getattr(target, name)

@@ -161,11 +161,22 @@ class StepAttempt(BaseModel):
     mark_reason: str | None = None
 
 
+class PoolWaitPublic(BaseModel):
+    pool: str
+    since: datetime
+    position: int = Field(description="The attempt's place in the pool's line (1: next).")
+
+
 class StepPublic(BaseModel):
     step_id: str
     type: str
     status: str
     attempts: list[StepAttempt]
+    waiting_for_pool: PoolWaitPublic | None = Field(
+        None,
+        description="The step is RUNNING but waiting for a slot of this full pool: slots go "
+        "to the attempt that has waited longest.",
+    )
 
 
 class RunPublic(BaseModel):

@@ -11,8 +11,10 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from temporalio.client import Client
 
+from pipeline_service.api.step_logs import StepLogs
 from pipeline_service.metrics import ApiMetrics
 from pipeline_service.settings import ServiceSettings
+from pipeline_service.storage.artifacts import ArtifactStorage
 from pipeline_service.temporal.client import connect
 
 
@@ -47,7 +49,17 @@ class Services:
     metrics: ApiMetrics
     temporal: Client | None = None
     keys: KeyCache = field(default_factory=KeyCache)
+    step_logs: StepLogs = field(init=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def __post_init__(self) -> None:
+        settings = self.settings
+        artifacts = (
+            ArtifactStorage(settings.artifact_url, s3_endpoint=settings.s3_endpoint)
+            if settings.artifact_url
+            else None
+        )
+        self.step_logs = StepLogs(settings.work_dir, artifacts)
 
     async def temporal_client(self) -> Client:
         """The Temporal client, connected on first use (the API starts without Temporal)."""

@@ -29,6 +29,7 @@ __all__ = [
     "PipelineVersion",
     "Pool",
     "PoolLease",
+    "PoolWaiter",
     "Run",
     "StepRun",
     "Tenant",
@@ -110,6 +111,25 @@ class PoolLease(Base):
     holder: Mapped[str] = mapped_column(String(500), unique=True)
     workflow_id: Mapped[str] = mapped_column(String(400))
     acquired_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class PoolWaiter(Base):
+    """A step attempt waiting for a slot of a full pool; slots go to the earliest `since`.
+    `last_seen` is refreshed by each try: a waiter that stopped trying (its run was cancelled
+    or its worker died) drops out of the line after a few seconds."""
+
+    __tablename__ = "pool_waiters"
+    __table_args__ = (
+        Index("ix_pool_waiters_pool", "pool_id"),
+        Index("ix_pool_waiters_workflow", "workflow_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    pool_id: Mapped[int] = mapped_column(ForeignKey("pools.id", ondelete="CASCADE"))
+    holder: Mapped[str] = mapped_column(String(500), unique=True)
+    workflow_id: Mapped[str] = mapped_column(String(400))
+    since: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
 class ApiKey(Base):

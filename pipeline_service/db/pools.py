@@ -1,11 +1,14 @@
 """Pools: slot counts (global or per tenant) and the leases step attempts hold.
 
 A slot is taken with the pool's row locked (`FOR UPDATE`; SQLite serializes writers), so the
-count of leases never passes the pool's size, whatever the number of workers and tenants."""
+count of leases never passes the pool's size, whatever the number of workers and tenants.
+Attempts that find the pool full wait in line (`pool_waiters`): a freed slot goes to the one
+that has waited longest, whichever asks first."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Literal
 
@@ -13,8 +16,12 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from pipeline_service.db.base import utcnow
-from pipeline_service.db.models import Pool, PoolLease, Run, Tenant
+from pipeline_service.db.models import Pool, PoolLease, PoolWaiter, Run, Tenant
 from schemas.recording import RUN_FINISHED
+
+WAITER_TTL = timedelta(seconds=15)
+"""A waiter tries again at least every 2 s (workflows/pools.py): one not seen for this long
+has stopped trying (its run ended, or the step was cancelled) and leaves the line."""
 
 
 class Acquired(StrEnum):
@@ -98,19 +105,82 @@ def acquire_slot(
     session.execute(select(Pool.id).where(Pool.id == pool.id).with_for_update())
     if session.scalar(select(PoolLease.id).where(PoolLease.holder == holder)) is not None:
         return Acquired.YES  # a retried acquire whose first answer was lost
-    # Leases of runs recorded finished were lost (a terminated workflow cannot release).
+    now = utcnow()
+    # Leases of runs recorded finished were lost (a terminated workflow cannot release);
+    # waiters of finished runs, or that stopped trying, leave the line.
     finished = select(Run.workflow_id).where(Run.status.in_([s.value for s in RUN_FINISHED]))
     session.execute(
         delete(PoolLease).where(PoolLease.pool_id == pool.id, PoolLease.workflow_id.in_(finished))
     )
+    session.execute(
+        delete(PoolWaiter).where(
+            PoolWaiter.pool_id == pool.id,
+            PoolWaiter.workflow_id.in_(finished) | (PoolWaiter.last_seen < now - WAITER_TTL),
+        )
+    )
     used = session.scalar(
         select(func.count()).select_from(PoolLease).where(PoolLease.pool_id == pool.id)
     )
-    if (used or 0) >= pool.slots:
-        return Acquired.FULL
-    session.add(PoolLease(pool_id=pool.id, holder=holder, workflow_id=workflow_id))
-    return Acquired.YES
+    free = pool.slots - (used or 0)
+    line = list(
+        session.scalars(
+            select(PoolWaiter)
+            .where(PoolWaiter.pool_id == pool.id)
+            .order_by(PoolWaiter.since, PoolWaiter.id)
+        )
+    )
+    mine = next((waiter for waiter in line if waiter.holder == holder), None)
+    ahead = line.index(mine) if mine is not None else len(line)
+    if ahead < free:  # first come, first served: only those ahead in line may go before
+        if mine is not None:
+            session.delete(mine)
+        session.add(PoolLease(pool_id=pool.id, holder=holder, workflow_id=workflow_id))
+        return Acquired.YES
+    if mine is None:
+        session.add(
+            PoolWaiter(
+                pool_id=pool.id, holder=holder, workflow_id=workflow_id, since=now, last_seen=now
+            )
+        )
+    else:
+        mine.last_seen = now
+    return Acquired.FULL
+
+
+@dataclass(frozen=True)
+class PoolWait:
+    pool: str
+    since: datetime
+    position: int
+    """1: next in line."""
+
+
+def waiting_steps(session: Session, workflow_id: str) -> dict[str, PoolWait]:
+    """The run's step attempts waiting for a pool slot now, by activity id (`step` or
+    `step#n`), with their place in their pool's line."""
+    fresh = utcnow() - WAITER_TTL
+    found: dict[str, PoolWait] = {}
+    rows = session.execute(
+        select(PoolWaiter, Pool.name)
+        .join(Pool, Pool.id == PoolWaiter.pool_id)
+        .where(PoolWaiter.workflow_id == workflow_id, PoolWaiter.last_seen >= fresh)
+    ).all()
+    for waiter, pool_name in rows:
+        ahead = session.scalar(
+            select(func.count())
+            .select_from(PoolWaiter)
+            .where(
+                PoolWaiter.pool_id == waiter.pool_id,
+                PoolWaiter.last_seen >= fresh,
+                (PoolWaiter.since < waiter.since)
+                | ((PoolWaiter.since == waiter.since) & (PoolWaiter.id < waiter.id)),
+            )
+        )
+        activity_id = waiter.holder.removeprefix(f"{workflow_id}/")
+        found[activity_id] = PoolWait(pool_name, waiter.since, int(ahead or 0) + 1)
+    return found
 
 
 def release_slot(session: Session, holder: str) -> None:
     session.execute(delete(PoolLease).where(PoolLease.holder == holder))
+    session.execute(delete(PoolWaiter).where(PoolWaiter.holder == holder))

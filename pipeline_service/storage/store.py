@@ -93,6 +93,12 @@ class ObjectStorage:
         result = self._call("read", key, obstore.get, self._store, key)
         return bytes(result.bytes()), result.meta.get("e_tag")
 
+    def tail(self, key: str, size: int) -> bytes:
+        """The last `size` bytes of an object (all of it if smaller); ObjectNotFound."""
+        options: Any = {"range": {"suffix": size}}
+        result = self._call("read", key, obstore.get, self._store, key, options=options)
+        return bytes(result.bytes())
+
     def download(self, key: str, target: Path) -> int:
         """Stream an object to a local file; its size."""
         result = self._call("read", key, obstore.get, self._store, key)

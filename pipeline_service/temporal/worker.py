@@ -15,12 +15,19 @@ from sqlalchemy.orm import Session, sessionmaker
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.artifacts import ArtifactStore
 from activities.backfill import BackfillActivities
 from activities.dependencies import DependencyActivities, DownstreamNotifier
 from activities.pools import PoolActivities
 from activities.recording import RecordingActivities
 from activities.scheduling import ScheduleActivities
-from activities.steps import HEARTBEAT_EVERY, BundleResolver, SecretResolver, StepActivities
+from activities.steps import (
+    HEARTBEAT_EVERY,
+    LOG_UPLOAD_EVERY,
+    BundleResolver,
+    SecretResolver,
+    StepActivities,
+)
 from pipeline_service.bundles import BundleError, bundle_dir
 from pipeline_service.db.models import Tenant
 from pipeline_service.metrics import StepMetrics
@@ -64,6 +71,8 @@ def build_worker(
     source_dir: Path | None = None,
     secret_key: str | None = None,
     bundle_cache: Path | None = None,
+    artifacts: ArtifactStore | None = None,
+    log_upload_every: timedelta = LOG_UPLOAD_EVERY,
 ) -> Worker:
     """A worker running pipeline workflows and their steps.
 
@@ -73,6 +82,7 @@ def build_worker(
     worker records the state of runs started with `record` on; with `secret_key` too it
     resolves the tenant secrets steps reference; with `source_dir` too it also runs the
     pipelines' schedulers, backfills and dependency gates (they start runs through the launcher).
+    With `artifacts` (LAMINAR_ARTIFACT_URL) step logs and DuckDB hand-off tables go through it.
     """
     # LAMINAR_SPARK__* and LAMINAR_FLINK__* from the environment unless given.
     spark = spark or SparkSettings().options()
@@ -89,7 +99,16 @@ def build_worker(
         if sessions is not None
         else None
     )
-    activities = StepActivities(executors, work_root, client, secrets, bundles, engine)
+    activities = StepActivities(
+        executors,
+        work_root,
+        client,
+        secrets,
+        bundles,
+        engine,
+        artifacts=artifacts,
+        log_upload_every=log_upload_every,
+    )
     pools = PoolActivities(sessions)
     registered: list[Callable[..., Any]] = [
         activities.run_step,

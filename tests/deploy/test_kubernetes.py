@@ -189,19 +189,30 @@ def test_references_between_objects_resolve(overlay: str) -> None:
 
 def _kubernetes_calls() -> set[tuple[str, str]]:
     """(resource, verb) of every call the `runner: kubernetes` executor makes."""
-    verbs = {"create": "create", "read": "get", "list": "list", "delete": "delete"}
+    verbs = {
+        "create": "create",
+        "read": "get",
+        "list": "list",
+        "delete": "delete",
+        "patch": "patch",
+        "delete_collection": "deletecollection",
+    }
     calls = set()
     for name, _ in inspect.getmembers(KubernetesApi, inspect.isfunction):
         match = re.fullmatch(
-            r"(create|read|list|delete)_namespaced_([a-z_]+?)(_status|_log)?", name
+            r"(create|read|list|delete_collection|delete|patch)_namespaced_([a-z_]+?)"
+            r"(_status|_log)?",
+            name,
         )
         if match is None:
             continue
         kind = match[2].replace("_", "")
-        resource = {"configmap": "configmaps", "job": "jobs", "pod": "pods"}[kind]
+        resource = {"configmap": "configmaps", "job": "jobs", "pod": "pods", "secret": "secrets"}[
+            kind
+        ]
         sub = {"_status": "/status", "_log": "/log", None: ""}[match[3]]
         calls.add((resource + sub, verbs[match[1]]))
-    assert len(calls) >= 8
+    assert len(calls) >= 12
     return calls
 
 
@@ -217,6 +228,8 @@ def test_worker_may_make_every_kubernetes_call_its_steps_make(overlay: str) -> N
     }
     missing = _kubernetes_calls() - allowed
     assert not missing, f"the worker's Role lacks {sorted(missing)}"
+    # It writes Secrets for its steps but never reads one (a list would return their values).
+    assert not {("secrets", v) for v in ("get", "list", "watch")} & allowed
     # spark-submit --master k8s:// (cluster mode) creates and watches the driver pod and the
     # ConfigMap and Service it needs; the driver then manages its executors.
     assert {

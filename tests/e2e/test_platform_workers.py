@@ -107,7 +107,7 @@ def test_two_workers_share_a_run_and_survive_a_kill(
                 return httpx.get(f"{base}/health/ready").status_code == 200
             return False
 
-        wait_for(ready, 30, f"the API; server said:\n{server.output()}")
+        wait_for(ready, 60, f"the API; server said:\n{server.output()}")
         admin = {"LAMINAR_URL": base, "LAMINAR_API_KEY": ADMIN}
         assert cli.run("tenants", "create", "acme", env=admin).code == 0
         made = cli.run("keys", "create", "ops", "--tenant", "acme", "--scope", "operate", env=admin)

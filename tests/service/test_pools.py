@@ -109,3 +109,55 @@ async def test_a_tenant_pool_wins_and_undefined_pools_are_refused(service: Servi
     assert (pool, "tenant") not in {
         (p["name"], p["scope"]) for p in (await other.http.get("/v1/pools")).json()
     }
+
+
+async def test_a_waiting_step_shows_its_pool_and_place_and_goes_in_order(
+    service: Service,
+) -> None:
+    """A pool of 1: run A holds it; B asks, then C: the API shows both waiting (B first in
+    line, C second); B's step starts before C's, whichever of them asks first after A."""
+    tenant = await service.tenant()
+    pool = f"line-{time.monotonic_ns() % 10**9}"
+    own = await service.http.put(
+        f"/v1/tenants/{tenant.name}/pools/{pool}", json={"slots": 1}, headers=ADMIN
+    )
+    assert own.is_success, own.text
+    hold = {"type": "python", "script": "scripts/pause.py", "args": ["2"], "pool": pool}
+    await tenant.apply({"name": "line", "steps": [{"id": "hold", **hold}]})
+    ids = []
+
+    async def waiting(run_id: str) -> dict[str, Any] | None:
+        run = (await tenant.http.get(f"/v1/runs/{run_id}")).json()
+        [step] = run["steps"]
+        return step["waiting_for_pool"]  # type: ignore[no-any-return]
+
+    async def trigger(key: str) -> str:
+        response = await tenant.http.post(
+            "/v1/pipelines/line/runs", json={}, headers={"Idempotency-Key": key}
+        )
+        assert response.status_code == 201, response.text
+        ids.append(response.json()["id"])
+        return str(response.json()["id"])
+
+    first = await trigger(f"a-{pool}")
+    deadline = time.monotonic() + 60
+    while (await tenant.http.get(f"/v1/runs/{first}")).json()["steps"][0]["status"] != "RUNNING":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    seen: dict[str, dict[str, Any]] = {}
+    for key in ("b", "c"):
+        run_id = await trigger(f"{key}-{pool}")
+        while True:
+            wait = await waiting(run_id)
+            if wait is not None:
+                seen[key] = wait
+                break
+            assert time.monotonic() < deadline, "the step never showed as waiting"
+            await asyncio.sleep(0.05)
+    assert seen["b"]["pool"] == pool and seen["b"]["position"] == 1, seen
+    assert seen["c"]["position"] == 2, seen
+    runs = [await wait_finished(tenant, run_id, 120) for run_id in ids]
+    assert [r["status"] for r in runs] == ["SUCCEEDED"] * 3, runs
+    started = [r["steps"][0]["attempts"][-1]["outputs"]["started"] for r in runs]
+    assert started == sorted(started), started  # A, then B, then C
+    assert all(r["steps"][0]["waiting_for_pool"] is None for r in runs)

@@ -5,6 +5,7 @@ runs against `RecordingApi`, a stand-in for the kubernetes client that records t
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,7 +15,7 @@ import kubernetes_validate
 import pytest
 
 from schemas.loading import PipelineValidationError, validate_pipeline
-from schemas.pipeline import PythonStep
+from schemas.pipeline import PythonStep, SecretRef
 from schemas.run import RunContext
 from steps.base import StepContext, StepError, step_tag
 from steps.kubernetes_job import (
@@ -22,6 +23,7 @@ from steps.kubernetes_job import (
     KubernetesJobExecutor,
     KubernetesJobOptions,
     manifests,
+    owned_by,
 )
 
 
@@ -31,14 +33,30 @@ class RecordingApi:
 
     def __init__(self, states: list[dict[str, int]], earlier: list[str] | None = None) -> None:
         self.calls: list[tuple[str, Any]] = []
+        self.bodies: dict[str, dict[str, Any]] = {}
         self.states = states
         self.earlier = earlier or []
 
     def create_namespaced_config_map(self, namespace: str, body: dict[str, Any]) -> None:
         self.calls.append(("create_config_map", body["metadata"]["name"]))
 
-    def create_namespaced_job(self, namespace: str, body: dict[str, Any]) -> None:
+    def create_namespaced_job(self, namespace: str, body: dict[str, Any]) -> Any:
         self.calls.append(("create_job", body["metadata"]["name"]))
+        self.bodies["job"] = body
+        return SimpleNamespace(metadata=SimpleNamespace(name=body["metadata"]["name"], uid=UID))
+
+    def create_namespaced_secret(self, namespace: str, body: dict[str, Any]) -> None:
+        self.calls.append(("create_secret", body["metadata"]["name"]))
+        self.bodies["secret"] = body
+
+    def patch_namespaced_secret(self, name: str, namespace: str, body: dict[str, Any]) -> None:
+        self.calls.append(("patch_secret", (name, body)))
+
+    def delete_namespaced_secret(self, name: str, namespace: str) -> None:
+        self.calls.append(("delete_secret", name))
+
+    def delete_collection_namespaced_secret(self, namespace: str, label_selector: str) -> None:
+        self.calls.append(("delete_secrets", label_selector))
 
     def read_namespaced_job_status(self, name: str, namespace: str) -> Any:
         self.calls.append(("read_job_status", name))
@@ -65,10 +83,16 @@ class RecordingApi:
 
     def read_namespaced_pod_log(self, name: str, namespace: str) -> str:
         self.calls.append(("read_pod_log", name))
-        return "starting\nValueError: no rows for 2026-01-31\n"
+        return f"starting with token {PLANTED}\nValueError: no rows for 2026-01-31\n"
 
 
-def make_ctx(tmp_path: Path, attempt: int = 1) -> StepContext:
+UID = "6d1f0e9a-0c1b-4b5e-9a3e-2f7d1c1e0b42"
+PLANTED = "tok-3fa9-planted"
+
+
+def make_ctx(
+    tmp_path: Path, attempt: int = 1, secrets: dict[str, str] | None = None
+) -> StepContext:
     moment = datetime(2026, 1, 31, tzinfo=UTC)
     (tmp_path / "job.py").write_text("print('hello from the pod')\n")
     return StepContext(
@@ -78,6 +102,7 @@ def make_ctx(tmp_path: Path, attempt: int = 1) -> StepContext:
         idempotency_key="default/p/2026-01-31/Load_EU",
         source_dir=tmp_path,
         work_dir=tmp_path / "work",
+        secrets=secrets or {},
     )
 
 
@@ -95,7 +120,8 @@ OPTIONS = KubernetesJobOptions(namespace="tenant-a", service_account="etl", poll
 
 
 def test_manifests_are_valid_kubernetes_objects(tmp_path: Path) -> None:
-    config_map, job = manifests(STEP, make_ctx(tmp_path), OPTIONS)
+    config_map, job, secret = manifests(STEP, make_ctx(tmp_path), OPTIONS)
+    assert secret is None  # no secret env: no Secret object
     version = kubernetes_validate.latest_version()
     kubernetes_validate.validate(config_map, version, strict=True)
     kubernetes_validate.validate(job, version, strict=True)
@@ -117,7 +143,7 @@ def test_manifests_are_valid_kubernetes_objects(tmp_path: Path) -> None:
 
 
 def test_a_manifest_with_a_bad_field_is_caught_by_the_schema_check(tmp_path: Path) -> None:
-    _, job = manifests(STEP, make_ctx(tmp_path), OPTIONS)
+    _, job, _ = manifests(STEP, make_ctx(tmp_path), OPTIONS)
     job["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = ["Always"]
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(job, kubernetes_validate.latest_version(), strict=True)
@@ -131,7 +157,8 @@ async def test_a_succeeding_job_is_followed_and_its_log_kept(tmp_path: Path) -> 
     result = await KubernetesJobExecutor(api, OPTIONS).execute(STEP, ctx)
     name = result.outputs["job"].split("/")[1]
     kinds = [call[0] for call in api.calls]
-    assert kinds[:3] == ["list_jobs", "create_config_map", "create_job"]
+    assert kinds[:4] == ["list_jobs", "delete_secrets", "create_config_map", "create_job"]
+    assert "create_secret" not in kinds
     assert kinds.count("read_job_status") == 3
     assert ("list_pods", f"job-name={name}") in api.calls
     assert "no rows for" in Path(result.log_path or "").read_text()
@@ -159,6 +186,89 @@ async def test_cancel_deletes_the_job_and_its_config_map(tmp_path: Path) -> None
     created = next(call[1] for call in api.calls if call[0] == "create_job")
     assert ("delete_job", (created, "Background")) in api.calls
     assert ("delete_config_map", created) in api.calls
+
+
+SECRET_STEP = STEP.model_copy(
+    update={"env": {"MODE": "full", "TOKEN": SecretRef(secret="warehouse_token")}}
+)
+
+
+def test_a_secret_env_variable_goes_into_a_secret_not_the_pod_spec(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path, secrets={"warehouse_token": PLANTED})
+    config_map, job, secret = manifests(SECRET_STEP, ctx, OPTIONS)
+    assert secret is not None
+    version = kubernetes_validate.latest_version()
+    for body in (config_map, job, secret):
+        kubernetes_validate.validate(body, version, strict=True)
+    name = job["metadata"]["name"]
+    assert secret["metadata"]["name"] == name and secret["metadata"]["namespace"] == "tenant-a"
+    assert secret["metadata"]["labels"] == job["metadata"]["labels"]
+    assert secret["stringData"] == {"TOKEN": PLANTED} and secret["immutable"] is True
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    assert {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": name, "key": "TOKEN"}}} in (
+        container["env"]
+    )
+    assert {"name": "MODE", "value": "full"} in container["env"]
+    assert PLANTED not in json.dumps(job) and PLANTED not in json.dumps(config_map)
+    owner = owned_by(job, UID)
+    patched = {**secret, "metadata": {**secret["metadata"], **owner["metadata"]}}
+    kubernetes_validate.validate(patched, version, strict=True)
+
+
+async def test_the_attempts_secret_is_owned_by_its_job_and_deleted_when_it_ends(
+    tmp_path: Path,
+) -> None:
+    api = RecordingApi([{"active": 1}, {"failed": 1}])
+    ctx = make_ctx(tmp_path, secrets={"warehouse_token": PLANTED})
+    with pytest.raises(StepError) as info:
+        await KubernetesJobExecutor(api, OPTIONS).execute(SECRET_STEP, ctx)
+    name = api.bodies["job"]["metadata"]["name"]
+    kinds = [call[0] for call in api.calls]
+    # The Secret exists before the Job (the pod reads it at start), then the Job owns it.
+    assert kinds.index("create_secret") < kinds.index("create_job") < kinds.index("patch_secret")
+    patch = next(call[1] for call in api.calls if call[0] == "patch_secret")
+    assert patch == (
+        name,
+        {
+            "metadata": {
+                "ownerReferences": [
+                    {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": UID}
+                ]
+            }
+        },
+    )
+    # Deleted as the attempt ends (here: the Job failed), before anything else is read.
+    assert kinds.index("delete_secret") < kinds.index("list_pods")
+    assert ("delete_secret", name) in api.calls
+    # The pod's log, copied to the step log, has the value masked; so has the error.
+    log = (tmp_path / "work" / "step.log").read_text()
+    assert "starting with token ***" in log and PLANTED not in log
+    assert PLANTED not in info.value.message
+
+
+async def test_cancel_deletes_the_attempts_secret_too(tmp_path: Path) -> None:
+    api = RecordingApi([{"active": 1}])
+    ctx = make_ctx(tmp_path, secrets={"warehouse_token": PLANTED})
+    task = asyncio.create_task(KubernetesJobExecutor(api, OPTIONS).execute(SECRET_STEP, ctx))
+    while not any(call[0] == "read_job_status" for call in api.calls):
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    name = api.bodies["job"]["metadata"]["name"]
+    assert ("delete_job", (name, "Background")) in api.calls
+    assert ("delete_secret", name) in api.calls
+
+
+async def test_a_retry_deletes_secrets_an_earlier_attempt_left(tmp_path: Path) -> None:
+    """Also one whose Job was never created (the worker died in between): by label."""
+    api = RecordingApi([{"succeeded": 1}])
+    ctx = make_ctx(tmp_path, attempt=2, secrets={"warehouse_token": PLANTED})
+    await KubernetesJobExecutor(api, OPTIONS).execute(SECRET_STEP, ctx)
+    tag = step_tag("default/p/2026-01-31/Load_EU")
+    assert api.calls.index(("delete_secrets", f"{LABEL}={tag}")) < next(
+        i for i, call in enumerate(api.calls) if call[0] == "create_secret"
+    )
 
 
 async def test_a_retry_deletes_what_the_earlier_attempt_left(tmp_path: Path) -> None:

@@ -131,7 +131,7 @@ async def retry(
         with services.sessions() as session:
             run = session.get(Run, launch.run.id)
             assert run is not None
-            return _detail(session, run, services.settings.work_dir)
+            return _detail(session, run, services.step_logs)
 
     return await anyio.to_thread.run_sync(answer)
 
@@ -177,4 +177,4 @@ def mark_step(
     with services.sessions() as session:
         fresh = session.get(Run, run.id)
         assert fresh is not None
-        return _detail(session, fresh, services.settings.work_dir)
+        return _detail(session, fresh, services.step_logs)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated
 
 import anyio.to_thread
@@ -22,6 +21,7 @@ from pipeline_service.api.deps import (
     tenant_of,
 )
 from pipeline_service.api.models import (
+    PoolWaitPublic,
     RunDetail,
     RunPage,
     RunPublic,
@@ -32,10 +32,12 @@ from pipeline_service.api.models import (
 from pipeline_service.api.problems import ProblemError, not_found
 from pipeline_service.api.routers.pipelines import decode_cursor, encode_cursor
 from pipeline_service.api.services import Services
+from pipeline_service.api.step_logs import StepLogs
 from pipeline_service.db import quotas
 from pipeline_service.db import runs as repo
-from pipeline_service.db.models import PipelineVersion, Run, StepRun
+from pipeline_service.db.models import PipelineVersion, Run, StepRun, Tenant
 from pipeline_service.db.pipelines import get_pipeline
+from pipeline_service.db.pools import waiting_steps
 from pipeline_service.db.recording import record_run_events
 from pipeline_service.db.session import transaction
 from pipeline_service.launcher import LaunchRefused, LaunchRequest, launch_run, workflow_id_for
@@ -51,7 +53,6 @@ from schemas.run import Trigger
 
 router = APIRouter(tags=["runs"])
 
-LOG_TAIL_BYTES = 4096
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
 
 
@@ -83,22 +84,7 @@ def _public(session: Session, run: Run) -> RunPublic:
     )
 
 
-def _log_tail(path: str | None, work_dir: Path) -> str | None:
-    """The end of a step's log, if it is a file under the work dir this server can read."""
-    if not path:
-        return None
-    try:
-        target = Path(path).resolve()
-        if not target.is_relative_to(work_dir.resolve()) or not target.is_file():
-            return None
-        with target.open("rb") as log:
-            log.seek(max(target.stat().st_size - LOG_TAIL_BYTES, 0))
-            return log.read().decode(errors="replace")
-    except OSError:
-        return None
-
-
-def _attempt(row: StepRun, work_dir: Path) -> StepAttempt:
+def _attempt(row: StepRun, log_tail: str | None) -> StepAttempt:
     return StepAttempt(
         attempt=row.attempt,
         status=row.status,
@@ -110,18 +96,28 @@ def _attempt(row: StepRun, work_dir: Path) -> StepAttempt:
         rows_affected=row.rows_affected,
         outputs=row.outputs or {},
         tables=row.tables or {},
-        log_tail=_log_tail(row.log_path, work_dir),
+        log_tail=log_tail,
         marked_by=row.marked_by,
         mark_reason=row.mark_reason,
     )
 
 
-def _detail(session: Session, run: Run, work_dir: Path) -> RunDetail:
+def _detail(session: Session, run: Run, logs: StepLogs) -> RunDetail:
     version = session.get(PipelineVersion, run.version_id)
-    assert version is not None
+    tenant = session.get(Tenant, run.tenant_id)
+    assert version is not None and tenant is not None
     attempts: dict[str, list[StepRun]] = {}
-    for row in repo.step_runs(session, run):
+    rows = repo.step_runs(session, run)
+    for row in rows:
         attempts.setdefault(row.step_id, []).append(row)
+    tails = logs.tails(tenant.name, run.workflow_id, rows)
+    waits: dict[str, PoolWaitPublic] = {}
+    if run.status not in RUN_FINISHED:
+        for activity_id, wait in waiting_steps(session, run.workflow_id).items():
+            # `step`, or `step#n` for a later execution of it (a retry from the workflow).
+            waits[activity_id.split("#", 1)[0]] = PoolWaitPublic(
+                pool=wait.pool, since=wait.since, position=wait.position
+            )
     steps = []
     for step in version.definition.get("steps", []):
         rows = sorted(attempts.get(step["id"], []), key=lambda r: r.attempt)
@@ -130,7 +126,8 @@ def _detail(session: Session, run: Run, work_dir: Path) -> RunDetail:
                 step_id=step["id"],
                 type=step.get("type", ""),
                 status=rows[-1].status if rows else "PENDING",
-                attempts=[_attempt(r, work_dir) for r in rows],
+                attempts=[_attempt(r, tails.get((r.step_id, r.attempt))) for r in rows],
+                waiting_for_pool=waits.get(step["id"]),
             )
         )
     return RunDetail(**_public(session, run).model_dump(), steps=steps)
@@ -207,13 +204,13 @@ async def trigger(
         services.metrics.runs_started.labels(tenant.name, "manual").inc()
     else:
         response.status_code = 200
-    work_dir = services.settings.work_dir
+    logs = services.step_logs
 
     def answer() -> RunDetail:
         with services.sessions() as session:
             run = session.get(Run, launch.run.id)
             assert run is not None
-            return _detail(session, run, work_dir)
+            return _detail(session, run, logs)
 
     return await anyio.to_thread.run_sync(answer)
 
@@ -298,7 +295,7 @@ def get_run(
 ) -> RunDetail:
     """The run with every step and every attempt of it (errors, durations, log tail)."""
     run = _run(session, tenant_of(principal).id, run_id)
-    return _detail(session, run, services.settings.work_dir)
+    return _detail(session, run, services.step_logs)
 
 
 @router.post("/v1/runs/{run_id}/cancel", status_code=202, response_model=RunDetail)
@@ -328,7 +325,7 @@ async def cancel(run_id: str, principal: OperatorDep, services: ServicesDep) -> 
         with services.sessions() as session:
             fresh = session.get(Run, run.id)
             assert fresh is not None
-            return _detail(session, fresh, services.settings.work_dir)
+            return _detail(session, fresh, services.step_logs)
 
     return await anyio.to_thread.run_sync(answer)
 
@@ -337,7 +334,7 @@ def _answer(services: Services, run_id: int) -> RunDetail:
     with services.sessions() as session:
         fresh = session.get(Run, run_id)
         assert fresh is not None
-        return _detail(session, fresh, services.settings.work_dir)
+        return _detail(session, fresh, services.step_logs)
 
 
 def _cancel_waiting(services: Services, run: Run, actor: str) -> bool:

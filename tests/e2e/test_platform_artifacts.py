@@ -1,0 +1,180 @@
+"""A DuckDB table handed between workers through the artifact store. Two `laminar worker`
+processes on one task queue, each with its own DuckDB warehouse and work directory; the store
+is moto's S3 server (tests/s3_standin.py: the stand-in for S3, no cloud store is reachable
+here). `produce` loads a table on one worker; that worker is then killed with SIGKILL and its
+directory removed (its disk is gone), so `consume` runs on the other worker, which has never
+seen the table: it comes from the store and the run SUCCEEDS with the right total, and the
+API shows the log tail of `produce`, written on the dead worker. Without LAMINAR_ARTIFACT_URL
+the same run FAILS with TableOnOtherWorker, pointing at the setting."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from pipeline_service.temporal.dev_server import DevServer, free_port
+from tests.conftest import scratch_postgres_database
+from tests.e2e.conftest import Background, Cli, pid_gone, wait_for
+from tests.s3_standin import S3StandIn
+
+ADMIN = "e2e-admin-key"
+pytestmark = pytest.mark.slow
+
+PRODUCE = """\
+import os
+from pathlib import Path
+with open(os.environ["LEDGER"], "a") as ledger:
+    ledger.write(f"produce {os.environ['LAMINAR_OUTPUT_DIR']}\\n")
+Path("sales.csv").write_text("region,amount\\nEU,30\\nUS,12\\n")
+print("produce wrote 2 rows of sales", flush=True)
+"""
+GATE = """\
+import os, time
+with open(os.environ["LEDGER"], "a") as ledger:
+    ledger.write(f"gate {os.environ['LAMINAR_OUTPUT_DIR']}\\n")
+time.sleep(float(os.environ["PAUSE"]))
+"""
+CONSUME = """\
+import duckdb, json, os
+with open(os.environ["LEDGER"], "a") as ledger:
+    ledger.write(f"consume {os.environ['LAMINAR_OUTPUT_DIR']}\\n")
+context = json.load(open(os.environ["LAMINAR_CONTEXT"]))
+path = context["inputs"]["sales"]
+total = duckdb.connect().execute("SELECT sum(amount) FROM read_parquet(?)", [path]).fetchone()[0]
+json.dump({"total": int(total)}, open(os.environ["LAMINAR_RESULT"], "w"))
+"""
+
+
+def pipeline_yaml(ledger: Path) -> str:
+    common = f'    env: {{LEDGER: "{ledger}", PAUSE: "5"}}\n    heartbeat_timeout: 3s\n'
+    return (
+        "name: handoff\nsteps:\n"
+        "  - id: produce\n    type: python\n    script: produce.py\n"
+        "    outputs: {sales: sales.csv}\n" + common + "  - id: gate\n    type: python\n"
+        "    script: gate.py\n    depends_on: [produce]\n"
+        "    retry: {max_attempts: 2, initial_interval: 0.2}\n" + common + "  - id: consume\n"
+        "    type: python\n    script: consume.py\n    depends_on: [gate, produce]\n"
+        '    args: ["{{ steps.produce.outputs.sales }}"]\n    inputs: [sales]\n' + common
+    )
+
+
+@pytest.mark.parametrize("with_store", [True, False], ids=["artifact-store", "no-store"])
+def test_a_table_crosses_workers_through_the_artifact_store(
+    cli: Cli, dev_server: DevServer, s3: S3StandIn, tmp_path: Path, with_store: bool
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "produce.py").write_text(PRODUCE)
+    (project / "gate.py").write_text(GATE)
+    (project / "consume.py").write_text(CONSUME)
+    ledger = tmp_path / "ledger.txt"
+    ledger.touch()
+    (project / "pipeline.yaml").write_text(pipeline_yaml(ledger))
+    bucket = s3.new_bucket()
+    port = free_port()
+    with scratch_postgres_database() as database_url:
+        env = {
+            "LAMINAR_DATABASE_URL": database_url,
+            "LAMINAR_TEMPORAL_ADDRESS": dev_server.address,
+            "LAMINAR_ADMIN_API_KEY": ADMIN,
+            "LAMINAR_HTTP_PORT": str(port),
+            "LAMINAR_TASK_QUEUE": f"e2e-artifacts-{port}",
+        }
+        if with_store:
+            env |= s3.env() | {
+                "LAMINAR_ARTIFACT_URL": f"s3://{bucket}/artifacts",
+                "LAMINAR_ARTIFACT_LOG_INTERVAL": "1s",
+            }
+        assert cli.run("db", "upgrade", env=env).code == 0
+        server_dir = tmp_path / "server"
+        server_dir.mkdir()
+        server = cli.start(
+            "server",
+            env={**env, "LAMINAR_WORK_DIR": str(server_dir / "work")},
+            cwd=server_dir,
+        )
+        workers: dict[str, Background] = {}
+        for name in ("w1", "w2"):
+            home = tmp_path / name
+            home.mkdir()
+            workers[name] = cli.start(
+                "worker",
+                env={
+                    **env,
+                    "LAMINAR_WORK_DIR": str(home / "work"),
+                    "LAMINAR_BUNDLE_CACHE": str(home / "bundles"),
+                },
+                cwd=home,
+            )
+        base = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            with contextlib.suppress(httpx.HTTPError):
+                return httpx.get(f"{base}/health/ready").status_code == 200
+            return False
+
+        wait_for(ready, 60, f"the API; server said:\n{server.output()}")
+        admin = {"LAMINAR_URL": base, "LAMINAR_API_KEY": ADMIN}
+        assert cli.run("tenants", "create", "acme", env=admin).code == 0
+        made = cli.run("keys", "create", "ops", "--tenant", "acme", "--scope", "operate", env=admin)
+        client_env = {"LAMINAR_URL": base, "LAMINAR_API_KEY": made.stdout.strip().splitlines()[-1]}
+        applied = cli.run("pipelines", "apply", project, env=client_env)
+        assert applied.code == 0, applied.details
+
+        def ran_on(step: str) -> list[str]:
+            return [
+                name
+                for line in ledger.read_text().splitlines()
+                for name in workers
+                if line.split(" ", 1)[0] == step and f"/{name}/" in line
+            ]
+
+        auth = {"Authorization": f"Bearer {client_env['LAMINAR_API_KEY']}"}
+        with httpx.Client(base_url=base, headers=auth, timeout=30) as http:
+            run: dict[str, Any] = http.post("/v1/pipelines/handoff/runs", json={}).json()
+            assert "id" in run, run
+            wait_for(lambda: ran_on("gate"), 60, "the gate step to start", interval=0.2)
+            [producer] = ran_on("produce")
+            # The worker that wrote the table dies and its disk with it.
+            os.kill(workers[producer].pid, signal.SIGKILL)
+            wait_for(lambda: pid_gone(workers[producer].pid), 10, "the killed worker to go")
+            shutil.rmtree(tmp_path / producer)
+            deadline = time.monotonic() + 120
+            while run["status"] not in ("SUCCEEDED", "FAILED", "CANCELLED"):
+                assert time.monotonic() < deadline, run
+                time.sleep(0.5)
+                run = http.get(f"/v1/runs/{run['id']}").json()
+        survivor = next(n for n in workers if n != producer)
+        steps = {s["step_id"]: s for s in run["steps"]}
+        details = (run, workers[survivor].output())
+        if with_store:
+            assert run["status"] == "SUCCEEDED", details
+            assert ran_on("consume") == [survivor]
+            assert steps["consume"]["attempts"][-1]["outputs"] == {"total": 42}
+            # produce ran on the dead worker: its log tail comes from the store.
+            tail = steps["produce"]["attempts"][-1]["log_tail"]
+            assert tail is not None and "produce wrote 2 rows of sales" in tail, steps
+            keys = s3.keys(bucket, "artifacts/")
+            assert any(k.startswith("artifacts/acme/runs/") and "/produce/tables/" in k
+                       for k in keys), keys  # fmt: skip
+            assert all(k.startswith("artifacts/acme/") for k in keys), keys
+        else:
+            assert run["status"] == "FAILED", details
+            assert ran_on("consume") == []
+            consume = steps["consume"]["attempts"][-1]
+            assert consume["error_type"] == "TableOnOtherWorker", consume
+            assert "LAMINAR_ARTIFACT_URL" in consume["error"]
+            assert steps["produce"]["attempts"][-1]["log_tail"] is None  # its disk is gone
+            assert s3.keys(bucket) == []
+        server.proc.send_signal(signal.SIGTERM)
+        workers[survivor].proc.send_signal(signal.SIGTERM)
+        workers[survivor].wait(30)
+        server.wait(30)
