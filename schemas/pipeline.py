@@ -861,17 +861,6 @@ class PipelineDefinition(StrictModel):
     sla: Sla | None = None
     """When each scheduled logical date's run must have succeeded (needs a `schedule`)."""
 
-    @model_validator(mode="after")
-    def _sla_needs_schedule(self) -> PipelineDefinition:
-        if self.sla is not None and self.schedule is None:
-            raise ValueError(
-                "sla needs a schedule: the expected logical dates come from the schedule"
-            )
-        wants_sla = any(NotifyOn.SLA_MISSED in rule.on for rule in self.notifications)
-        if wants_sla and self.sla is None:
-            raise ValueError("a notification on sla_missed needs an `sla` on the pipeline")
-        return self
-
     @field_validator("depends_on")
     @classmethod
     def _no_self_dependency(cls, value: list[Dependency], info: ValidationInfo) -> list[Dependency]:
@@ -888,6 +877,22 @@ class PipelineDefinition(StrictModel):
             if step.id == step_id:
                 return step
         raise KeyError(step_id)
+
+
+def notification_problems(pipeline: PipelineDefinition) -> list[tuple[str, str]]:
+    """(path, message) for `sla` and `notifications` that do not fit together."""
+    found = []
+    if pipeline.sla is not None and pipeline.schedule is None:
+        found.append(
+            ("sla", "an sla needs a schedule: the expected logical dates come from the schedule")
+        )
+    if pipeline.sla is None:
+        for i, rule in enumerate(pipeline.notifications):
+            if NotifyOn.SLA_MISSED in rule.on:
+                found.append(
+                    (f"notifications[{i}].on", "sla_missed needs an `sla` on the pipeline")
+                )
+    return found
 
 
 for _model in (

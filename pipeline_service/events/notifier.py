@@ -42,7 +42,7 @@ from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, defer, sessionmaker
 
 from pipeline_service.db.base import utcnow
 from pipeline_service.db.models import (
@@ -281,19 +281,17 @@ class Notifier:
         with self.sessions() as session, session.begin():
             if not self._locked(session, SLA_LOCK_KEY):
                 return 0
+            # Definitions are read once per version (then cached): this runs every round.
             candidates = session.execute(
                 select(Pipeline, PipelineVersion, Tenant.name)
+                .options(defer(PipelineVersion.definition), defer(PipelineVersion.source_text))
                 .join(
                     PipelineVersion,
                     (PipelineVersion.pipeline_id == Pipeline.id)
                     & (PipelineVersion.version == Pipeline.current_version),
                 )
                 .join(Tenant, Tenant.id == Pipeline.tenant_id)
-                .where(
-                    Pipeline.status.not_in(
-                        [PipelineStatus.PAUSED.value, PipelineStatus.ARCHIVED.value]
-                    )
-                )
+                .where(Pipeline.status != PipelineStatus.ARCHIVED.value)
             ).all()
             for pipeline, version, tenant in candidates:
                 found = self._sla_of(version)
@@ -305,7 +303,8 @@ class Notifier:
                     # Deadlines from when this version (with its sla) was stored on.
                     watch = SlaWatch(pipeline_id=pipeline.id, checked_until=version.created_at)
                     session.add(watch)
-                if schedule.paused:
+                if schedule.paused or pipeline.status == PipelineStatus.PAUSED.value:
+                    # Paused: its deadlines are skipped, not reported when it resumes.
                     watch.checked_until = now
                     continue
                 missed += self._check_pipeline(
