@@ -770,6 +770,14 @@ class NotificationRule(StrictModel):
     on: list[NotifyOn] = Field(min_length=1, max_length=5)
     channel: str = Field(min_length=1, max_length=128)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, data: Any) -> Any:
+        """YAML 1.1 reads an unquoted `on:` key as the boolean true: take it as `on`."""
+        if isinstance(data, dict) and True in data and "on" not in data:
+            return {("on" if key is True else key): value for key, value in data.items()}
+        return data
+
     @field_validator("on")
     @classmethod
     def _distinct(cls, value: list[NotifyOn]) -> list[NotifyOn]:

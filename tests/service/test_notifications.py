@@ -394,3 +394,26 @@ async def test_a_run_that_succeeded_before_the_deadline_sends_nothing(
     ]
     assert sla_events(service, tenant, "punctual") == []
     assert receiver.requests == []
+
+
+async def test_two_notifiers_on_postgresql_send_each_notification_once(
+    service: Service, receiver: Receiver
+) -> None:
+    """Two workers' notifiers over one PostgreSQL database, rounds racing on threads: the
+    advisory lock serialises queueing, SKIP LOCKED claims split the sending."""
+    if service.kind != "postgresql":
+        pytest.skip("several notifiers need PostgreSQL (one notifier on SQLite)")
+    tenant = await service.tenant("admin")
+    await tenant.http.put("/v1/secrets/hook_secret", json={"value": HOOK_SECRET})
+    await tenant.apply(failing("raced", [{"on": ["failure"], "channel": "alerts"}]))
+    first = notifier_for(service, {"alerts": hook(receiver.url)})
+    second = notifier_for(service, {"alerts": hook(receiver.url)})
+    runs = [await run_to_end(tenant, "raced") for _ in range(3)]
+
+    def race(notifier: Notifier) -> None:
+        for _ in range(5):
+            notifier.round()
+
+    await asyncio.gather(asyncio.to_thread(race, first), asyncio.to_thread(race, second))
+    sent = sorted(b["event"]["data"]["run_id"] for b in bodies(receiver))
+    assert sent == sorted(run["id"] for run in runs)

@@ -13,7 +13,7 @@ import pytest
 from pipeline_service.events.notifier import describe, sla_deadlines
 from schemas.documents import PipelineValidationError
 from schemas.events import EventData, EventType, LifecycleEvent, data_schema_uri
-from schemas.loading import validate_pipeline
+from schemas.loading import load_pipeline_text, validate_pipeline
 from schemas.pipeline import NotifyOn, Schedule, Sla
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -216,3 +216,12 @@ def test_messages_are_fixed_wording_and_nothing_in_them_is_evaluated() -> None:
     assert title == "[acme] orders: SLA missed"
     assert "deadline: 2026-11-25T07:00:00+00:00" in text
     assert "reason: no run for this logical date" in text
+
+
+def test_an_unquoted_yaml_on_key_is_read_as_on(tmp_path: Path) -> None:
+    # YAML 1.1 (PyYAML) reads `on:` as the boolean true.
+    text = (
+        "name: x\nsteps: [{id: a, type: noop}]\nnotifications:\n  - {on: [failure], channel: c}\n"
+    )
+    loaded = load_pipeline_text(text, source_dir=tmp_path)
+    assert loaded.notifications[0].on == [NotifyOn.FAILURE]
