@@ -419,10 +419,18 @@ class Notifier:
             for delivery in claimed:
                 delivery.claimed_until = now + LEASE
             session.flush()
+            ids = {delivery.tenant_id for delivery in claimed}
+            # The tenant whose secrets a delivery may read: its row's, not what the event says.
+            tenants: dict[int, str] = {
+                row.id: row.name
+                for row in session.execute(
+                    select(Tenant.id, Tenant.name).where(Tenant.id.in_(sorted(ids)))
+                )
+            }
             session.expunge_all()
         result = RoundResult()
         for delivery in claimed:
-            outcome = self._send(delivery)
+            outcome = self._send(delivery, tenants[delivery.tenant_id])
             with self.sessions() as session, session.begin():
                 values: dict[str, Any] = {
                     "attempts": delivery.attempts + 1,
@@ -455,7 +463,7 @@ class Notifier:
                 )
         return result
 
-    def _send(self, delivery: NotificationDelivery) -> tuple[str, bool] | None:
+    def _send(self, delivery: NotificationDelivery, tenant: str) -> tuple[str, bool] | None:
         """Send one delivery: None when sent, else (error, retryable). Errors name the channel
         and never carry its URL or secrets."""
         event = LifecycleEvent.model_validate(delivery.event)
@@ -469,7 +477,7 @@ class Notifier:
                         "has no secret store (LAMINAR_SECRET_KEY)",
                         False,
                     )
-                channel = channel.with_secrets(self.secrets(event.data.tenant, names))
+                channel = channel.with_secrets(self.secrets(tenant, names))
         except ResourceError as exc:
             return str(exc), False
         title, message = describe(event, NotifyOn(delivery.on))
