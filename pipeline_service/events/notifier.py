@@ -42,6 +42,7 @@ from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer, sessionmaker
 
 from pipeline_service.db.base import utcnow
@@ -135,8 +136,11 @@ class Notifier:
     def start(self) -> None:
         """Create the cursor (at the outbox's end: events from before the notifier first ran
         are not notified) unless it exists."""
-        with self.sessions() as session, session.begin():
-            self._cursor(session)
+        try:
+            with self.sessions() as session, session.begin():
+                self._cursor(session)
+        except IntegrityError:
+            pass  # another worker's notifier created it at the same moment
 
     def run(self, stop: threading.Event, poll: float = 1.0) -> None:
         """Rounds until `stop` is set; a failing round (database down) is logged and retried."""
