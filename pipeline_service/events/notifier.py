@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import select, text, update
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -86,6 +87,8 @@ MAX_ATTEMPTS = 10
 FIRST_BACKOFF = timedelta(seconds=2)
 MAX_BACKOFF = timedelta(minutes=10)
 LEASE = timedelta(minutes=2)
+RETENTION = timedelta(days=7)
+"""Finished deliveries are kept this long (as the relay keeps sent outbox rows)."""
 MAX_SLA_DATES = 100
 """Deadlines checked per pipeline and round (the oldest first); the rest wait for the next."""
 
@@ -130,6 +133,7 @@ class Notifier:
         self._is_postgres = bind is not None and bind.dialect.name == "postgresql"
         self._rules: dict[int, list[NotificationRule]] = {}
         self._slas: dict[int, tuple[Sla, Schedule] | None] = {}
+        self._last_prune = 0.0
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -152,12 +156,27 @@ class Notifier:
             stop.wait(poll)
 
     def round(self, now: datetime | None = None) -> RoundResult:
+        if time.monotonic() - self._last_prune >= 60:
+            self._last_prune = time.monotonic()
+            self.prune()
         result = RoundResult()
         result.sla_missed = self.check_slas(now)
         result.queued = self.queue()
         sent = self.send_due(now)
         result.sent, result.retrying, result.failed = sent.sent, sent.retrying, sent.failed
         return result
+
+    def prune(self, now: datetime | None = None) -> int:
+        """Delete finished deliveries (SENT or FAILED) older than RETENTION."""
+        cutoff = (now or datetime.now(UTC)) - RETENTION
+        with self.sessions() as session, session.begin():
+            result = session.execute(
+                delete(NotificationDelivery).where(
+                    NotificationDelivery.status != PENDING,
+                    NotificationDelivery.created_at < cutoff,
+                )
+            )
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     def _locked(self, session: Session, key: int) -> bool:
         if not self._is_postgres:

@@ -131,6 +131,13 @@ async def test_a_failed_run_sends_one_signed_webhook_and_a_restart_sends_no_more
             select(NotificationDelivery).where(NotificationDelivery.event_id == sent["event"]["id"])
         ).all()
     assert [(row.status, row.attempts, row.on) for row in rows] == [("SENT", 1, "failure")]
+    # Finished deliveries are pruned after a week, like sent outbox rows.
+    await asyncio.to_thread(notifier.prune, datetime.now(UTC) + timedelta(days=6))
+    with service.sessions() as session:
+        assert session.get(NotificationDelivery, rows[0].id) is not None
+    await asyncio.to_thread(notifier.prune, datetime.now(UTC) + timedelta(days=8))
+    with service.sessions() as session:
+        assert session.get(NotificationDelivery, rows[0].id) is None
 
 
 async def test_success_sends_an_email_and_retrying_steps_notify_each_retry(
