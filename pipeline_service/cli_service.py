@@ -299,10 +299,15 @@ async def _worker(
         f"{settings.temporal_address}, namespace {settings.temporal_namespace}); Ctrl-C stops"
     )
     reconciler = _start_reconciler(settings, client, db, stop)
+    notifier = _start_notifier(settings, db)
     try:
         async with worker_:
             await dispatcher.run(stop)
     finally:
+        if notifier is not None:
+            notifier_stop, notifier_thread = notifier
+            notifier_stop.set()
+            await asyncio.to_thread(notifier_thread.join, 10)
         if reconciler is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(reconciler, 10)
@@ -327,6 +332,28 @@ def _start_reconciler(
 
     reconciler = RunReconciler(session_factory(db), client, older_than=settings.reconcile_after)
     return asyncio.create_task(reconciler.run(stop, settings.reconcile_interval))
+
+
+def _start_notifier(
+    settings: ServiceSettings, db: Engine
+) -> tuple[threading.Event, threading.Thread] | None:
+    """Pipeline notifications and SLA checks from the outbox (events/notifier.py); several
+    workers on PostgreSQL share the work."""
+    if settings.notify_interval.total_seconds() <= 0:
+        return None
+    from pipeline_service.db.session import session_factory
+    from pipeline_service.events.notifier import start_notifier
+    from schemas.connections import ResourceError
+
+    try:
+        _, stop, thread = start_notifier(
+            session_factory(db),
+            secret_key=settings.secret_key.get_secret_value() if settings.secret_key else None,
+            poll=settings.notify_interval.total_seconds(),
+        )
+    except ResourceError as exc:
+        raise _fail(str(exc)) from None
+    return stop, thread
 
 
 def _start_relay(

@@ -70,8 +70,13 @@ from steps.engines.duckdb import DuckDBEngine
 from workflows.pipeline_run import PipelineRunWorkflow
 
 if TYPE_CHECKING:
+    import threading
+
     from pipeline_service.cluster_api import EmbeddedApi
     from pipeline_service.cluster_events import ClusterEvents
+    from pipeline_service.events.notifier import Notifier
+
+    ClusterNotifier = tuple[Notifier, threading.Event, threading.Thread]
 
 TENANT_KEY = SearchAttributeKey.for_keyword("LaminarTenant")
 PIPELINE_KEY = SearchAttributeKey.for_keyword("LaminarPipeline")
@@ -100,6 +105,7 @@ class PipelineCluster:
         self._stop_signal: int | None = None
         self._api: EmbeddedApi | None = None
         self._events: ClusterEvents | None = None
+        self._notifier: ClusterNotifier | None = None
         self.started = False
         """The run was started or resumed: the state may have changed since the last snapshot."""
 
@@ -159,6 +165,13 @@ class PipelineCluster:
                     self.console.print(f"  metrics     {metrics}")
                 if self.options.kafka is not None:
                     self._events = await self._start_events(self.options.kafka)
+                if self.pipeline.notifications:
+                    self._notifier = await self._start_notifier()
+            elif self.pipeline.notifications:
+                self.console.print(
+                    "[yellow]  notify      the pipeline's notifications are sent from the "
+                    "recorded events: run with --http-port or --kafka to send them[/]"
+                )
             async with flink_for(self.pipeline, state_dir) as flink:
                 if has_flink_steps(self.pipeline):
                     self.console.print(f"  flink       {flink.rest_url}")
@@ -190,6 +203,8 @@ class PipelineCluster:
                     self.console.print(f"  run         {handle.id}  {ui_link}")
                     return await self._follow(handle)
         finally:
+            if self._notifier is not None:
+                await self._stop_notifier(self._notifier)
             if self._events is not None:
                 await self._stop_events(self._events)
             if self._api is not None:
@@ -212,6 +227,37 @@ class PipelineCluster:
         self.console.print(f"  kafka       {events.bootstrap_servers}{note}")
         self.console.print(f"  events      topic {events.relay.topic}")
         return events
+
+    async def _start_notifier(self) -> ClusterNotifier:
+        """The pipeline's `notifications`, sent from the recorded events (events/notifier.py)."""
+        from pipeline_service.events.notifier import start_notifier
+        from schemas.connections import ResourceError
+
+        assert self._api is not None
+        try:
+            notifier = await asyncio.to_thread(
+                start_notifier, self._api.sessions, secret_key=None, poll=0.5
+            )
+        except ResourceError as exc:
+            raise ClusterError(str(exc)) from None
+        self.console.print(f"  notify      {len(self.pipeline.notifications)} rule(s)")
+        return notifier
+
+    async def _stop_notifier(self, notifier: ClusterNotifier) -> None:
+        """Stop the thread, then one last round: the run's end is notified before exit."""
+        instance, stop, thread = notifier
+        stop.set()
+        await asyncio.to_thread(thread.join, 10)
+        try:
+            result = await asyncio.to_thread(instance.round)
+        except Exception as exc:
+            self.console.print(f"[yellow]notifications: last round failed: {exc}[/]")
+            return
+        if result.retrying:
+            self.console.print(
+                f"[yellow]{result.retrying} notification(s) not delivered yet: they are sent by "
+                "the next `laminar run` of the state dir[/]"
+            )
 
     async def _stop_events(self, events: ClusterEvents) -> None:
         waiting = await events.stop()

@@ -349,6 +349,9 @@ class ServiceSettings(BaseSettings):
     relay_batch_size: int = Field(500, ge=1, le=10_000)
     relay_poll_interval: timedelta = timedelta(milliseconds=100)
     """How often an idle relay looks for new outbox rows."""
+    notify_interval: Duration = timedelta(seconds=1)
+    """How often a worker's notifier sends pipeline notifications and checks SLA deadlines
+    (see docs/notifications.md); 0 turns the notifier off on this worker."""
     reconcile_interval: Duration = timedelta(seconds=30)
     """How often a worker asks Temporal about runs it may have ended on its own (execution
     timeout, terminate); 0 turns reconciliation off."""

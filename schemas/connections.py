@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -111,8 +112,39 @@ class TrinoConnection(_Resource):
 Connection = TrinoConnection
 
 
-class WebhookChannel(_Resource):
+class _TenantSecrets:
+    """Secret fields written `{{ secrets.name }}` name a secret of the run's tenant, resolved
+    where the channel is used (the step's activity, the notifier)."""
+
+    secret_fields: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def tenant_secrets(self) -> dict[str, str]:
+        """Field -> tenant secret name, for the fields written `{{ secrets.name }}`."""
+        return {
+            field: name
+            for field in self.secret_fields
+            if (name := tenant_secret_name(getattr(self, field)))
+        }
+
+    def with_secrets(self, values: Mapping[str, str]) -> Any:
+        """This channel with its `{{ secrets.name }}` fields set from `values` (by name); a
+        name `values` lacks raises ResourceError."""
+        wanted = self.tenant_secrets
+        missing = sorted(set(wanted.values()) - set(values))
+        if missing:
+            raise ResourceError(
+                f"tenant secret(s) {', '.join(missing)} named by the channel are not set "
+                "(laminar secrets set NAME)"
+            )
+        update = {field: SecretStr(values[name]) for field, name in wanted.items()}
+        return self.model_copy(update=update)  # type: ignore[attr-defined]
+
+
+class WebhookChannel(_TenantSecrets, _Resource):
     """A generic JSON webhook, signed with HMAC-SHA256 when a secret is set."""
+
+    secret_fields: ClassVar[tuple[str, ...]] = ("secret",)
 
     type: Literal["webhook"]
     url: str
@@ -124,8 +156,10 @@ class WebhookChannel(_Resource):
     """Seconds before the second attempt; doubled for each attempt after."""
 
 
-class SlackChannel(_Resource):
+class SlackChannel(_TenantSecrets, _Resource):
     """A Slack-compatible incoming webhook (the URL is the secret)."""
+
+    secret_fields: ClassVar[tuple[str, ...]] = ("url",)
 
     type: Literal["slack"]
     url: Secret
@@ -134,8 +168,10 @@ class SlackChannel(_Resource):
     backoff: float = Field(0.5, ge=0, le=60)
 
 
-class EmailChannel(_Resource):
+class EmailChannel(_TenantSecrets, _Resource):
     """Email over SMTP, optionally upgraded with STARTTLS."""
+
+    secret_fields: ClassVar[tuple[str, ...]] = ("password",)
 
     type: Literal["email"]
     host: str

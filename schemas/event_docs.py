@@ -29,6 +29,7 @@ _REQUIRED = {
     EventKind.STEP: ["run_id", "workflow_id", "logical_date", "step_id", "attempt", "status"],
     EventKind.DEFINITION: ["status"],
     EventKind.BACKFILL: [],
+    EventKind.SLA: ["logical_date", "version", "deadline"],
 }
 
 
@@ -75,8 +76,8 @@ def asyncapi_document(topic: str = DEFAULT_TOPIC) -> dict[str, Any]:
                 "kafka": {
                     "key": {
                         "type": "string",
-                        "description": "The run id (per-run order); definition events: "
-                        "`pipeline:<id>`.",
+                        "description": "The run id (per-run order); definition and SLA "
+                        "events: `pipeline:<id>`.",
                     },
                     "bindingVersion": "0.5.0",
                 }

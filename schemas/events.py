@@ -38,16 +38,18 @@ class EventType(StrEnum):
     PIPELINE_ARCHIVED = "PIPELINE_ARCHIVED"
     BACKFILL_STARTED = "BACKFILL_STARTED"
     BACKFILL_COMPLETED = "BACKFILL_COMPLETED"
+    PIPELINE_SLA_MISSED = "PIPELINE_SLA_MISSED"
 
 
 class EventKind(StrEnum):
     """Which fields of the data an event type fills: a run's, a step attempt's, a definition's,
-    or a backfill's."""
+    a backfill's, or a missed deadline's."""
 
     RUN = "run"
     STEP = "step"
     DEFINITION = "definition"
     BACKFILL = "backfill"
+    SLA = "sla"
 
 
 def event_kind(type: EventType) -> EventKind:
@@ -55,6 +57,8 @@ def event_kind(type: EventType) -> EventKind:
         return EventKind.STEP
     if type.startswith("BACKFILL_"):
         return EventKind.BACKFILL
+    if type == EventType.PIPELINE_SLA_MISSED:
+        return EventKind.SLA
     if type in _RUN_TYPES:
         return EventKind.RUN
     return EventKind.DEFINITION
@@ -109,6 +113,10 @@ class EventData(BaseModel):
     error_type: str | None = None
     marked_by: str | None = Field(None, description="Set when a person marked the step.")
     reason: str | None = None
+    deadline: datetime | None = Field(
+        None,
+        description="SLA events: when the run of `logical_date` had to have succeeded (UTC).",
+    )
 
 
 class LifecycleEvent(BaseModel):

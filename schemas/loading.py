@@ -40,6 +40,7 @@ from schemas.pipeline import (
     PipelineDefinition,
     RetryPolicy,
     Step,
+    notification_problems,
 )
 from schemas.quality import CHECK_TYPES
 from schemas.sql_templates import INT64_MAX, INT64_MIN
@@ -395,6 +396,8 @@ def validate_pipeline(data: Any, *, source_dir: Path) -> PipelineDefinition:
     problems.extend(check_pipeline(raw_steps, steps, _validation_params(names, specs), source_dir))
     if pipeline is not None:
         problems.extend(trigger_problems(pipeline))
+        for path, message in notification_problems(pipeline):
+            problems.add(path, message)
 
     if problems:
         raise PipelineValidationError(_ordered(problems))

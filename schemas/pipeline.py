@@ -9,7 +9,7 @@ ids, known dependencies, cycles, template variables, SQL parsing, script paths) 
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 from zoneinfo import ZoneInfo
@@ -748,6 +748,101 @@ class OnFailure(StrEnum):
     COMPENSATE = "compensate"
 
 
+class NotifyOn(StrEnum):
+    """The lifecycle changes a pipeline-level notification rule sends on."""
+
+    FAILURE = "failure"
+    """The run failed (PIPELINE_FAILED)."""
+    SUCCESS = "success"
+    """The run succeeded (PIPELINE_SUCCEEDED)."""
+    RETRYING = "retrying"
+    """A step attempt failed and the step will run again (PIPELINE_STEP_RETRYING)."""
+    QUALITY_WARNING = "quality_warning"
+    """A quality step finished with warn-severity checks failing (PIPELINE_STEP_COMPLETED)."""
+    SLA_MISSED = "sla_missed"
+    """A logical date's run had not succeeded by the pipeline's `sla` (PIPELINE_SLA_MISSED)."""
+
+
+class NotificationRule(StrictModel):
+    """Send to `channel` (a channel named in the worker's settings, as for a `notification`
+    step) on each of the lifecycle changes in `on`."""
+
+    on: list[NotifyOn] = Field(min_length=1, max_length=5)
+    channel: str = Field(min_length=1, max_length=128)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, data: Any) -> Any:
+        """YAML 1.1 reads an unquoted `on:` key as the boolean true: take it as `on`."""
+        if isinstance(data, dict) and True in data and "on" not in data:
+            return {("on" if key is True else key): value for key, value in data.items()}
+        return data
+
+    @field_validator("on")
+    @classmethod
+    def _distinct(cls, value: list[NotifyOn]) -> list[NotifyOn]:
+        if len(set(value)) != len(value):
+            raise ValueError("a lifecycle change is listed twice")
+        return value
+
+
+_CLOCK = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
+
+
+class Sla(StrictModel):
+    """When the run of a logical date must have succeeded. Either `deadline` (a wall-clock time
+    in `timezone`: the first such time at or after the end of the logical date's data interval)
+    or `after` (a duration after the end of the data interval)."""
+
+    deadline: str | None = None
+    """`HH:MM`, 24-hour clock."""
+    timezone: str = "UTC"
+    """IANA zone `deadline` is read in (Europe/Berlin)."""
+    after: PositiveDuration | None = None
+
+    @field_validator("deadline")
+    @classmethod
+    def _clock(cls, value: str | None) -> str | None:
+        if value is not None and not _CLOCK.match(value):
+            raise ValueError(f"deadline {value!r} is not a time of day as HH:MM (e.g. 08:00)")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        return check_zone(value)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Sla:
+        if (self.deadline is None) == (self.after is None):
+            raise ValueError("give either deadline (with timezone) or after, not both")
+        if self.after is not None and self.timezone != "UTC":
+            raise ValueError("timezone applies to deadline only")
+        return self
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def due(self, interval_end: datetime) -> datetime:
+        """The deadline (UTC) of the logical date whose data interval ends at `interval_end`."""
+        end = interval_end.astimezone(UTC)
+        if self.after is not None:
+            return end + self.after
+        assert self.deadline is not None
+        hour, minute = (int(part) for part in self.deadline.split(":"))
+        local = end.astimezone(self.zone)
+        for days in range(3):
+            wall = datetime.combine(
+                local.date() + timedelta(days=days), time(hour, minute)
+            ).replace(tzinfo=self.zone)
+            # A wall time in a DST gap does not exist: fold=0 reads it shifted forward.
+            instant = wall.astimezone(UTC)
+            if instant >= end:
+                return instant
+        raise AssertionError("unreachable: a time of day recurs within two days")
+
+
 class PipelineDefinition(StrictModel):
     name: PipelineName
     description: str = ""
@@ -764,8 +859,15 @@ class PipelineDefinition(StrictModel):
         Field(max_length=100),
     ] = Field(default_factory=list)
     triggers: list[EventTrigger] = Field(default_factory=list, max_length=20)
-    # Reserved for later capabilities; accepted so definitions can already carry them.
-    notifications: list[dict[str, Any]] | None = None
+    notifications: Annotated[
+        list[NotificationRule],
+        # Definitions saved before notifications existed carry `notifications: null`.
+        BeforeValidator(lambda value: [] if value is None else value),
+        Field(max_length=20),
+    ] = Field(default_factory=list)
+    """Pipeline-level notifications, sent from the lifecycle events (see docs/notifications.md)."""
+    sla: Sla | None = None
+    """When each scheduled logical date's run must have succeeded (needs a `schedule`)."""
 
     @field_validator("depends_on")
     @classmethod
@@ -785,6 +887,22 @@ class PipelineDefinition(StrictModel):
         raise KeyError(step_id)
 
 
+def notification_problems(pipeline: PipelineDefinition) -> list[tuple[str, str]]:
+    """(path, message) for `sla` and `notifications` that do not fit together."""
+    found = []
+    if pipeline.sla is not None and pipeline.schedule is None:
+        found.append(
+            ("sla", "an sla needs a schedule: the expected logical dates come from the schedule")
+        )
+    if pipeline.sla is None:
+        for i, rule in enumerate(pipeline.notifications):
+            if NotifyOn.SLA_MISSED in rule.on:
+                found.append(
+                    (f"notifications[{i}].on", "sla_missed needs an `sla` on the pipeline")
+                )
+    return found
+
+
 for _model in (
     StepBase,
     PodResources,
@@ -795,6 +913,8 @@ for _model in (
     QualityStep,
     NotificationStep,
     NoopStep,
+    NotificationRule,
+    Sla,
     Schedule,
     Dependency,
     KafkaTrigger,

@@ -50,9 +50,14 @@ class NotificationExecutor:
     def __init__(self, resources: Resources) -> None:
         self.resources = resources
 
+    def secret_names(self, channel: str) -> set[str]:
+        """The tenant secrets a channel's fields refer to (`{{ secrets.name }}`)."""
+        found = self.resources.channels.get(channel)
+        return set(found.tenant_secrets.values()) if found is not None else set()
+
     async def execute(self, step: NotificationStep, ctx: StepContext) -> StepResult:
         try:
-            channel = self.resources.channel(step.channel)
+            channel = self.resources.channel(step.channel).with_secrets(ctx.secrets)
         except ResourceError as exc:
             raise StepError(str(exc), error_type="ConfigurationError", retryable=False) from exc
         # One line: a rendered value with a line break must not start a new mail header
@@ -60,7 +65,9 @@ class NotificationExecutor:
         title = " ".join(render_text(step.title, ctx.run, ctx.upstream).split())
         message = render_text(step.message, ctx.run, ctx.upstream)
         if isinstance(channel, EmailChannel):
-            await asyncio.to_thread(_send_email, step.channel, channel, title, message, ctx)
+            await asyncio.to_thread(
+                send_email, step.channel, channel, title, message, ctx.idempotency_key
+            )
             sent = {"recipients": len(channel.to)}
         elif isinstance(channel, WebhookChannel):
             body = {
@@ -71,25 +78,33 @@ class NotificationExecutor:
                 "title": title,
                 "message": message,
             }
-            sent = await _post(step.channel, channel, channel.url, body, ctx)
+            sent = await post_json(step.channel, channel, channel.url, body, ctx.idempotency_key)
         else:
             assert isinstance(channel, SlackChannel)
             body = {"text": f"*{title}*\n{message}"}
-            sent = await _post(step.channel, channel, channel.url.get_secret_value(), body, ctx)
+            url = channel.url.get_secret_value()
+            sent = await post_json(step.channel, channel, url, body, ctx.idempotency_key)
         return StepResult(
             outputs={"channel": step.channel, "type": channel.type, "title": title, **sent}
         )
 
 
-async def _post(
-    name: str, channel: WebhookChannel | SlackChannel, url: str, body: dict[str, Any], ctx: Any
+async def post_json(
+    name: str,
+    channel: WebhookChannel | SlackChannel,
+    url: str,
+    body: dict[str, Any],
+    idempotency_key: str,
+    max_attempts: int | None = None,
 ) -> dict[str, Any]:
-    """POST JSON with the channel's retries and backoff; 4xx other than 408/425/429 is final."""
+    """POST JSON with the channel's retries and backoff (`max_attempts` overrides the channel's:
+    the notifier makes one attempt per round); 4xx other than 408/425/429 is final."""
     data = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
     last = ""
+    attempts = max_attempts or channel.max_attempts
     async with httpx.AsyncClient(timeout=channel.timeout, follow_redirects=False) as client:
-        for attempt in range(1, channel.max_attempts + 1):
-            headers = {"Content-Type": "application/json", IDEMPOTENCY_HEADER: ctx.idempotency_key}
+        for attempt in range(1, attempts + 1):
+            headers = {"Content-Type": "application/json", IDEMPOTENCY_HEADER: idempotency_key}
             if isinstance(channel, WebhookChannel):
                 headers.update(channel.headers)
                 if channel.secret is not None:
@@ -110,23 +125,24 @@ async def _post(
                         error_type="NotificationRejected",
                         retryable=False,
                     )
-            if attempt < channel.max_attempts:
+            if attempt < attempts:
                 await asyncio.sleep(channel.backoff * 2 ** (attempt - 1))
     raise StepError(
-        f"channel {name!r}: notification not delivered after {channel.max_attempts} "
-        f"attempt(s): {last}",
+        f"channel {name!r}: notification not delivered after {attempts} attempt(s): {last}",
         error_type="NotificationFailed",
         retryable=True,
     )
 
 
-def _send_email(name: str, channel: EmailChannel, title: str, text: str, ctx: Any) -> None:
+def send_email(
+    name: str, channel: EmailChannel, title: str, text: str, idempotency_key: str
+) -> None:
     message = EmailMessage()
     message["Subject"] = title
     message["From"] = channel.sender
     message["To"] = ", ".join(channel.to)
     message["Message-ID"] = make_msgid(domain="laminar.local")
-    message["X-Laminar-Idempotency-Key"] = ctx.idempotency_key
+    message["X-Laminar-Idempotency-Key"] = idempotency_key
     message.set_content(text)
     try:
         with smtplib.SMTP(channel.host, channel.port, timeout=channel.timeout) as smtp:

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from schemas.connections import Resources, load_resources
-from schemas.pipeline import Step
+from schemas.pipeline import NotificationStep, Step
 from schemas.templating import TemplateProblem
 from steps.base import StepContext, StepError, StepExecutor, StepResult
 from steps.engines.catalog import EngineCatalog
@@ -57,6 +57,8 @@ def build_executors(
 def connection_secret_names(executors: Executors, step: Step) -> set[str]:
     """The tenant secrets a step refers to through its connection (`{{ secrets.name }}`)."""
     executor = executors.get(step.type)
+    if isinstance(executor, NotificationExecutor) and isinstance(step, NotificationStep):
+        return executor.secret_names(step.channel)
     catalog = getattr(executor, "engines", None)
     if not isinstance(catalog, EngineCatalog):
         return set()

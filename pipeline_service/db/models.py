@@ -24,6 +24,8 @@ __all__ = [
     "ApiKey",
     "Base",
     "Bundle",
+    "NotificationCursor",
+    "NotificationDelivery",
     "OutboxEvent",
     "Pipeline",
     "PipelineVersion",
@@ -31,6 +33,7 @@ __all__ = [
     "PoolLease",
     "PoolWaiter",
     "Run",
+    "SlaWatch",
     "StepRun",
     "Tenant",
     "TenantQuota",
@@ -280,3 +283,53 @@ class OutboxEvent(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class NotificationCursor(Base):
+    """How far the notifier has read the outbox (a feed cursor: high mark and gaps)."""
+
+    __tablename__ = "notification_cursors"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    cursor: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class NotificationDelivery(Base):
+    """One notification to send: an event matched by one rule of its pipeline version. Unique
+    per (event, rule), so reading an event again never queues it twice."""
+
+    __tablename__ = "notification_deliveries"
+    __table_args__ = (
+        UniqueConstraint("event_id", "rule"),
+        Index("ix_notification_deliveries_due", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    event_id: Mapped[str] = mapped_column(String(36))
+    rule: Mapped[int] = mapped_column(Integer)
+    """The rule's index in the pipeline version's `notifications`."""
+    on: Mapped[str] = mapped_column(String(32))
+    channel: Mapped[str] = mapped_column(String(128))
+    event: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """The CloudEvent, as the feed serves it."""
+    status: Mapped[str] = mapped_column(String(16))
+    """PENDING, SENT, or FAILED (attempts exhausted, or refused for good)."""
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    claimed_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class SlaWatch(Base):
+    """Up to when a pipeline's SLA deadlines have been checked."""
+
+    __tablename__ = "sla_watches"
+
+    pipeline_id: Mapped[int] = mapped_column(
+        ForeignKey("pipelines.id", ondelete="CASCADE"), primary_key=True
+    )
+    checked_until: Mapped[datetime] = mapped_column(UtcDateTime)

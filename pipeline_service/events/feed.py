@@ -86,17 +86,23 @@ def read_feed(
     session: Session, tenant: Tenant, cursor: FeedCursor, limit: int
 ) -> tuple[list[LifecycleEvent], FeedCursor]:
     """The tenant's events after `cursor` (up to `limit`), and the cursor to read on from."""
+    rows, cursor = read_outbox(session, cursor, limit, tenant_id=tenant.id)
+    return [to_event(row, tenant.name) for row in rows], cursor
+
+
+def read_outbox(
+    session: Session, cursor: FeedCursor, limit: int, *, tenant_id: int | None = None
+) -> tuple[list[OutboxEvent], FeedCursor]:
+    """Outbox rows after `cursor` (up to `limit`; of one tenant, or of all for the notifier),
+    and the cursor to read on from."""
     now = time.time()
     gaps = {seq: at for seq, at in cursor.gaps.items() if now - at < GAP_TIMEOUT}
-    rows = session.scalars(
-        select(OutboxEvent)
-        .where(
-            OutboxEvent.tenant_id == tenant.id,
-            or_(OutboxEvent.seq > cursor.high, OutboxEvent.seq.in_(list(gaps))),
-        )
-        .order_by(OutboxEvent.seq)
-        .limit(limit)
-    ).all()
+    query = select(OutboxEvent).where(
+        or_(OutboxEvent.seq > cursor.high, OutboxEvent.seq.in_(list(gaps)))
+    )
+    if tenant_id is not None:
+        query = query.where(OutboxEvent.tenant_id == tenant_id)
+    rows = session.scalars(query.order_by(OutboxEvent.seq).limit(limit)).all()
     new_high = max([cursor.high, *(row.seq for row in rows)])
     for row in rows:
         gaps.pop(row.seq, None)
@@ -115,4 +121,4 @@ def read_feed(
                 gaps.setdefault(seq, now)
     if len(gaps) > MAX_GAPS:
         gaps = dict(sorted(gaps.items())[-MAX_GAPS:])
-    return [to_event(row, tenant.name) for row in rows], FeedCursor(new_high, gaps)
+    return list(rows), FeedCursor(new_high, gaps)

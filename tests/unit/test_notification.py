@@ -270,3 +270,25 @@ async def test_line_breaks_in_a_title_cannot_add_mail_headers(
     assert recipients == ["b@example.test"]
     assert message["Bcc"] is None
     assert message["Subject"] == "Orders EU Bcc: attacker@example.test"
+
+
+async def test_a_channel_secret_may_be_a_tenant_secret(
+    receiver: Receiver, tmp_path: Path, source_dir: Path
+) -> None:
+    """`secret: "{{ secrets.hook }}"`: the step signs with the run's tenant's secret (the
+    activity resolves the names `connection_secret_names` lists into ctx.secrets)."""
+    from dataclasses import replace
+
+    from steps.registry import connection_secret_names
+
+    resources = webhook(receiver.url, secret="{{ secrets.hook }}")
+    executor = NotificationExecutor(resources)
+    assert connection_secret_names({"notification": executor}, notify()) == {"hook"}
+    ctx = make_ctx(tmp_path, source_dir, "tell", params={"region": "EU"})
+    await executor.execute(notify(), replace(ctx, secrets={"hook": "tenant-" + SECRET}))
+    headers, body = receiver.requests[-1]
+    assert verify(headers, body, "tenant-" + SECRET)
+    with pytest.raises(StepError) as info:
+        await executor.execute(notify(), ctx)  # the tenant has no such secret
+    assert info.value.error_type == "ConfigurationError" and "hook" in info.value.message
+    assert not info.value.retryable
