@@ -4,7 +4,7 @@ A full pool grants freed slots to the longest-waiting attempt first, and the API
 waiting step's pool, its wait and its place in the line.
 
 Revision ID: 0009
-Revises: 0006
+Revises: 0008
 Create Date: 2026-11-24 20:45:00
 """
 
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0009"
-down_revision = "0006"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
