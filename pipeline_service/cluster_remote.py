@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import platformdirs
 
 from pipeline_service.storage.checkpoints import Checkpoint, CheckpointStore, Retention
+from pipeline_service.storage.encryption import SnapshotCipher
 from pipeline_service.storage.lease import Lease, LeaseHeld, LeaseLost
 from pipeline_service.storage.snapshot import (
     WarehouseCopier,
@@ -64,6 +65,8 @@ class RemoteOptions:
     lease_wait: timedelta | None = None
     """How long to wait for another holder's lease to lapse (default: one lease_ttl), so a
     container restarted right after its predecessor died waits it out instead of failing."""
+    cipher: SnapshotCipher | None = None
+    """LAMINAR_CHECKPOINT_KEY: encrypt snapshots client-side (and decrypt them on restore)."""
 
 
 def local_copy_dir(url: str) -> Path:
@@ -72,9 +75,14 @@ def local_copy_dir(url: str) -> Path:
     return Path(platformdirs.user_cache_dir("laminar")) / "remote-state" / digest
 
 
-def open_checkpoints(url: str, s3_endpoint: str | None, retention: Retention | None = None):  # type: ignore[no-untyped-def]
+def open_checkpoints(
+    url: str,
+    s3_endpoint: str | None,
+    retention: Retention | None = None,
+    cipher: SnapshotCipher | None = None,
+) -> CheckpointStore:
     try:
-        return CheckpointStore(ObjectStorage(url, s3_endpoint=s3_endpoint), retention)
+        return CheckpointStore(ObjectStorage(url, s3_endpoint=s3_endpoint), retention, cipher)
     except StorageError as exc:
         raise RemoteStateError(str(exc)) from exc
 
@@ -87,7 +95,7 @@ class RemoteState:
         self.local_dir = local_dir
         self.pipeline = pipeline
         self.store: CheckpointStore = open_checkpoints(
-            options.url, options.s3_endpoint, options.retention
+            options.url, options.s3_endpoint, options.retention, options.cipher
         )
         self.lease = Lease(self.store.storage, ttl=options.lease_ttl)
         self.lease_lost: str | None = None
@@ -200,9 +208,12 @@ class RemoteState:
             finally:
                 snapshot.cleanup()
             log.info(
-                "checkpoint %s: %d bytes, %d finished steps, %.2fs",
+                "checkpoint %s: %d bytes%s, %d finished steps, %.2fs",
                 checkpoint.id,
                 checkpoint.size,
+                f" ({checkpoint.encryption}, key id {checkpoint.key_id})"
+                if checkpoint.encryption
+                else "",
                 len(finished_steps),
                 time.monotonic() - started,
             )
