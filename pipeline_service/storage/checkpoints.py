@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -127,8 +128,10 @@ class CheckpointStore:
         *,
         run_id: str | None = None,
         finished_steps: list[str] | None = None,
+        before_switch: Callable[[], None] | None = None,
     ) -> Checkpoint:
-        """Upload a snapshot under a new key, then switch the manifest to it, then prune."""
+        """Upload a snapshot under a new key, then switch the manifest to it, then prune.
+        `before_switch` may raise to leave the manifest as it is (the lease was lost)."""
         checkpoint_id = new_checkpoint_id()
         key = f"{PREFIX}{checkpoint_id}.tar.gz"
         upload = archive
@@ -152,6 +155,8 @@ class CheckpointStore:
             encryption=ALGORITHM if self.cipher is not None else None,
             key_id=self.cipher.key_id if self.cipher is not None else None,
         )
+        if before_switch is not None:
+            before_switch()
         manifest = self.manifest() or Manifest(pipeline=pipeline)
         manifest.pipeline = pipeline
         manifest.checkpoints.append(checkpoint)

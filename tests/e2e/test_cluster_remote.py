@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import tarfile
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -249,3 +250,52 @@ def test_encrypted_checkpoints_need_their_key_and_never_hold_it(
     assert again.code == 0, again.details
     assert f"restored checkpoint {latest['id']}" in again.stdout, again.details
     assert manifest(s3, bucket, "secure")["checkpoints"][-1]["encryption"] == "AES-256-GCM"  # type: ignore[index]
+
+
+@pytest.mark.slow
+def test_a_cluster_that_loses_its_lease_stops_and_the_new_holder_continues(
+    cli: Cli, tmp_path: Path, s3: S3StandIn
+) -> None:
+    """Another cluster takes the lease over mid-run (written here as that cluster would once
+    our lease had lapsed): the old one stops with exit 3, takes no further checkpoint and
+    leaves the new holder's lease alone; a cluster started next continues the run from the
+    latest checkpoint without re-running the finished step."""
+    bucket = s3.new_bucket()
+    url = f"s3://{bucket}/lost"
+    args, files = write_resume_pipeline(tmp_path, first_sleep=20)
+    args = remote_args(args, url)
+    env = {**s3.env(), "LAMINAR_LEASE_TTL": "3s"}
+    old = cli.start(*args, env=env)
+    wait_for(lambda: lines(files / "second"), 60, "step `second` to start")
+
+    def first_checkpointed() -> bool:
+        found = manifest(s3, bucket, "lost")
+        return bool(found) and "first" in found["checkpoints"][-1]["finished_steps"]
+
+    wait_for(first_checkpointed, 30, "a checkpoint with step `first` finished")
+    before = manifest(s3, bucket, "lost")
+    assert before is not None
+    other = {
+        "holder": "other-host:1:feedbeef",
+        "expires_at": (datetime.now(UTC) + timedelta(seconds=4)).isoformat(),
+        "ttl_seconds": 3,
+    }
+    s3.client().put_object(Bucket=bucket, Key="lost/lease.json", Body=json.dumps(other))
+
+    stopped = old.wait(60)
+    assert stopped.code == 3, stopped.details
+    assert "lease on s3://" in stopped.stdout and "taken by other-host:1:feedbeef" in (
+        stopped.stdout
+    ), stopped.details
+    assert "another laminar run owns this state" in stopped.stdout
+    assert manifest(s3, bucket, "lost") == before  # no checkpoint after the loss
+    lease = s3.client().get_object(Bucket=bucket, Key="lost/lease.json")["Body"].read()
+    assert json.loads(lease)["holder"] == "other-host:1:feedbeef"  # not released by the old
+
+    new_home = {**env, "XDG_CACHE_HOME": str(tmp_path / "new-machine")}
+    continued = cli.run(*args, env=new_home, timeout=120)  # waits for that lease to lapse
+    assert continued.code == 0, continued.details
+    assert f"restored checkpoint {before['latest']}" in continued.stdout, continued.details
+    assert "resuming" in continued.stdout, continued.details
+    assert len(lines(files / "counter")) == 1  # `first` is not run again
+    assert len(lines(files / "third")) == 1
