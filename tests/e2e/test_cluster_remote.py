@@ -225,6 +225,9 @@ def test_encrypted_checkpoints_need_their_key_and_never_hold_it(
         assert not any(secret in path.read_bytes() for secret in secrets), path
 
     keyless = {k: v for k, v in env.items() if k != "LAMINAR_CHECKPOINT_KEY"}
+    listed = cli.run("checkpoint", "list", "--state-dir", url, env=keyless)  # needs no key
+    assert listed.code == 0, listed.details
+    assert "AES-256-GCM" in listed.stdout and cipher.key_id in listed.stdout, listed.details
     refused = cli.run("run", "--once", "--no-ui", HELLO, "-s", url, env=keyless)
     assert refused.code == 2, refused.details
     assert f"checkpoint {latest['id']} is encrypted (AES-256-GCM, key id {cipher.key_id})" in (
