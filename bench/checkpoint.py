@@ -2,20 +2,24 @@
 same with its state on S3 (moto's S3 server in server mode, the stand-in for S3 here) and a
 checkpoint after every step (`--checkpoint-interval 0`).
 
-Reports, as medians with min-max over `--repeat` runs taken in turns (local, S3, local, ...):
-the wall time of `laminar run --once` for each, their ratio, how many checkpoints the S3 run
-uploaded, how long one checkpoint took (snapshot + upload, from the run's log), and the size
-of one snapshot. moto runs in this process on loopback: the upload cost measured is the
-snapshot's CPU and I/O plus a local HTTP PUT, not a cloud round trip.
+Reports, as medians with min-max over `--repeat` runs taken in turns (local, S3, S3 with
+client-side encryption, local, ...): the wall time of `laminar run --once` for each, their
+ratios, how many checkpoints the S3 run uploaded, how long one checkpoint took (snapshot +
+upload, from the run's log), and the size of one snapshot. moto runs in this process on
+loopback: the upload cost measured is the snapshot's CPU and I/O plus a local HTTP PUT, not a
+cloud round trip. Then the cipher alone: encrypting and decrypting a `--cipher-mib` file of
+random bytes (LAMINAR_CHECKPOINT_KEY's streamed AES-256-GCM) against copying the same file.
 
-    .venv/bin/python bench/checkpoint.py [--repeat 5] [--rows 20000]
+    .venv/bin/python bench/checkpoint.py [--repeat 5] [--rows 20000] [--cipher-mib 256]
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -25,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline_service.storage.encryption import SnapshotCipher
 from tests.s3_standin import S3StandIn, s3_standin
 
 STEPS = 20
@@ -69,10 +74,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--cipher-mib", type=int, default=256)
     args = parser.parse_args()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAMINAR_")}
     local_times: list[float] = []
     s3_times: list[float] = []
+    sealed_times: list[float] = []
     per_checkpoint: list[float] = []
     counts: list[int] = []
     sizes: list[int] = []
@@ -91,21 +98,31 @@ def main() -> None:
             elapsed, _ = one_run(file, f"s3://{bucket}/bench", s3_env, home)
             s3_times.append(elapsed)
             log = next(home.glob("cache/laminar/remote-state/*/logs/laminar.log")).read_text()
-            took = [float(t) for t in re.findall(r"checkpoint \S+: \d+ bytes, .*?([\d.]+)s", log)]
+            logged = re.findall(r"checkpoint \S+: \d+ bytes.*?, ([\d.]+)s ", log)
+            took = [float(t) for t in logged]
             per_checkpoint.extend(took)
             counts.append(len(took))
             keys = s3.client().list_objects_v2(Bucket=bucket, Prefix="bench/checkpoints/")
             sizes.extend(obj["Size"] for obj in keys.get("Contents", []))
+            key = base64.b64encode(os.urandom(32)).decode()
+            sealed_env = {**s3_env, "LAMINAR_CHECKPOINT_KEY": key}
+            elapsed, _ = one_run(
+                file, f"s3://{s3.new_bucket()}/bench", sealed_env, root / f"home-e{i}"
+            )
+            sealed_times.append(elapsed)
             print(
                 f"round {i + 1}: local {local_times[-1]:.2f} s, s3 {s3_times[-1]:.2f} s, "
-                f"{counts[-1]} checkpoints",
+                f"s3 encrypted {sealed_times[-1]:.2f} s, {counts[-1]} checkpoints",
                 flush=True,
             )
     ratio = statistics.median(s3_times) / statistics.median(local_times)
     print(f"\n{STEPS}-step chain, {args.rows} rows per table, {args.repeat} rounds in turns")
     print(f"local state            {spread(local_times)}")
     print(f"S3 state (moto), ckpt 0 {spread(s3_times)}")
+    print(f"S3 state, encrypted    {spread(sealed_times)}")
     print(f"ratio S3/local         {ratio:.2f}x (medians)")
+    sealed_ratio = statistics.median(sealed_times) / statistics.median(s3_times)
+    print(f"ratio encrypted/S3     {sealed_ratio:.2f}x (medians)")
     print(
         f"checkpoints per run    median {statistics.median(counts):.0f} "
         f"(min {min(counts)}, max {max(counts)}; the steps finish faster than one upload, "
@@ -116,6 +133,38 @@ def main() -> None:
         f"one snapshot           median {statistics.median(sizes) / 1024:.0f} KiB "
         f"(min {min(sizes) / 1024:.0f}, max {max(sizes) / 1024:.0f})"
     )
+
+    cipher_throughput(args.cipher_mib)
+
+
+def cipher_throughput(mib: int) -> None:
+    """The streamed AES-256-GCM of LAMINAR_CHECKPOINT_KEY against a plain copy of the file."""
+    cipher = SnapshotCipher(os.urandom(32))
+    with tempfile.TemporaryDirectory() as tmp:
+        plain, sealed, opened, copy = (Path(tmp) / n for n in ("p", "e", "d", "c"))
+        with plain.open("wb") as out:
+            for _ in range(mib):
+                out.write(os.urandom(1 << 20))
+        timings: dict[str, list[float]] = {"copy": [], "encrypt": [], "decrypt": []}
+        for _ in range(3):
+            began = time.perf_counter()
+            shutil.copyfile(plain, copy)
+            timings["copy"].append(time.perf_counter() - began)
+            began = time.perf_counter()
+            cipher.encrypt_file(plain, sealed)
+            timings["encrypt"].append(time.perf_counter() - began)
+            began = time.perf_counter()
+            cipher.decrypt_file(sealed, opened, "bench")
+            timings["decrypt"].append(time.perf_counter() - began)
+        assert opened.read_bytes() == plain.read_bytes()
+    reference = statistics.median(timings["copy"])
+    print(f"\ncipher on {mib} MiB of random bytes (medians of 3; reference: a file copy)")
+    for name, values in timings.items():
+        median = statistics.median(values)
+        print(
+            f"{name:<8} {median:.2f} s  {mib / median:,.0f} MiB/s  "
+            f"{median / reference:.2f}x the copy"
+        )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from pipeline_service.cluster_dates import (
 from pipeline_service.cluster_remote import RemoteOptions, local_copy_dir
 from pipeline_service.settings import RunSettings, default_state_root
 from pipeline_service.storage.checkpoints import Retention
+from pipeline_service.storage.encryption import SnapshotCipher
 from pipeline_service.storage.store import is_url
 
 if TYPE_CHECKING:
@@ -34,6 +35,11 @@ def state_location(settings: RunSettings, pipeline: str) -> tuple[Path, RemoteOp
         retention=Retention(settings.retention.max_checkpoints, settings.retention.max_age),
         restore_from=settings.restore_from,
         lease_ttl=settings.lease_ttl,
+        cipher=(
+            SnapshotCipher.from_setting(settings.checkpoint_key.get_secret_value())
+            if settings.checkpoint_key is not None
+            else None
+        ),
     )
     local = settings.local_state_dir or local_copy_dir(location)
     return Path(local).expanduser().resolve(), remote

@@ -6,7 +6,10 @@ The run works on a local copy of the state dir, as with a local `--state-dir`. A
   not whatever a previous container left on a disk, is the truth;
 - while the run goes, finished steps trigger checkpoints (`Checkpointer`, at most one per
   `--checkpoint-interval`), and one more is taken at shutdown;
-- the lease is renewed in the background and released at the end.
+- the lease is renewed in the background and released at the end. If it is lost (it lapsed
+  while it could not be renewed, and another cluster took the state over), the run stops at
+  once, as on SIGTERM but with exit code 3 and no further checkpoint: the new holder restored
+  the latest checkpoint and continues the run; two clusters must not both drive it.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -28,6 +31,7 @@ from typing import TYPE_CHECKING
 import platformdirs
 
 from pipeline_service.storage.checkpoints import Checkpoint, CheckpointStore, Retention
+from pipeline_service.storage.encryption import SnapshotCipher
 from pipeline_service.storage.lease import Lease, LeaseHeld, LeaseLost
 from pipeline_service.storage.snapshot import (
     WarehouseCopier,
@@ -64,6 +68,8 @@ class RemoteOptions:
     lease_wait: timedelta | None = None
     """How long to wait for another holder's lease to lapse (default: one lease_ttl), so a
     container restarted right after its predecessor died waits it out instead of failing."""
+    cipher: SnapshotCipher | None = None
+    """LAMINAR_CHECKPOINT_KEY: encrypt snapshots client-side (and decrypt them on restore)."""
 
 
 def local_copy_dir(url: str) -> Path:
@@ -72,9 +78,14 @@ def local_copy_dir(url: str) -> Path:
     return Path(platformdirs.user_cache_dir("laminar")) / "remote-state" / digest
 
 
-def open_checkpoints(url: str, s3_endpoint: str | None, retention: Retention | None = None):  # type: ignore[no-untyped-def]
+def open_checkpoints(
+    url: str,
+    s3_endpoint: str | None,
+    retention: Retention | None = None,
+    cipher: SnapshotCipher | None = None,
+) -> CheckpointStore:
     try:
-        return CheckpointStore(ObjectStorage(url, s3_endpoint=s3_endpoint), retention)
+        return CheckpointStore(ObjectStorage(url, s3_endpoint=s3_endpoint), retention, cipher)
     except StorageError as exc:
         raise RemoteStateError(str(exc)) from exc
 
@@ -87,10 +98,12 @@ class RemoteState:
         self.local_dir = local_dir
         self.pipeline = pipeline
         self.store: CheckpointStore = open_checkpoints(
-            options.url, options.s3_endpoint, options.retention
+            options.url, options.s3_endpoint, options.retention, options.cipher
         )
         self.lease = Lease(self.store.storage, ttl=options.lease_ttl)
         self.lease_lost: str | None = None
+        self.on_lease_lost: Callable[[str], object] | None = None
+        """Called (from the renewing thread) once the lease is lost; the cluster stops."""
         self._renewing = threading.Event()
         self._renewer: threading.Thread | None = None
         self._publish_lock = threading.Lock()
@@ -130,8 +143,13 @@ class RemoteState:
                 self.lease.release()
 
     def _renew(self) -> None:
-        every = max(self.options.lease_ttl.total_seconds() / 3, 0.2)
-        next_at = time.monotonic() + every
+        """Renew every ttl/3. Taken over: lost. Not renewed for 2/3 of the ttl (the store
+        unreachable): lost too, so this cluster stops before its lease can lapse and another
+        take over while it still runs steps (it cannot see a takeover it cannot read)."""
+        ttl = self.options.lease_ttl.total_seconds()
+        every = max(ttl / 3, 0.2)
+        renewed = time.monotonic()
+        next_at = renewed + every
         while self._renewing.is_set():
             time.sleep(0.1)
             if time.monotonic() < next_at:
@@ -139,12 +157,37 @@ class RemoteState:
             next_at = time.monotonic() + every
             try:
                 self.lease.renew()
+                renewed = time.monotonic()
             except LeaseLost as exc:
-                self.lease_lost = str(exc)
-                log.error("lease on %s lost: %s; no more checkpoints", self.where, exc)
+                self._lost(str(exc))
                 return
-            except StorageError as exc:  # transient: the lease has ttl/3 of slack left
+            except StorageError as exc:  # transient, unless it lasts
+                if time.monotonic() - renewed >= ttl * 2 / 3:
+                    self._lost(
+                        f"not renewed for {time.monotonic() - renewed:.0f}s of its "
+                        f"{ttl:.0f}s ttl ({exc})"
+                    )
+                    return
                 log.warning("could not renew the lease on %s: %s", self.where, exc)
+
+    def _lost(self, why: str) -> None:
+        if self.lease_lost is not None:
+            return
+        self.lease_lost = why
+        log.error("lease on %s lost: %s; stopping, no more checkpoints", self.where, why)
+        if self.on_lease_lost is not None:
+            self.on_lease_lost(why)
+
+    def _still_ours(self) -> None:
+        """Right before a manifest switch: a cluster that lost the lease must not point the
+        manifest at its snapshot (the new holder's checkpoints would be overwritten)."""
+        if self.lease_lost is None:
+            try:
+                self.lease.check()
+            except LeaseLost as exc:
+                self._lost(str(exc))
+        if self.lease_lost is not None:
+            raise LeaseLost(self.lease_lost)
 
     def restore(self, force: bool) -> Checkpoint | None:
         """Empty the local copy and fill it from the chosen checkpoint (none: a fresh state)."""
@@ -195,14 +238,23 @@ class RemoteState:
             snapshot = take_snapshot(self.local_dir, copy_warehouse)
             try:
                 checkpoint = self.store.publish(
-                    snapshot.path, self.pipeline, run_id=run_id, finished_steps=finished_steps
+                    snapshot.path,
+                    self.pipeline,
+                    run_id=run_id,
+                    finished_steps=finished_steps,
+                    before_switch=self._still_ours,
                 )
+            except LeaseLost:
+                return None  # the uploaded snapshot is an orphan; the next holder prunes it
             finally:
                 snapshot.cleanup()
             log.info(
-                "checkpoint %s: %d bytes, %d finished steps, %.2fs",
+                "checkpoint %s: %d bytes%s, %d finished steps, %.2fs",
                 checkpoint.id,
                 checkpoint.size,
+                f" ({checkpoint.encryption}, key id {checkpoint.key_id})"
+                if checkpoint.encryption
+                else "",
                 len(finished_steps),
                 time.monotonic() - started,
             )

@@ -80,6 +80,8 @@ if TYPE_CHECKING:
 
 TENANT_KEY = SearchAttributeKey.for_keyword("LaminarTenant")
 PIPELINE_KEY = SearchAttributeKey.for_keyword("LaminarPipeline")
+LEASE_LOST_EXIT = 3
+"""`laminar run`'s exit code when another cluster took the remote state's lease over."""
 
 
 class PipelineCluster:
@@ -103,6 +105,7 @@ class PipelineCluster:
         self._run_finished = False
         self._exit_code = 0
         self._stop_signal: int | None = None
+        self._lease_lost: str | None = None
         self._api: EmbeddedApi | None = None
         self._events: ClusterEvents | None = None
         self._notifier: ClusterNotifier | None = None
@@ -189,6 +192,15 @@ class PipelineCluster:
                 if self.checkpointer is not None:
                     connection = engine.cursor()
                     self.checkpointer.start(lambda target: copy_warehouse_from(connection, target))
+                    loop = asyncio.get_running_loop()
+                    remote = self.checkpointer.remote
+
+                    def lease_lost(why: str) -> None:  # called on the lease's thread
+                        loop.call_soon_threadsafe(self._on_lease_lost, why)
+
+                    remote.on_lease_lost = lease_lost
+                    if remote.lease_lost is not None:  # lost while the stack was starting
+                        self._on_lease_lost(remote.lease_lost)
                 # The worker runs before the run starts, so the start can be eager: the server
                 # hands the first workflow task back in its reply instead of through a poll.
                 async with worker:
@@ -470,6 +482,15 @@ class PipelineCluster:
                 # The run ended as the signal arrived: its outcome, not the signal, is the
                 # answer (the result's long poll may lag the end by a moment).
                 await asyncio.wait({result_task}, timeout=10)
+            if stop_task.done() and not result_task.done() and self._lease_lost is not None:
+                result_task.cancel()
+                where = self.checkpointer.remote.where if self.checkpointer else "the state"
+                self.console.print(
+                    f"[red]lease on {where} lost ({self._lease_lost}): another laminar run "
+                    f"owns this state and continues run {handle.id} from its latest "
+                    "checkpoint; stopping without further checkpoints[/]"
+                )
+                return LEASE_LOST_EXIT
             if stop_task.done() and not result_task.done():
                 result_task.cancel()
                 name = signal.Signals(self._stop_signal or signal.SIGINT).name
@@ -521,6 +542,13 @@ class PipelineCluster:
                 steps=[],
                 error=str(cause or exc),
             )
+
+    def _on_lease_lost(self, why: str) -> None:
+        """Another cluster may own the state now: stop as on SIGTERM (running steps get the
+        shutdown grace), with exit code 3 and no checkpoint at shutdown."""
+        if self._lease_lost is None and not self._stop.is_set():
+            self._lease_lost = why
+            self._stop.set()
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()

@@ -70,6 +70,9 @@ class RunSettings(BaseSettings):
     retention: Retention = Field(default_factory=lambda: Retention())
     restore_from: str | None = None
     lease_ttl: PositiveDuration = timedelta(seconds=30)
+    checkpoint_key: SecretStr | None = None
+    """Encrypt snapshots client-side with AES-256-GCM: 32 random bytes in base64
+    (LAMINAR_CHECKPOINT_KEY, from a secret store; never on the command line)."""
     local_state_dir: Path | None = None
     """The working copy of a remote state dir; default: under the user cache dir."""
     artifact_url: str | None = None
@@ -85,6 +88,15 @@ class RunSettings(BaseSettings):
         # An empty path would mean the current directory; an empty name, no name at all.
         if isinstance(value, str) and not value.strip():
             raise ValueError("must not be empty")
+        return value
+
+    @field_validator("checkpoint_key")
+    @classmethod
+    def _key_format(cls, value: SecretStr | None) -> SecretStr | None:
+        from pipeline_service.storage.encryption import parse_key
+
+        if value is not None:
+            parse_key(value.get_secret_value())  # SnapshotKeyError never shows the value
         return value
 
     @field_validator("checkpoint_interval", mode="before")

@@ -64,7 +64,7 @@ def list_checkpoints(
         return
     table = Table(title=f"pipeline {manifest.pipeline} at {describe(state_dir)}")
     table.add_column("id", no_wrap=True)
-    for column in ("created", "size", "run", "finished steps"):
+    for column in ("created", "size", "run", "finished steps", "encryption"):
         table.add_column(column)
     for checkpoint in manifest.checkpoints:
         latest = " (latest)" if checkpoint is manifest.latest else ""
@@ -74,6 +74,9 @@ def list_checkpoints(
             f"{checkpoint.size:,} B",
             checkpoint.run_id or "",
             str(len(checkpoint.finished_steps)),
+            f"{checkpoint.encryption} (key id {checkpoint.key_id})"
+            if checkpoint.encryption
+            else "",
         )
     console.print(table)
 

@@ -4,6 +4,7 @@ Layout under the state URL:
 
     manifest.json                      which snapshot is latest, and the retained ones
     checkpoints/<id>.tar.gz            one snapshot each (see snapshot.py)
+    checkpoints/<id>.tar.gz.enc        ... or encrypted client-side (see encryption.py)
     lease.json                         which cluster holds the state (see lease.py)
 
 A snapshot is uploaded under a key never used before and only then does the manifest switch
@@ -16,10 +17,17 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from pipeline_service.storage.encryption import (
+    ALGORITHM,
+    KEY_SETTING,
+    SnapshotCipher,
+    SnapshotDecryptError,
+)
 from pipeline_service.storage.store import ObjectNotFound, ObjectStorage, StorageError
 
 MANIFEST = "manifest.json"
@@ -42,6 +50,10 @@ class Checkpoint:
     size: int
     run_id: str | None = None
     finished_steps: list[str] = field(default_factory=list)
+    encryption: str | None = None
+    """None: stored as it is (the store's server-side encryption may apply); "AES-256-GCM":
+    encrypted by Laminar with the key named by `key_id`."""
+    key_id: str | None = None
 
 
 @dataclass
@@ -85,9 +97,16 @@ def new_checkpoint_id(now: datetime | None = None) -> str:
 
 
 class CheckpointStore:
-    def __init__(self, storage: ObjectStorage, retention: Retention | None = None) -> None:
+    def __init__(
+        self,
+        storage: ObjectStorage,
+        retention: Retention | None = None,
+        cipher: SnapshotCipher | None = None,
+    ) -> None:
         self.storage = storage
         self.retention = retention or Retention()
+        self.cipher = cipher
+        """Set: new snapshots are encrypted client-side, and encrypted ones can be restored."""
 
     def manifest(self) -> Manifest | None:
         try:
@@ -109,19 +128,35 @@ class CheckpointStore:
         *,
         run_id: str | None = None,
         finished_steps: list[str] | None = None,
+        before_switch: Callable[[], None] | None = None,
     ) -> Checkpoint:
-        """Upload a snapshot under a new key, then switch the manifest to it, then prune."""
+        """Upload a snapshot under a new key, then switch the manifest to it, then prune.
+        `before_switch` may raise to leave the manifest as it is (the lease was lost)."""
         checkpoint_id = new_checkpoint_id()
         key = f"{PREFIX}{checkpoint_id}.tar.gz"
-        self.storage.put(key, archive, create_only=False)
+        upload = archive
+        if self.cipher is not None:
+            key += ".enc"
+            upload = archive.with_name(archive.name + ".enc")
+            self.cipher.encrypt_file(archive, upload)
+        try:
+            self.storage.put(key, upload, create_only=False)
+            size = upload.stat().st_size
+        finally:
+            if upload != archive:
+                upload.unlink(missing_ok=True)
         checkpoint = Checkpoint(
             id=checkpoint_id,
             key=key,
             created_at=datetime.now(UTC).isoformat(),
-            size=archive.stat().st_size,
+            size=size,
             run_id=run_id,
             finished_steps=sorted(finished_steps or []),
+            encryption=ALGORITHM if self.cipher is not None else None,
+            key_id=self.cipher.key_id if self.cipher is not None else None,
         )
+        if before_switch is not None:
+            before_switch()
         manifest = self.manifest() or Manifest(pipeline=pipeline)
         manifest.pipeline = pipeline
         manifest.checkpoints.append(checkpoint)
@@ -131,13 +166,40 @@ class CheckpointStore:
         return checkpoint
 
     def fetch(self, checkpoint: Checkpoint, target: Path) -> None:
+        """Download a snapshot to `target`, decrypted if it was encrypted."""
+        sealed = target
+        if checkpoint.encryption is not None:
+            self._check_key(checkpoint)
+            sealed = target.with_name(target.name + ".enc")
         try:
-            self.storage.download(checkpoint.key, target)
+            self.storage.download(checkpoint.key, sealed)
         except ObjectNotFound as exc:
             raise StorageError(
                 f"checkpoint {checkpoint.id} is in the manifest but its snapshot is gone "
                 f"({exc}); --restore-from another one (`laminar checkpoint list`)"
             ) from exc
+        if sealed != target:
+            assert self.cipher is not None
+            try:
+                self.cipher.decrypt_file(sealed, target, f"checkpoint {checkpoint.id}")
+            finally:
+                sealed.unlink(missing_ok=True)
+
+    def _check_key(self, checkpoint: Checkpoint) -> None:
+        """Refuse before downloading: no key, another key, or an unknown algorithm."""
+        what = f"checkpoint {checkpoint.id} is encrypted ({checkpoint.encryption}"
+        if checkpoint.encryption != ALGORITHM:
+            raise SnapshotDecryptError(f"{what}), which this Laminar cannot decrypt")
+        if self.cipher is None:
+            raise SnapshotDecryptError(
+                f"{what}, key id {checkpoint.key_id}): set {KEY_SETTING} to the key it was "
+                "written with"
+            )
+        if checkpoint.key_id is not None and checkpoint.key_id != self.cipher.key_id:
+            raise SnapshotDecryptError(
+                f"{what}) with key id {checkpoint.key_id}, but {KEY_SETTING} is key id "
+                f"{self.cipher.key_id}: set it to the key the checkpoint was written with"
+            )
 
     def discard_all(self) -> None:
         """--force: forget every checkpoint here (the manifest first, so none is half-gone)."""

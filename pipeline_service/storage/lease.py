@@ -72,6 +72,16 @@ class Lease:
             raise LeaseLost(f"the lease was taken by {holder}")
         self._replace(e_tag)
 
+    def check(self) -> None:
+        """LeaseLost unless the lease object still names us (a read, no write)."""
+        try:
+            data, _ = self.storage.get(LEASE)
+        except ObjectNotFound:
+            raise LeaseLost("the lease object was deleted") from None
+        holder, _ = _parse(data)
+        if holder != self.holder:
+            raise LeaseLost(f"the lease was taken by {holder}")
+
     def release(self) -> None:
         try:
             data, _ = self.storage.get(LEASE)

@@ -2,8 +2,9 @@
 by `kubectl kustomize`, every built-in object validated against the Kubernetes API schemas
 (kubernetes-validate, strict), and the references between objects, the security settings,
 the RBAC the steps' Kubernetes calls need and every container's LAMINAR_* settings checked.
-Objects of operator CRDs (ServiceMonitor, FlinkDeployment, FlinkSessionJob) have no schema in
-any package here: they get the structural and cross-reference checks below only."""
+Objects of operator CRDs are not in those schemas: the ServiceMonitor is validated against its
+CRD's schema in test_crd_schemas.py; FlinkDeployment and FlinkSessionJob have no schema in any
+package (tests/deploy/data/README.md) and get the structural and cross-reference checks below."""
 
 from __future__ import annotations
 

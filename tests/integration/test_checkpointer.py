@@ -68,6 +68,7 @@ async def test_a_step_finishing_during_an_upload_gets_the_next_checkpoint(
     options = RemoteOptions(url=f"s3://{s3.new_bucket()}/p", s3_endpoint=s3.endpoint)
     options.checkpoint_interval = options.checkpoint_interval * 0
     remote = RemoteState(options, local, "p")
+    remote.acquire()  # a manifest switch checks that the lease is still ours
     uploading = asyncio.Event()
     loop = asyncio.get_running_loop()
     real_put = remote.store.storage.put
@@ -95,6 +96,7 @@ async def test_a_step_finishing_during_an_upload_gets_the_next_checkpoint(
         await checkpointer.stop()
         connection.close()
         engine.close()
+        remote.release()
     manifest = remote.store.manifest()
     assert manifest is not None
     assert [c.finished_steps for c in manifest.checkpoints] == [["a"], ["a", "b"]]

@@ -96,15 +96,33 @@ def test_fargate_task_definition() -> None:
 
 def test_fly_machine_config() -> None:
     config = tomllib.loads((DEPLOY / "fly.toml").read_text())
-    assert (DEPLOY / config["build"]["dockerfile"]).is_file()
+    assert set(config["build"]) == {"image"}, config["build"]  # built from deploy/Dockerfile
     command = shlex.split(config["processes"]["run"])
     assert command[0] == "laminar"
     assert config["vm"][0]["processes"] == ["run"]
     check_laminar(command[1:], config["env"])
 
 
-def test_dockerfile_copies_what_the_examples_run() -> None:
-    text = (DEPLOY / "Dockerfile").read_text()
-    for package in ("schemas", "workflows", "activities", "steps", "pipeline_service"):
-        assert f"COPY {package} {package}" in text
-    assert "COPY examples examples" in text and "-c requirements.lock" in text
+def test_the_examples_run_the_platform_image() -> None:
+    """One image for everything: the examples name deploy/Dockerfile's `laminar` target, whose
+    working dir holds the pipelines they run, and whose environment sets no `laminar run`
+    setting (LAMINAR_HTTP_PORT there would make every example serve the API too)."""
+    from pipeline_service.settings import RunSettings
+    from tests.deploy.files import dockerfile_stages, image_env
+
+    assert not (DEPLOY / "Dockerfile").exists()
+    for name in ("kubernetes-job.yaml", "cloud-run-job.yaml", "fly.toml"):
+        text = " ".join((DEPLOY / name).read_text().split())
+        assert "docker build -f deploy/Dockerfile --target laminar" in text, name
+    stages = dockerfile_stages()
+    laminar = stages["laminar"].instructions
+    assert ("WORKDIR", "/app") in laminar
+    assert any(kw == "COPY" and rest.endswith("examples /app/examples") for kw, rest in laminar)
+    env = image_env(stages, "laminar")
+    run_settings = {f"LAMINAR_{name.upper()}" for name in RunSettings.model_fields}
+    assert not run_settings & set(env), sorted(run_settings & set(env))
+    # The Kubernetes Job's working copy lives on its emptyDir: under the image's HOME.
+    job = list(yaml.safe_load_all((DEPLOY / "kubernetes-job.yaml").read_text()))[1]
+    [container] = k8s_containers(job)
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["work"] == f"{env['HOME']}/.cache", mounts
