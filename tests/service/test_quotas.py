@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -23,12 +24,11 @@ from tests.service.test_runs import wait_finished
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
-def pausing(name: str, seconds: float = 1.0) -> dict[str, Any]:
+def pausing(name: str, seconds: float = 1.0, gate: Path | None = None) -> dict[str, Any]:
+    args = [str(seconds)] + ([str(gate)] if gate is not None else [])
     return {
         "name": name,
-        "steps": [
-            {"id": "hold", "type": "python", "script": "scripts/pause.py", "args": [str(seconds)]}
-        ],
+        "steps": [{"id": "hold", "type": "python", "script": "scripts/pause.py", "args": args}],
     }
 
 
@@ -53,10 +53,11 @@ def running_now(service: Service, tenant: Tenant) -> int:
 
 
 async def test_twenty_triggers_with_a_quota_of_three_never_run_more_than_three(
-    service: Service,
+    service: Service, tmp_path: Path
 ) -> None:
     tenant = await service.tenant()
-    await tenant.apply(pausing("hold", 0.5))
+    gate = tmp_path / "gate"  # the runs hold until it exists, so none ends before the count
+    await tenant.apply(pausing("hold", 0.5, gate))
     quota = await set_quota(service, tenant, max_concurrent_runs=3)
     assert quota["overflow_policy"] == "queue"
     ids = []
@@ -66,6 +67,7 @@ async def test_twenty_triggers_with_a_quota_of_three_never_run_more_than_three(
         ids.append(response.json()["id"])
     waiting = (await tenant.http.get("/v1/quota")).json()
     assert waiting["active_runs"] == 3 and waiting["waiting_runs"] == 17, waiting
+    gate.touch()
     peak = 0
     deadline = time.monotonic() + 120
     while True:
