@@ -181,7 +181,9 @@ def test_sigint_during_start_up_exits_130_quietly(cli: Cli, tmp_path: Path, dela
     result = proc.wait(60)
     if "run SUCCEEDED" in result.output:
         pytest.skip("the run finished before the signal")
-    assert result.code == 130, result.details
+    # 130, or killed by the signal itself when it arrives before the interpreter has installed
+    # its handler (seen at 0.05 s on a loaded machine): a shell reports both as 130.
+    assert result.code in (130, -signal.SIGINT), result.details
     assert "Traceback" not in result.output and "KeyboardInterrupt" not in result.output
     assert "internal error" not in result.output, result.details
 
