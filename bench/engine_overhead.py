@@ -114,6 +114,8 @@ async def measure(
 def report(title: str, laminar: list[float], direct: list[float]) -> None:
     lam, dir_ = statistics.median(laminar), statistics.median(direct)
     print(f"\n{title}, {len(laminar)} runs each (interleaved, sides alternating)")
+    load = ", ".join(f"{figure:.1f}" for figure in os.getloadavg())
+    print(f"machine: {os.cpu_count()} CPUs, load average {load} (1, 5, 15 min) at the end")
     for name, times in (("laminar", laminar), ("direct", direct)):
         print(
             f"{name:<9} median {statistics.median(times):6.2f} s   "
