@@ -106,6 +106,14 @@ class StepActivities:
             heartbeat=_no_heartbeat if info.is_local else progress.report,
             upstream=input.upstream,
             secrets=secrets,
+            # The step's first start: from the workflow, or (runs from before it passed it, whose
+            # retries were Temporal's, of this one activity) when Temporal first scheduled it.
+            step_started_at=input.step_started_at or info.scheduled_time,
+            attempt_deadline=(
+                info.started_time + info.start_to_close_timeout
+                if info.start_to_close_timeout
+                else None
+            ),
         )
         heartbeats = _start_heartbeats(info.heartbeat_timeout, progress)
         attempt_log = self._attempt_log(input, ctx)

@@ -138,6 +138,9 @@ class FlinkSettings(BaseSettings):
 
     rest_url: str | None = None
     tool_dir: Path = DEFAULT_TOOL_DIR
+    s3_endpoint: str | None = None
+    """S3-compatible endpoint through which Laminar lists an `s3://` `savepoint_path` (for the
+    newest savepoint or checkpoint a new run starts from); credentials: the AWS chain."""
 
     def options(self, **overrides: Any) -> FlinkOptions:
         return FlinkOptions(**{**self.model_dump(), **overrides})

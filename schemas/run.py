@@ -137,6 +137,9 @@ class RunStepInput(BaseModel):
     report_retries: bool = True
     """Signal the workflow when an attempt fails and Temporal retries it: only for runs that
     started before the workflow drove retries itself (it sees every failed attempt now)."""
+    step_started_at: datetime | None = None
+    """When the step's first attempt was started (the workflow's clock, the same for every
+    attempt); None in runs from before the workflow passed it (patch "step-started-at")."""
 
 
 class StepAttemptFailed(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -73,6 +74,12 @@ class StepContext:
     secrets: Mapping[str, str] = field(default_factory=dict)
     """Values of the tenant's secrets this step references, by name (resolved by the activity;
     never in the workflow's input or history)."""
+    step_started_at: datetime | None = None
+    """When the step's first attempt started (from the workflow, the same for every attempt);
+    None: count from this attempt's start. A streaming step's `until` counts from it."""
+    attempt_deadline: datetime | None = None
+    """When Temporal stops waiting for this attempt (its start-to-close timeout): stopping the
+    step (a savepoint, a SIGTERM grace) must be over by then. None: no such limit known."""
 
     def env_value(self, value: str | SecretRef) -> str:
         """A declared variable's value: a rendered template, or a secret's value."""

@@ -20,6 +20,7 @@ import os
 import re
 import shlex
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -85,7 +86,9 @@ class FlinkExecutor:
                     _record(jobs, adopted, work_dir)
                 else:
                     if streaming:
-                        restore = await find_restore_point(rest, step, work_dir, earlier)
+                        restore = await find_restore_point(
+                            rest, step, work_dir, earlier, self.options.s3_endpoint
+                        )
                         _note_restart(ctx, work_dir, restore)
                     path = restore.path if restore else None
                     if step.sql is not None:
@@ -98,7 +101,7 @@ class FlinkExecutor:
                         return result
                 return await self._watch(step, ctx, rest, jobs, work_dir, restore)
             except asyncio.CancelledError:
-                await self._stop_jobs(step, rest, jobs, work_dir)
+                await self._stop_jobs(step, ctx, rest, jobs, work_dir)
                 raise
         finally:
             await rest.close()
@@ -277,7 +280,7 @@ class FlinkExecutor:
     ) -> StepResult:
         """A streaming step runs while its job does (see steps/flink_stream.py)."""
         if len(jobs) != 1:
-            await self._stop_jobs(step, rest, jobs, work_dir)
+            await self._stop_jobs(step, ctx, rest, jobs, work_dir)
             raise StepError(
                 f"a streaming step runs one job, this one started {len(jobs)}: put its INSERT "
                 "statements in one EXECUTE STATEMENT SET BEGIN ... END",
@@ -285,7 +288,9 @@ class FlinkExecutor:
                 retryable=False,
             )
         [job_id] = jobs
-        until = step.until.total_seconds() if step.until is not None else None
+        until = None if step.until is None else until_left(step.until, ctx.step_started_at)
+        if until is not None and ctx.attempt > 1:
+            _note(work_dir, f"until: {until:.0f}s left of {step.until} since the step started")
         state, latest = await watch_job(
             rest, job_id, ctx, work_dir, until=until, poll=self.options.poll_interval
         )
@@ -295,7 +300,7 @@ class FlinkExecutor:
         if latest is not None:
             outputs["checkpoint"] = latest.path
         if state == UNTIL:
-            outputs["savepoint"] = await self._stop_job(step, rest, job_id, work_dir)
+            outputs["savepoint"] = await self._stop_job(step, ctx, rest, job_id, work_dir)
             outputs["state"] = "STOPPED"
         elif state == "FAILED":
             error = await self._failure(rest, jobs, work_dir / LOG_NAME, None, "failed")
@@ -320,32 +325,36 @@ class FlinkExecutor:
     # --- stopping jobs --------------------------------------------------------------------
 
     async def _stop_jobs(
-        self, step: FlinkStep, rest: FlinkRest, jobs: list[str], work_dir: Path
+        self, step: FlinkStep, ctx: StepContext, rest: FlinkRest, jobs: list[str], work_dir: Path
     ) -> None:
         for job_id in jobs:
             with contextlib.suppress(FlinkRestError, OSError):
                 if (await rest.job(job_id))["state"] not in TERMINAL:
-                    await self._stop_job(step, rest, job_id, work_dir)
+                    await self._stop_job(step, ctx, rest, job_id, work_dir)
 
     async def _stop_job(
-        self, step: FlinkStep, rest: FlinkRest, job_id: str, work_dir: Path
+        self, step: FlinkStep, ctx: StepContext, rest: FlinkRest, job_id: str, work_dir: Path
     ) -> str | None:
         """A streaming job with a `savepoint_path` stops with a savepoint there, recorded for
-        the next start; any other job (or a savepoint that fails) is cancelled."""
-        if step.mode == "streaming" and step.savepoint_path:
+        the next start; any other job (or a savepoint that fails) is cancelled. The savepoint
+        is waited for only as long as the attempt has left (`savepoint_wait`)."""
+        wait = savepoint_wait(self.options.savepoint_timeout, ctx.attempt_deadline)
+        if step.mode == "streaming" and step.savepoint_path and wait < MIN_SAVEPOINT_WAIT:
+            _note(work_dir, f"no time left for a savepoint of job {job_id} ({wait:.1f}s): cancel")
+        elif step.mode == "streaming" and step.savepoint_path:
             try:
                 target = flink_uri(step.savepoint_path)
                 request = await rest.stop_with_savepoint(job_id, target)
-                location = await rest.savepoint_location(
-                    job_id, request, self.options.savepoint_timeout
-                )
+                location = await rest.savepoint_location(job_id, request, wait)
             except (FlinkRestError, OSError) as exc:
                 _note(work_dir, f"stopping job {job_id} with a savepoint failed ({exc}): cancel")
             else:
                 point = RestorePoint(location, "savepoint", time.time() * 1000, job_id)
                 record_point(work_dir, point)
                 _note(work_dir, f"stopped job {job_id} with a savepoint at {location}")
-                await self._terminal(rest, job_id)  # the job ends just after its savepoint
+                # The job ends just after its savepoint.
+                left = savepoint_wait(self.options.savepoint_timeout, ctx.attempt_deadline)
+                await self._terminal(rest, job_id, wait=max(min(15.0, left), 0.0))
                 return location
         await rest.cancel(job_id)
         return None
@@ -374,6 +383,31 @@ class FlinkExecutor:
                 await rest.cancel(job_id)
         (work_dir / JOBS_NAME).unlink(missing_ok=True)
         return [job["jid"] for job in earlier], adopted
+
+
+STOP_MARGIN = 3.0
+"""Seconds kept back from the attempt's deadline for cancelling a job whose savepoint did not
+complete in time (and for the activity to report)."""
+MIN_SAVEPOINT_WAIT = 1.0
+
+
+def savepoint_wait(limit: float, deadline: datetime | None) -> float:
+    """How long stopping a job may wait for its savepoint: `limit`, but no longer than the
+    attempt has left before Temporal stops waiting for it (a step timeout leaves the workflow's
+    stop grace, 10 s), less STOP_MARGIN to cancel the job if the savepoint is late."""
+    if deadline is None:
+        return limit
+    left = (deadline - datetime.now(UTC)).total_seconds() - STOP_MARGIN
+    return max(min(limit, left), 0.0)
+
+
+def until_left(until: timedelta, step_started_at: datetime | None) -> float:
+    """Seconds of a streaming step's `until` left: it counts from the step's first attempt
+    (from the workflow), so a retry does not run the job for another full `until`."""
+    if step_started_at is None:
+        return until.total_seconds()
+    elapsed = (datetime.now(UTC) - step_started_at).total_seconds()
+    return max(until.total_seconds() - max(elapsed, 0.0), 0.0)
 
 
 def _note(work_dir: Path, text: str) -> None:

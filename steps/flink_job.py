@@ -50,7 +50,10 @@ class FlinkOptions(BaseModel):
     poll_interval: float = 1.0
     terminate_grace: float = 5.0
     savepoint_timeout: float = 60.0
-    """How long stopping a streaming job waits for its savepoint before cancelling it."""
+    """How long stopping a streaming job waits for its savepoint before cancelling it (less when
+    the attempt has less time left)."""
+    s3_endpoint: str | None = None
+    """An S3-compatible endpoint for listing an `s3://` `savepoint_path` (MinIO, R2, ...)."""
 
 
 def job_name(tag: str) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,8 +20,9 @@ from typing import Any
 
 import httpx
 
+from pipeline_service.storage.store import ObjectStorage, StorageError
 from schemas.pipeline import FlinkStep
-from steps.base import StepContext
+from steps.base import StepContext, StepError
 from steps.flink_rest import TERMINAL, FlinkRest, FlinkRestError, vertex_progress
 
 RESTORE_NAME = "flink-restore.json"
@@ -78,37 +80,69 @@ def recorded_point(work_dir: Path) -> RestorePoint | None:
         return None
 
 
-def newest_savepoint(directory: str) -> RestorePoint | None:
-    """The savepoint `directory` is, or the newest `savepoint-*` in it. Local paths only:
-    Laminar does not list object stores (a savepoint there is found through the cluster)."""
+_SAVED = re.compile(r"(?:^|/)(savepoint-[^/]+|chk-(\d+))/_metadata$")
+_JOB_DIR = re.compile(r"(?:^|/)([0-9a-f]{32})/chk-\d+/_metadata$")
+
+
+def newest_saved_point(directory: str, s3_endpoint: str | None = None) -> RestorePoint | None:
+    """The newest savepoint or retained checkpoint under `directory` (Flink's layout:
+    `savepoint-*/_metadata`, `<job id>/chk-N/_metadata` under `checkpoints/`), or `directory`
+    itself when it is a savepoint. Listed through the object store (`s3://`, `gs://`, `az://`,
+    ... or a local path); a `_metadata` file is written last, so each one found is complete.
+    Raises StorageError when the store cannot be listed."""
     local = directory.removeprefix("file://")
-    if "://" in local or not local.startswith("/"):
-        return None
-    root = Path(local)
-    if (root / "_metadata").is_file():
-        return RestorePoint(str(root), "savepoint", (root / "_metadata").stat().st_mtime * 1000)
-    try:
-        found = [d / "_metadata" for d in root.glob("savepoint-*") if (d / "_metadata").is_file()]
-    except OSError:
-        return None
-    if not found:
-        return None
-    newest = max(found, key=lambda m: m.stat().st_mtime)
-    return RestorePoint(str(newest.parent), "savepoint", newest.stat().st_mtime * 1000)
+    is_local = "://" not in local
+    if is_local and not Path(local).is_dir():
+        return None  # nothing saved yet (and listing a local path would create it)
+    store = ObjectStorage(local if is_local else directory, s3_endpoint=s3_endpoint)
+    base = local if is_local else directory
+    found: list[RestorePoint] = []
+    for entry in store.list():
+        taken_at = entry.last_modified.timestamp() * 1000
+        if entry.key == "_metadata":
+            found.append(RestorePoint(base.rstrip("/") or "/", "savepoint", taken_at))
+            continue
+        match = _SAVED.search(entry.key)
+        if match is None:
+            continue
+        where = f"{base.rstrip('/')}/{entry.key.removesuffix('/_metadata')}"
+        if match[2] is None:
+            found.append(RestorePoint(where, "savepoint", taken_at))
+        else:
+            job = _JOB_DIR.search(entry.key)
+            point = RestorePoint(
+                where, "checkpoint", taken_at, job[1] if job else None, int(match[2])
+            )
+            found.append(point)
+    return max(found, key=lambda p: p.taken_at, default=None)
 
 
 async def find_restore_point(
-    rest: FlinkRest, step: FlinkStep, work_dir: Path, earlier_jobs: list[str]
+    rest: FlinkRest,
+    step: FlinkStep,
+    work_dir: Path,
+    earlier_jobs: list[str],
+    s3_endpoint: str | None = None,
 ) -> RestorePoint | None:
     """The newest of: the earlier attempts' latest checkpoints and savepoints (as the cluster
-    reports them), the one recorded in the work dir, the newest in `savepoint_path`."""
+    reports them), the one recorded in the work dir, the newest saved under `savepoint_path`
+    (listed: that is how a new run of the step finds what the previous run left)."""
     points: list[RestorePoint] = []
     for job_id in earlier_jobs:
         points.extend(points_of(job_id, await rest.checkpoints(job_id)))
     if (recorded := recorded_point(work_dir)) is not None:
         points.append(recorded)
-    if step.savepoint_path and (saved := newest_savepoint(step.savepoint_path)) is not None:
-        points.append(saved)
+    if step.savepoint_path:
+        try:
+            saved = await asyncio.to_thread(newest_saved_point, step.savepoint_path, s3_endpoint)
+        except StorageError as exc:
+            raise StepError(
+                f"savepoint_path: cannot look for the newest savepoint or checkpoint ({exc}); "
+                "the job is not started without the state it may have left there",
+                error_type="FlinkSavepointPathUnreadable",
+            ) from exc
+        if saved is not None:
+            points.append(saved)
     return max(points, key=lambda p: p.taken_at, default=None)
 
 

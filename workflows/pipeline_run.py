@@ -53,6 +53,9 @@ WORKFLOW_DRIVEN_RETRIES = "workflow-driven-retries"
 RECORDING_PATCH = "record-run-events"
 CONTROL_FLOW_PATCH = "control-flow"
 """Patch id: trigger rules, `when:`, `on_failure: ignore` and fail_fast (`_control`)."""
+STEP_STARTED_AT_PATCH = "step-started-at"
+"""Patch id: each attempt's input carries when the step's first attempt started (RunStepInput
+.step_started_at), so a step's own clock (a streaming step's `until`) spans its retries."""
 RECORDING_TIMEOUT = timedelta(seconds=30)
 RECORDING_RETRY = TemporalRetryPolicy(
     initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=30)
@@ -138,6 +141,7 @@ class PipelineRunWorkflow:
         self._recording = asyncio.Lock()  # batches are written one after the other, in order
         self._control: control_flow.ControlFlow | None = None
         self._failing_fast = False
+        self._first_started: dict[str, datetime] = {}
         # Steps an earlier run did (retry from failure): done before this run starts. Runs
         # started before `reuse` existed have it empty, so their replay takes no other path
         # and issues no other command: no patch is needed for it.
@@ -420,6 +424,10 @@ class PipelineRunWorkflow:
     async def _run_attempt_activity(
         self, step: Step, attempt: int, activity_id: str, compensation: bool
     ) -> StepResult:
+        started_at = None
+        if workflow.patched(STEP_STARTED_AT_PATCH):
+            # Scheduled now (past any pool slot wait): the first attempt's is the step's start.
+            started_at = self._first_started.setdefault(step.id, workflow.now())
         return await _run_step_activity(
             step,
             RunStepInput(
@@ -430,6 +438,7 @@ class PipelineRunWorkflow:
                 compensation=compensation,
                 upstream=self._upstream(step),
                 report_retries=False,
+                step_started_at=started_at,
             ),
             activity_id,
             TemporalRetryPolicy(maximum_attempts=1),

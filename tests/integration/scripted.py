@@ -42,10 +42,13 @@ class ScriptedExecutor:
     calls: list[tuple[str, int]] = field(default_factory=list)
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
     failures: dict[str, int] = field(default_factory=dict)
+    contexts: list[StepContext] = field(default_factory=list)
+    """The context of every call, in order."""
 
     async def execute(self, step: NoopStep | SensorStep, ctx: StepContext) -> StepResult:
         behavior = self.behaviors.get(step.id, Behavior())
         self.calls.append((step.id, ctx.attempt))
+        self.contexts.append(ctx)
         start = time.monotonic()
         if behavior.block_first and len(self.calls) == 1:
             time.sleep(behavior.block_first)  # deliberately blocking: the heartbeat stops

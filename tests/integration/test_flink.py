@@ -54,21 +54,33 @@ def flink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFlinkCluste
     cluster.stop()
 
 
-@pytest.fixture(scope="session")
-def count_jar(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tests/integration/flink_jobs/CountJob.java compiled against the Flink distribution."""
+def compile_job(tmp_path_factory: pytest.TempPathFactory, name: str, jar_name: str) -> Path:
+    """tests/integration/flink_jobs/<name>.java compiled against the Flink distribution, as
+    `pipeline/<jar_name>` (the pipeline directory is the jar's parent)."""
     if shutil.which("javac") is None or shutil.which("jar") is None:
         pytest.skip("the jar tests compile a small Flink job and need a JDK (javac, jar)")
-    build = tmp_path_factory.mktemp("count_jar")
-    source = Path(__file__).with_name("flink_jobs") / "CountJob.java"
+    build = tmp_path_factory.mktemp(name)
+    source = Path(__file__).with_name("flink_jobs") / f"{name}.java"
     lib = DEFAULT_TOOL_DIR / "pyflink" / "lib"
     subprocess.run(
         ["javac", "-d", str(build / "classes"), "-cp", f"{lib}/*", str(source)], check=True
     )
     (build / "pipeline").mkdir()
-    jar = build / "pipeline" / "count.jar"
+    jar = build / "pipeline" / jar_name
     subprocess.run(["jar", "cf", str(jar), "-C", str(build / "classes"), "."], check=True)
     return jar
+
+
+@pytest.fixture(scope="session")
+def count_jar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A batch job: counts to args[0], fails at 5 with args[1] = fail."""
+    return compile_job(tmp_path_factory, "CountJob", "count.jar")
+
+
+@pytest.fixture(scope="session")
+def tick_jar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A streaming job with keyed state (see TickJob.java for its arguments)."""
+    return compile_job(tmp_path_factory, "TickJob", "tick.jar")
 
 
 class Beats:
@@ -451,3 +463,148 @@ async def test_a_streaming_retry_follows_the_job_a_dead_worker_left_running(
     assert job_state(flink, old["jid"]) == "FINISHED"
     assert f"following job {old['jid']}" in (ctx2.work_dir / "step.log").read_text()
     assert not running_jobs(flink)
+
+
+def tick_doc(tmp_path: Path, *args: str, **fields: Any) -> dict[str, Any]:
+    """A streaming step running TickJob with the given arguments; checkpoints every 500 ms,
+    Flink's own restarts off (a failure fails the attempt)."""
+    return {
+        "id": "agg",
+        "type": "flink",
+        "jar": "tick.jar",
+        "entry_class": "TickJob",
+        "args": list(args),
+        "mode": "streaming",
+        "parallelism": 1,
+        "savepoint_path": str(tmp_path / "savepoints"),
+        "conf": {"execution.checkpointing.interval": "500 ms", "restart-strategy.type": "none"},
+        **fields,
+    }
+
+
+def tick_step(tmp_path: Path, *args: str, **fields: Any) -> FlinkStep:
+    return FlinkStep.model_validate(tick_doc(tmp_path, *args, **fields))
+
+
+async def test_a_streaming_jar_step_checkpoints_stops_with_a_savepoint_and_a_rerun_restores(
+    flink: LocalFlinkCluster, tick_jar: Path, tmp_path: Path
+) -> None:
+    """A jar job (REST /jars/{id}/run): its checkpoints go where Laminar's configuration says
+    (flinkConfiguration), cancel stops it with a savepoint, and a new run of the step finds
+    that savepoint by listing `savepoint_path` and starts the job from it (savepointPath)."""
+    step = tick_step(tmp_path, "50")
+    executor = FlinkExecutor(FlinkOptions(rest_url=flink.rest_url, poll_interval=0.3))
+    ctx, beats = make_ctx(tmp_path / "first")
+    ctx = dataclasses.replace(ctx, source_dir=tick_jar.parent)
+    running = asyncio.create_task(execute_step({"flink": executor}, step, ctx))
+    await wait_for(
+        lambda: any(b.get("checkpoint") for b in beats.details), 120, "a completed checkpoint"
+    )
+    job_id = beats.details[-1]["job_id"]
+    completed = httpx.get(f"{flink.rest_url}/jobs/{job_id}/checkpoints").json()["latest"]
+    checkpoints = tmp_path / "savepoints" / "checkpoints" / job_id
+    assert completed["completed"]["external_path"].startswith(f"file:{checkpoints}/chk-")
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert job_state(flink, job_id) == "FINISHED"  # stopped with a savepoint, not cancelled
+    [savepoint] = [
+        d for d in (tmp_path / "savepoints").glob("savepoint-*") if (d / "_metadata").is_file()
+    ]
+
+    # A new run (its own work dir: nothing recorded, no earlier jobs) lists savepoint_path.
+    rerun = step.model_copy(update={"until": timedelta(seconds=3)})
+    ctx2, beats2 = make_ctx(tmp_path / "second")
+    ctx2 = dataclasses.replace(ctx2, source_dir=tick_jar.parent)
+    result = await execute_step({"flink": executor}, rerun, ctx2)
+    [job2] = result.outputs["job_ids"]
+    assert job2 != job_id and result.outputs["state"] == "STOPPED"
+    assert result.outputs["restored_from"] == str(savepoint)
+    restored = restored_from(flink, job2)
+    assert restored["is_savepoint"] and restored["external_path"].endswith(str(savepoint))
+    assert any(b.get("restored_from") for b in beats2.details)
+    assert job_state(flink, job2) == "FINISHED"
+
+
+async def test_a_failed_streaming_jar_job_resumes_from_its_checkpoint_within_the_steps_until(
+    flink: LocalFlinkCluster, tick_jar: Path, tmp_path: Path
+) -> None:
+    """Attempt 1's job fails at element 40 (after a few checkpoints); attempt 2 starts the job
+    from the latest of them, and `until` counts from the step's first start (what the workflow
+    passes each attempt), not from attempt 2's."""
+    until = timedelta(seconds=20)
+    step = tick_step(tmp_path, "100", str(tmp_path / "failed-once"), "40", until=until)
+    executor = FlinkExecutor(FlinkOptions(rest_url=flink.rest_url, poll_interval=0.3))
+    step_started = datetime.now(UTC)
+    ctx1, _ = make_ctx(tmp_path)
+    ctx1 = dataclasses.replace(ctx1, source_dir=tick_jar.parent, step_started_at=step_started)
+    with pytest.raises(StepError) as failure:
+        await execute_step({"flink": executor}, step, ctx1)
+    assert "java.lang.IllegalStateException: tick job failed at 40" in failure.value.message
+    assert "a retry restarts the job from checkpoint" in failure.value.message
+    [job1] = (ctx1.work_dir / "flink-jobs.txt").read_text().split()
+    first_checkpoint = httpx.get(f"{flink.rest_url}/jobs/{job1}/checkpoints").json()
+    checkpoint = first_checkpoint["latest"]["completed"]
+
+    ctx2, _ = make_ctx(tmp_path, attempt=2)
+    ctx2 = dataclasses.replace(ctx2, source_dir=tick_jar.parent, step_started_at=step_started)
+    attempt2_started = datetime.now(UTC)
+    result = await execute_step({"flink": executor}, step, ctx2)
+    [job2] = result.outputs["job_ids"]
+    restored = restored_from(flink, job2)
+    assert restored["id"] == checkpoint["id"]
+    assert restored["external_path"] == checkpoint["external_path"]
+    assert result.outputs["state"] == "STOPPED" and result.outputs["savepoint"]
+    log = (ctx2.work_dir / "step.log").read_text()
+    assert f"attempt 2: starting from checkpoint {checkpoint['id']} of job {job1}" in log
+    # The watch got what was left of `until` when attempt 2 began watching, not all of it.
+    [left] = [
+        float(line.split("until: ")[1].split("s left")[0])
+        for line in log.splitlines()
+        if "s left of" in line
+    ]
+    spent = (attempt2_started - step_started).total_seconds()
+    assert left <= until.total_seconds() - spent + 1
+
+
+async def test_a_streaming_step_that_times_out_stops_within_the_workflows_stop_grace(
+    flink: LocalFlinkCluster, tick_jar: Path, client: Client, tmp_path: Path
+) -> None:
+    """The job sleeps a minute per element, so no savepoint can complete. At the step's timeout
+    the activity waits for the savepoint only as long as the workflow's stop grace allows, then
+    cancels the job: the attempt ends with the step's own timeout error (not Temporal's
+    start-to-close timeout, while the job would still run), and the job is gone."""
+    definition = validate_pipeline(
+        {
+            "name": "stream_timeout",
+            "steps": [tick_doc(tmp_path, "60000", timeout="10s")],
+        },
+        source_dir=tick_jar.parent,
+    )
+    moment = datetime(2026, 1, 31, tzinfo=UTC)
+    context = RunContext.manual("stream_timeout", f"test/st/{uuid.uuid4()}", moment, {})
+    run = RunInput(pipeline=definition, context=context, source_dir=str(tick_jar.parent))
+    queue = f"flink-{uuid.uuid4()}"
+    engine = DuckDBEngine(tmp_path / "warehouse.duckdb")
+    work_root = tmp_path / "work"
+    options = FlinkOptions(rest_url=flink.rest_url, poll_interval=0.3)
+    try:
+        async with build_worker(
+            client, task_queue=queue, engine=engine, work_root=work_root, flink=options
+        ):
+            with pytest.raises(WorkflowFailureError) as failure:
+                await client.execute_workflow(
+                    PipelineRunWorkflow.run, run, id=context.run_id, task_queue=queue
+                )
+    finally:
+        engine.close()
+    summary = RunSummary.model_validate(failure.value.cause.details[0])  # type: ignore[union-attr]
+    [state] = summary.steps
+    assert state.status == "FAILED"
+    assert (state.error, state.error_type) == ("step timed out after 10s", "Timeout")
+    work_dir = work_root / run_dir_name(context.run_id) / "agg"
+    [job_id] = (work_dir / "flink-jobs.txt").read_text().split()
+    await wait_for(lambda: job_state(flink, job_id) == "CANCELED", 30, "the job to be cancelled")
+    log = (work_dir / "step.log").read_text()
+    assert f"stopping job {job_id} with a savepoint failed (savepoint of job" in log
+    assert "not done after" in log

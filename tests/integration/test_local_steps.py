@@ -66,15 +66,15 @@ async def test_local_and_regular_steps_mix(
     assert [call[0] for call in executor.calls] == ["join", "regular", "tail"]
     events = await event_types(handle)
     # Only `regular` went through the server's activity queue; the local ones left markers
-    # (the three patch markers: control flow, workflow-driven retries and local steps; then
-    # one per local step).
+    # (the four patch markers: control flow, workflow-driven retries, step-started-at and
+    # local steps; then one per local step).
     assert events.count(EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED) == 1
-    assert events.count(EventType.EVENT_TYPE_MARKER_RECORDED) == 5
+    assert events.count(EventType.EVENT_TYPE_MARKER_RECORDED) == 6
     history = await handle.fetch_history()
     patch_markers = [
         e for e in history.events if e.marker_recorded_event_attributes.marker_name == "core_patch"
     ]
-    assert len(patch_markers) == 3
+    assert len(patch_markers) == 4
     assert any(
         LOCAL_STEPS_PATCH.encode() in marker.marker_recorded_event_attributes.SerializeToString()
         for marker in patch_markers

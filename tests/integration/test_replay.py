@@ -149,6 +149,11 @@ SCENARIOS["recorded_pools"] = (
 SCENARIOS["recorded_before_pools"] = SCENARIOS["workflow_driven_retries"]
 # Recorded before sensor steps existed (patch "sensors"): a run in flight at that change.
 SCENARIOS["recorded_before_sensors"] = SCENARIOS["diamond_with_retry"]
+# Recorded before the workflow told each attempt when its step first started (patch
+# "step-started-at"): a retried step's attempts then carried no start of their own.
+SCENARIOS["recorded_before_step_started_at"] = SCENARIOS["workflow_driven_retries"]
+# With that patch: every attempt's input carries the step's first start (RunStepInput).
+SCENARIOS["step_started_at"] = SCENARIOS["workflow_driven_retries"]
 # Sensors (patch "sensors"): one met on its third check, one that times out; their dependants.
 SCENARIOS["sensors"] = (
     {"ready": Behavior(unmet_checks=2), "never": Behavior(unmet_checks=1000)},

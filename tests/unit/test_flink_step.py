@@ -14,6 +14,7 @@ from schemas.loading import PipelineValidationError, validate_pipeline
 from schemas.pipeline import STREAMING_TIMEOUT, FlinkStep
 from schemas.run import RunContext
 from steps.base import StepError
+from steps.flink import savepoint_wait, until_left
 from steps.flink_job import (
     SQL_DRIVER,
     FlinkOptions,
@@ -24,7 +25,7 @@ from steps.flink_job import (
 )
 from steps.flink_rest import exception_headline, vertex_progress
 from steps.flink_stream import (
-    newest_savepoint,
+    newest_saved_point,
     points_of,
     record_point,
     recorded_point,
@@ -254,21 +255,49 @@ def test_restore_points_come_from_rest_answers_and_savepoint_directories(tmp_pat
     assert details["restored_from"] == "file:/sp/savepoint-0"
     assert details["checkpoint_at"].startswith("1970-01-01T00:00:02")
 
-    assert newest_savepoint(str(tmp_path)) is None
+    assert newest_saved_point(str(tmp_path / "nothing-yet")) is None
+    assert not (tmp_path / "nothing-yet").exists()  # looking does not create it
+    assert newest_saved_point(str(tmp_path)) is None
     for name in ("savepoint-a", "savepoint-b", "savepoint-empty"):
         (tmp_path / name).mkdir()
     (tmp_path / "savepoint-a" / "_metadata").write_bytes(b"x")
     (tmp_path / "savepoint-b" / "_metadata").write_bytes(b"x")
     os.utime(tmp_path / "savepoint-a" / "_metadata", (1, 1))
-    newest = newest_savepoint(f"file://{tmp_path}")
+    os.utime(tmp_path / "savepoint-b" / "_metadata", (2, 2))
+    newest = newest_saved_point(f"file://{tmp_path}")
     assert newest is not None and newest.path == str(tmp_path / "savepoint-b")
-    direct = newest_savepoint(str(tmp_path / "savepoint-a"))  # the path is a savepoint itself
+    assert newest.kind == "savepoint"
+    direct = newest_saved_point(str(tmp_path / "savepoint-a"))  # the path is a savepoint itself
     assert direct is not None and direct.path == str(tmp_path / "savepoint-a")
-    assert newest_savepoint("s3://bucket/sp") is None  # object stores are not listed
+    # A retained checkpoint newer than the savepoints (Flink's `<job id>/chk-N/_metadata`).
+    job = "0123456789abcdef0123456789abcdef"
+    (tmp_path / "checkpoints" / job / "chk-12").mkdir(parents=True)
+    (tmp_path / "checkpoints" / job / "chk-12" / "_metadata").write_bytes(b"x")
+    os.utime(tmp_path / "checkpoints" / job / "chk-12" / "_metadata", (3, 3))
+    (tmp_path / "checkpoints" / job / "shared").mkdir()
+    (tmp_path / "checkpoints" / job / "shared" / "state-file").write_bytes(b"x")
+    newest = newest_saved_point(str(tmp_path))
+    assert newest is not None and newest.path == str(tmp_path / "checkpoints" / job / "chk-12")
+    assert (newest.kind, newest.job_id, newest.checkpoint_id) == ("checkpoint", job, 12)
 
     assert recorded_point(tmp_path) is None
     record_point(tmp_path, points[0])
     assert recorded_point(tmp_path) == points[0]
+
+
+def test_until_counts_from_the_steps_first_start_and_savepoints_fit_the_attempt() -> None:
+    now = datetime.now(UTC)
+    hour = timedelta(hours=1)
+    assert until_left(hour, None) == 3600  # no start known: a full `until` from now
+    assert 1190 <= until_left(hour, now - timedelta(minutes=40)) <= 1200
+    assert until_left(hour, now - 2 * hour) == 0  # a retry after `until`: stop at once
+    # The savepoint wait: the configured limit, unless the attempt's deadline is nearer (a
+    # step timeout leaves the workflow's 10 s stop grace), less the margin to cancel.
+    assert savepoint_wait(60, None) == 60
+    assert savepoint_wait(60, now + timedelta(minutes=5)) == 60
+    assert 6 <= savepoint_wait(60, now + timedelta(seconds=10)) <= 7
+    assert savepoint_wait(60, now + timedelta(seconds=2)) == 0
+    assert savepoint_wait(60, now - timedelta(seconds=5)) == 0
 
 
 def test_ident_makes_a_backtick_quoted_flink_identifier(tmp_path: Path) -> None:
