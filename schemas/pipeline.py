@@ -220,6 +220,12 @@ class StepOnFailure(StrEnum):
     """The step's failure does not fail the run; dependants see it as a success."""
 
 
+MAX_FOR_EACH_PARALLEL = 100
+MAX_FOR_EACH_ITEMS = 10_000
+"""The most items one `for_each` step fans out to (instances run in child workflows of
+FOR_EACH_BATCH items each, so a run's own history stays small)."""
+
+
 class StepBase(StrictModel):
     LOCAL_BY_DEFAULT: ClassVar[bool] = False
 
@@ -243,6 +249,13 @@ class StepBase(StrictModel):
     """A named slot pool (set by the platform admin, per tenant or global): each attempt of
     the step holds one of its slots, so at most `slots` such steps run at once, across runs
     and tenants."""
+    for_each: str | None = Field(None, min_length=1, max_length=10_000)
+    """Dynamic fan-out: one expression (`{{ params.regions }}`, `{{ steps.ls.result.files }}`)
+    that yields a list; one instance of the step runs per item (`<id>[<index>]`), with `item`
+    and `item_index` in its templates. Its result is `{"results": [...], "count": n}`, the
+    instances' results in item order."""
+    max_parallel: int = Field(4, ge=1, le=MAX_FOR_EACH_PARALLEL)
+    """At most this many instances of a `for_each` step run at once."""
 
     @model_validator(mode="before")
     @classmethod
