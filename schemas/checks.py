@@ -50,11 +50,11 @@ from schemas.templating import (
     FOR_EACH_VARIABLES,
     TemplateProblem,
     check_template,
-    single_expression,
-    uses_names,
     is_template,
     render_text,
     renders_in_bounded_time,
+    single_expression,
+    uses_names,
 )
 
 __all__ = ["check_pipeline"]

@@ -9,7 +9,6 @@ render in `schemas.sql_templates`, where every `{{ ... }}` becomes a bind parame
 from __future__ import annotations
 
 import re
-
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any

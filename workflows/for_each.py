@@ -32,9 +32,7 @@ def instance_id(step_id: str, index: int) -> str:
     return f"{step_id}[{index}]"
 
 
-def items_of(
-    step: Step, context: RunContext, upstream: Mapping[str, UpstreamResult]
-) -> list[Any]:
+def items_of(step: Step, context: RunContext, upstream: Mapping[str, UpstreamResult]) -> list[Any]:
     """The list `step.for_each` yields for this run."""
     assert step.for_each is not None
     expression = single_expression(step.for_each)
@@ -55,7 +53,9 @@ def items_of(
     return list(value)
 
 
-def batches(step_id: str, items: list[Any], upstream: dict[str, UpstreamResult], fail_fast: bool) -> list[FanOut]:
+def batches(
+    step_id: str, items: list[Any], upstream: dict[str, UpstreamResult], fail_fast: bool
+) -> list[FanOut]:
     """The child runs of a step's instances, FOR_EACH_BATCH items each, in item order."""
     return [
         FanOut(

@@ -366,9 +366,9 @@ class PipelineRunWorkflow:
 
     async def _execute(self, step: Step, *, compensation: bool = False) -> StepResult:
         """Run one step to success or its last failed attempt."""
-        if step.for_each is not None and not compensation:
-            if workflow.patched(for_each.FOR_EACH_PATCH):
-                return await self._fan_out(step)
+        fans_out = step.for_each is not None and not compensation
+        if fans_out and workflow.patched(for_each.FOR_EACH_PATCH):
+            return await self._fan_out(step)
         if isinstance(step, SensorStep) and workflow.patched(sensors.SENSORS_PATCH):
             return await self._wait_for_sensor(step)
         if workflow.patched(WORKFLOW_DRIVEN_RETRIES):
@@ -630,7 +630,9 @@ class PipelineRunWorkflow:
                 if fan_out.fail_fast and any(
                     st.status == StepStatus.FAILED for st in self._states.values()
                 ):
-                    self._stop_instances(running, pending, "an instance failed and the run fails fast")
+                    self._stop_instances(
+                        running, pending, "an instance failed and the run fails fast"
+                    )
                     await asyncio.gather(*running, return_exceptions=True)
                     break
         except asyncio.CancelledError:

@@ -11,10 +11,9 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError
-
-from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline_service.db.models import Run, StepRun
 from pipeline_service.db.runs import insert_run
@@ -109,9 +108,7 @@ async def test_an_upstream_result_fans_out(harness: Harness) -> None:
 async def test_max_parallel_bounds_running_instances(harness: Harness) -> None:
     for i in range(6):
         harness.executor.behaviors[f"fan[{i}]"] = Behavior(sleep=0.4)
-    summary = await run(
-        harness, with_params(fan_pipeline(max_parallel=2), regions=list("abcdef"))
-    )
+    summary = await run(harness, with_params(fan_pipeline(max_parallel=2), regions=list("abcdef")))
     assert summary.status == RunStatus.SUCCEEDED
     intervals = [harness.executor.intervals[f"fan[{i}]"] for i in range(6)]
     # Sample the number of instances running at each instance's start: never above 2.
@@ -235,7 +232,7 @@ async def test_instances_are_recorded_one_row_each(
 async def test_a_thousand_items_keep_every_history_small(harness: Harness) -> None:
     items = list(range(1000))
     definition = pipeline(
-        [{"id": "fan", "for_each": "{{ params.regions }}", "max_parallel": 50, "local": True}],
+        [{"id": "fan", "for_each": "{{ params.regions }}", "max_parallel": 50}],
         params={"regions": REGIONS},
     )
     run_input = with_params(definition, regions=items)
@@ -245,7 +242,9 @@ async def test_a_thousand_items_keep_every_history_small(harness: Harness) -> No
     assert [r["item"] for r in fan.result.outputs["results"]] == items
     parent = await harness.client.get_workflow_handle(run_input.context.run_id).fetch_history()
     children = [
-        e for e in parent.events if e.event_type == EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_STARTED
+        e
+        for e in parent.events
+        if e.event_type == EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_STARTED
     ]
     assert len(children) == 5  # 200 items per child run
     sizes = [len(parent.events)]

@@ -149,6 +149,24 @@ SCENARIOS["recorded_pools"] = (
 SCENARIOS["recorded_before_pools"] = SCENARIOS["workflow_driven_retries"]
 # Recorded before sensor steps existed (patch "sensors"): a run in flight at that change.
 SCENARIOS["recorded_before_sensors"] = SCENARIOS["diamond_with_retry"]
+# Recorded before for_each existed (patch "for-each"): a run in flight at that change.
+SCENARIOS["recorded_before_for_each"] = SCENARIOS["recorded_control_flow"]
+# for_each (patch "for-each"): three instances, two at a time, one retried; a join after.
+SCENARIOS["recorded_for_each"] = (
+    {"fan[1]": Behavior(fail_times=1)},
+    [
+        {"id": "start"},
+        {
+            "id": "fan",
+            "depends_on": ["start"],
+            "for_each": "{{ ['eu', 'us', 'apac'] }}",
+            "max_parallel": 2,
+            "retry": {"initial_interval": 0.2},
+        },
+        {"id": "join", "depends_on": ["fan"]},
+    ],
+    {},
+)
 # Sensors (patch "sensors"): one met on its third check, one that times out; their dependants.
 SCENARIOS["sensors"] = (
     {"ready": Behavior(unmet_checks=2), "never": Behavior(unmet_checks=1000)},
