@@ -470,8 +470,6 @@ def _check_for_each(
 ) -> None:
     """`for_each`: one expression over params or upstream results; no saga around it."""
     if step.for_each is None:
-        if "max_parallel" in step.model_fields_set:
-            problems.add(f"{path}.max_parallel", "max_parallel applies only with for_each")
         return
     if compensation:
         problems.add(f"{path}.for_each", "for_each does not apply to a compensation step")

@@ -155,13 +155,15 @@ class ParamType(StrEnum):
     NUMBER = "number"
     BOOLEAN = "boolean"
     DATE = "date"
+    LIST = "list"
+    """A JSON list (`[eu, us]` in YAML; `eu,us` or `["eu","us"]` on the command line)."""
 
 
 class ParamSpec(StrictModel):
     """A typed pipeline parameter; one with `required: true` and no default is given per run."""
 
     type: ParamType = ParamType.STRING
-    default: str | int | float | bool | date | None = None
+    default: str | int | float | bool | date | list[Any] | None = None
     required: bool = False
     description: str = ""
 
@@ -178,6 +180,8 @@ def _param_shorthand(value: Any) -> Any:
         return {"type": "number", "default": value}
     if isinstance(value, date):
         return {"type": "date", "default": value}
+    if isinstance(value, list):
+        return {"type": "list", "default": value}
     if value is None:
         return {"required": True}
     return {"type": "string", "default": value}

@@ -26,7 +26,7 @@ from workflows.pipeline_run import PipelineRunWorkflow
 
 __all__ = ["harness"]  # the fixture
 
-REGIONS = {"type": "string", "default": "eu"}
+REGIONS = {"type": "list", "default": ["eu"]}
 
 
 def with_params(definition: Any, **params: Any) -> RunInput:
