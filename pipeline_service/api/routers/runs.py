@@ -124,15 +124,21 @@ def _detail(session: Session, run: Run, work_dir: Path) -> RunDetail:
         attempts.setdefault(row.step_id, []).append(row)
     steps = []
     for step in version.definition.get("steps", []):
-        rows = sorted(attempts.get(step["id"], []), key=lambda r: r.attempt)
-        steps.append(
-            StepPublic(
-                step_id=step["id"],
-                type=step.get("type", ""),
-                status=rows[-1].status if rows else "PENDING",
-                attempts=[_attempt(r, work_dir) for r in rows],
+        ids = [step["id"]]
+        if step.get("for_each"):  # its instances, `<id>[<index>]`, in item order
+            prefix = f"{step['id']}["
+            found = [s for s in attempts if s.startswith(prefix) and s[len(prefix) : -1].isdigit()]
+            ids += sorted(found, key=lambda s: int(s[len(prefix) : -1]))
+        for step_id in ids:
+            rows = sorted(attempts.get(step_id, []), key=lambda r: r.attempt)
+            steps.append(
+                StepPublic(
+                    step_id=step_id,
+                    type=step.get("type", ""),
+                    status=rows[-1].status if rows else "PENDING",
+                    attempts=[_attempt(r, work_dir) for r in rows],
+                )
             )
-        )
     return RunDetail(**_public(session, run).model_dump(), steps=steps)
 
 
