@@ -47,6 +47,20 @@ class Trigger(StrEnum):
     EVENT = "event"
 
 
+class ReplaySource(BaseModel):
+    """Where a dead-letter replay run's rows are: the quarantine table of one quality check,
+    filtered to the run that quarantined them (`{{ replay.* }}` in templates)."""
+
+    run_id: str
+    """The original run's id (`_laminar_run_id` of its quarantined rows)."""
+    step: str
+    check: str
+    schema_name: str = Field(alias="schema")
+    table: str
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, serialize_by_alias=True)
+
+
 class RunContext(BaseModel):
     """Who and when a run is for: everything templates and steps may see of the run."""
 
@@ -63,6 +77,8 @@ class RunContext(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     """Resolved values: defaults merged with the run's overrides, coerced to the declared types
     (JSON-native: dates are ISO `YYYY-MM-DD` text)."""
+    replay: ReplaySource | None = None
+    """Set on a dead-letter replay run (`laminar quarantine replay`): where the fixed rows are."""
     item: Any = None
     """The item of a `for_each` instance (`{{ item }}`); None outside one."""
     item_index: int | None = None

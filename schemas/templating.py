@@ -19,7 +19,16 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from schemas.run import RunContext, UpstreamResult
 
 TEMPLATE_VARIABLES = frozenset(
-    {"params", "logical_date", "ds", "data_interval_start", "data_interval_end", "run_id", "steps"}
+    {
+        "params",
+        "logical_date",
+        "ds",
+        "data_interval_start",
+        "data_interval_end",
+        "run_id",
+        "steps",
+        "replay",
+    }
 )
 FOR_EACH_VARIABLES = frozenset({"item", "item_index"})
 """Names only the templates of a `for_each` step may use: its instance's item and index."""
@@ -108,6 +117,8 @@ def template_variables(
         "data_interval_start": _iso(context.data_interval_start),
         "data_interval_end": _iso(context.data_interval_end),
         "run_id": context.run_id,
+        # A dead-letter replay run: where its rows are (None otherwise: `{% if replay %}`).
+        "replay": context.replay.model_dump(by_alias=True) if context.replay else None,
     }
     if context.item_index is not None:
         variables.update(item=context.item, item_index=context.item_index)

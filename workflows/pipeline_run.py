@@ -604,7 +604,6 @@ class PipelineRunWorkflow:
             s.id: for_each.instance_context(input.context, fan_out, i)
             for i, s in enumerate(instances)
         }
-        self._recorder = RunRecorder(input.context.run_id, enabled=False)
 
     async def _run_instances(self, fan_out: FanOut) -> RunSummary:
         """A child run of one batch of instances: at most `max_parallel` at once. Records the

@@ -62,6 +62,7 @@ def _ms(start: datetime | None, end: datetime | None) -> int | None:
 def _public(session: Session, run: Run) -> RunPublic:
     names = repo.run_names(session, run)
     retry_of = session.get(Run, run.retry_of_id) if run.retry_of_id else None
+    replay_of = session.get(Run, run.replay_of_id) if run.replay_of_id else None
     return RunPublic(
         id=run.public_id,
         pipeline=names.pipeline,
@@ -78,6 +79,8 @@ def _public(session: Session, run: Run) -> RunPublic:
         duration_ms=_ms(run.started_at, run.finished_at),
         error=run.error,
         retry_of=retry_of.public_id if retry_of else None,
+        replay_of=replay_of.public_id if replay_of else None,
+        replay=(run.launch_options or {}).get("replay"),
         waiting=run.submitted_at is None and run.status == RecordedRunStatus.QUEUED.value,
         priority=run.priority,
     )
