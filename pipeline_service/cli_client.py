@@ -311,6 +311,9 @@ def _show_run(run: dict[str, Any]) -> None:
     console.print(table)
     console.print(f"{run['pipeline']} v{run['version']}: [bold]{run['status']}[/]"
                   + (f"  {run['error']}" if run.get("error") else ""))  # fmt: skip
+    for link, what in (("retry_of", "retries"), ("replay_of", "replays quarantined rows of")):
+        if run.get(link):
+            console.print(f"{what} run {run[link]}", highlight=False)
 
 
 def _wait(api: Api, run: dict[str, Any]) -> int:
