@@ -517,7 +517,7 @@ def test_template_problems_have_field_paths(tmp_path: Path) -> None:
     assert problems == [
         "steps[0].sql: unknown param 'regin' in template (declare it under params:)",
         "steps[1].args[1]: unknown template variable 'nope' (available: data_interval_end, "
-        "data_interval_start, ds, logical_date, params, run_id, steps)",
+        "data_interval_start, ds, logical_date, params, replay, run_id, steps)",
         "steps[1].env.REGION: unknown param 'regio' in template (declare it under params:)",
         problems[3],
     ]
