@@ -582,6 +582,8 @@ class PipelineRunWorkflow:
             summary: RunSummary = await workflow.execute_child_workflow(
                 "PipelineRunWorkflow",
                 self._input.model_copy(update={"fan_out": batch, "reuse": {}}),
+                # The run id, not workflow.info(): a replay (tests) may name the workflow
+                # otherwise. They are the same for every run the launcher starts.
                 id=f"{self._input.context.run_id}/{step.id}/for_each/{number}",
                 result_type=RunSummary,
             )
