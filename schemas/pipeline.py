@@ -225,9 +225,11 @@ class StepOnFailure(StrEnum):
 
 
 MAX_FOR_EACH_PARALLEL = 100
-MAX_FOR_EACH_ITEMS = 10_000
-"""The most items one `for_each` step fans out to (instances run in child workflows of
-FOR_EACH_BATCH items each, so a run's own history stays small)."""
+MAX_FOR_EACH_ITEMS = 2_000
+"""The most items one `for_each` step fans out to. Histories are not the bound (instances run
+in child workflows of FOR_EACH_BATCH items each): the run's summary lists every instance's
+state and the step's result every instance's result, and such a payload must stay well below
+Temporal's 2 MB limit (about 0.5-0.6 KB per instance)."""
 
 
 class StepBase(StrictModel):

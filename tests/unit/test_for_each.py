@@ -94,7 +94,7 @@ def test_items_of_a_param_and_of_an_upstream_result() -> None:
         ("eu,us", "yielded str, not a list"),
         ({"a": 1}, "yielded dict, not a list"),
         (3, "yielded int, not a list"),
-        (list(range(10_001)), "10001 items, more than the limit of 10000"),
+        (list(range(2_001)), "2001 items, more than the limit of 2000"),
     ],
 )
 def test_what_is_no_usable_list(value: object, message: str) -> None:
