@@ -84,7 +84,10 @@ class StepActivities:
     @activity.defn(name=RUN_STEP)
     async def run_step(self, input: RunStepInput) -> StepResult:
         info = activity.info()
-        step = input.step
+        # A for_each instance runs its step under the instance's name (`<id>[<index>]`).
+        step = (
+            input.step.model_copy(update={"id": input.instance}) if input.instance else input.step
+        )
         attempt = input.attempt_offset + info.attempt
         progress = _Progress()
         # Log records of this attempt (ours and the worker's) carry its step and attempt; the

@@ -311,6 +311,9 @@ def _show_run(run: dict[str, Any]) -> None:
     console.print(table)
     console.print(f"{run['pipeline']} v{run['version']}: [bold]{run['status']}[/]"
                   + (f"  {run['error']}" if run.get("error") else ""))  # fmt: skip
+    for link, what in (("retry_of", "retries"), ("replay_of", "replays quarantined rows of")):
+        if run.get(link):
+            console.print(f"{what} run {run[link]}", highlight=False)
 
 
 def _wait(api: Api, run: dict[str, Any]) -> int:
@@ -402,6 +405,31 @@ def runs_retry(
         raise typer.Exit(_wait(api, run))
 
 
+quarantine_app = typer.Typer(
+    help="Quarantined rows (dead letters of quality checks): replay them.", no_args_is_help=True
+)
+
+
+@quarantine_app.command("replay")
+def quarantine_replay(
+    run_id: str,
+    check: str,
+    step: Annotated[
+        str | None, typer.Option(help="The quality step, when several have the check.")
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait")] = False,
+    url: Url = DEFAULT_URL,
+    api_key: Key = None,
+) -> None:
+    """A new run, linked to RUN_ID, whose load step reads the (fixed) rows CHECK quarantined
+    in that run (`{{ replay }}` in its templates)."""
+    api = Api(url, api_key)
+    run = api.call("POST", f"/v1/runs/{run_id}/quarantine/{check}/replay", json={"step": step})
+    console.print(f"run [cyan]{run['id']}[/] replays {check} of {run_id} ({run['status']})")
+    if wait:
+        raise typer.Exit(_wait(api, run))
+
+
 @tenants_app.command("create")
 def tenants_create(name: str, url: Url = DEFAULT_URL, api_key: Key = None) -> None:
     """Create a tenant (needs the platform admin key)."""
@@ -432,5 +460,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(backfills_app, name="backfills")
     app.command("backfill")(backfill)
     app.add_typer(runs_app, name="runs")
+    app.add_typer(quarantine_app, name="quarantine")
     app.add_typer(tenants_app, name="tenants")
     app.add_typer(keys_app, name="keys")

@@ -39,7 +39,7 @@ from schemas.events import EventType
 from schemas.loading import PipelineValidationError, resolve_params, validate_pipeline
 from schemas.pipeline import PipelineDefinition
 from schemas.recording import PipelineStatus, RecordedRunStatus
-from schemas.run import RunContext, RunInput, StepResult, Trigger
+from schemas.run import ReplaySource, RunContext, RunInput, StepResult, Trigger
 from workflows.pipeline_run import PipelineRunWorkflow
 
 TENANT_KEY = SearchAttributeKey.for_keyword("LaminarTenant")
@@ -75,6 +75,9 @@ class LaunchRequest:
     idempotency_key: str | None = None
     trigger: Trigger = Trigger.MANUAL
     retry_of_id: int | None = None
+    replay: ReplaySource | None = None
+    """A dead-letter replay: the quarantined rows the run re-reads (`{{ replay }}`)."""
+    replay_of_id: int | None = None
     version: int | None = None
     """The version to run (a retry runs its original's); default: the current one."""
     reuse: dict[str, StepResult] = field(default_factory=dict)
@@ -149,6 +152,7 @@ def _record(
         options = {
             "reuse": {k: v.model_dump(mode="json") for k, v in request.reuse.items()},
             "max_parallelism": request.max_parallelism,
+            "replay": request.replay.model_dump(by_alias=True) if request.replay else None,
             "data_interval_end": (
                 request.data_interval_end.isoformat() if request.data_interval_end else None
             ),
@@ -167,6 +171,7 @@ def _record(
                 params=params,
                 idempotency_key=request.idempotency_key,
                 retry_of_id=request.retry_of_id,
+                replay_of_id=request.replay_of_id,
                 priority=request.priority,
                 submitted_at=submitted_at,
                 launch_options=options,
@@ -293,6 +298,7 @@ def build_run_input(
             else run.logical_date
         ),
         params=run.params,
+        replay=ReplaySource.model_validate(options["replay"]) if options.get("replay") else None,
     )
     return RunInput(
         pipeline=definition,

@@ -43,6 +43,10 @@ def _detail(step: StepState) -> str:
     return ""
 
 
+MAX_VALUE_TEXT = 300
+"""A result value longer than this is cut in the final summary (a for_each step's list)."""
+
+
 def render_table(state: RunState) -> Table:
     table = Table(title=f"{state.pipeline}  [{state.status}]", title_justify="left")
     for column in ("step", "type", "status", "attempt", "time", "detail"):
@@ -112,10 +116,14 @@ class ProgressView:
             line += f": {summary.error}"
         self.console.print(line)
         for step in summary.steps:
+            if step.step_id.endswith("]"):
+                continue  # a for_each instance: its step lists the results
             outputs = step.result.outputs if step.result else {}
             for key, value in outputs.items():
                 if key != "statements":
-                    self.console.print(f"  {step.step_id}.{key} = {value}", highlight=False)
+                    text = str(value)
+                    text = text if len(text) <= MAX_VALUE_TEXT else text[:MAX_VALUE_TEXT] + "..."
+                    self.console.print(f"  {step.step_id}.{key} = {text}", highlight=False)
             for name, table in (step.result.tables if step.result else {}).items():
                 self.console.print(
                     f"  {step.step_id} output {name} -> table {table}", highlight=False

@@ -33,6 +33,7 @@ from schemas.handoff_checks import (
 )
 from schemas.pipeline import (
     LOCAL_STEP_MAX_TIMEOUT,
+    MAX_FOR_EACH_ITEMS,
     FlinkStep,
     PythonStep,
     QualityStep,
@@ -46,14 +47,20 @@ from schemas.quality_validation import quality_problems
 from schemas.run import RunContext, UpstreamResult
 from schemas.sql_templates import IDENT_HINT, render_sql
 from schemas.templating import (
+    FOR_EACH_VARIABLES,
     TemplateProblem,
     check_template,
     is_template,
     render_text,
     renders_in_bounded_time,
+    single_expression,
+    uses_names,
 )
 
 __all__ = ["check_pipeline"]
+
+MAX_STEP_ID_LENGTH = 64
+"""The longest step id (STEP_ID_PATTERN; step_runs.step_id holds as much)."""
 
 
 class _Problems(list[Problem]):
@@ -364,12 +371,16 @@ def _check_step(path: str, step: Step, owner: str, scope: _Scope, problems: _Pro
     its step's: it may refer to what its step could, and to its step)."""
     bad_templates = set()
     upstream = scope.ancestors.get(owner, set()) | ({owner} if owner != step.id else set())
+    item_names = FOR_EACH_VARIABLES if step.for_each is not None else frozenset()
     for field_path, text in _templated_fields(path, step):
-        messages = check_template(text, scope.params)
+        messages = check_template(text, scope.params, item_names)
         messages += reference_problems(text, step.id, upstream, scope.outputs)
         for message in messages:
             problems.add(field_path, message)
             bad_templates.add(field_path)
+        if item_names and uses_names(text, item_names):
+            bad_templates.add(field_path)  # the item's shape is known only at run time
+            continue
         if field_path in bad_templates or isinstance(step, SqlStep | QualityStep):
             continue
         # Render text templates as the run will (sandbox refusals, type errors), unless
@@ -400,6 +411,7 @@ def _check_step(path: str, step: Step, owner: str, scope: _Scope, problems: _Pro
     if step.runs_local:
         _check_local_step(path, step, problems)
     _check_control_flow(path, step, step.id != owner, upstream, scope, problems)
+    _check_for_each(path, step, step.id != owner, upstream, scope, problems)
     if step.compensate is not None:
         _check_step(f"{path}.compensate", step.compensate, owner, scope, problems)
 
@@ -446,6 +458,45 @@ def _check_control_flow(
             messages.append(str(exc))
     for message in messages:
         problems.add(f"{path}.when", message)
+
+
+def _check_for_each(
+    path: str,
+    step: Step,
+    compensation: bool,
+    upstream: set[str],
+    scope: _Scope,
+    problems: _Problems,
+) -> None:
+    """`for_each`: one expression over params or upstream results; no saga around it."""
+    if step.for_each is None:
+        return
+    if compensation:
+        problems.add(f"{path}.for_each", "for_each does not apply to a compensation step")
+        return
+    longest = len(f"{step.id}[{MAX_FOR_EACH_ITEMS - 1}]")
+    if longest > MAX_STEP_ID_LENGTH:
+        problems.add(
+            f"{path}.id",
+            f"a for_each step's id must leave room for its instances' '[<index>]' "
+            f"(at most {MAX_STEP_ID_LENGTH - longest + len(step.id)} characters)",
+        )
+    if step.compensate is not None:
+        problems.add(
+            f"{path}.compensate",
+            "a for_each step cannot have compensate (compensate the work in a later step)",
+        )
+    if single_expression(step.for_each) is None:
+        problems.add(
+            f"{path}.for_each",
+            "expected one expression that yields a list, like '{{ params.regions }}' or "
+            "'{{ steps.list_files.result.files }}'",
+        )
+        return
+    messages = check_template(step.for_each, scope.params)
+    messages += reference_problems(step.for_each, step.id, upstream, scope.outputs)
+    for message in messages:
+        problems.add(f"{path}.for_each", message)
 
 
 def _check_output_owners(steps: Mapping[int, Step], problems: _Problems) -> None:

@@ -121,7 +121,8 @@ def template_texts(step: Step) -> list[str]:
 
 def referenced_steps(step: Step) -> list[str]:
     """Ids of the steps whose results `step`'s templates use (what the workflow passes it)."""
-    ids = {ref[0] for text in template_texts(step) for ref in step_references(text)}
+    texts = [*template_texts(step), *([step.for_each] if step.for_each else [])]
+    ids = {ref[0] for text in texts for ref in step_references(text)}
     return sorted(ids)
 
 

@@ -9,6 +9,7 @@ parsed data, and `schemas.checks` the rules that need the whole definition.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -207,6 +208,7 @@ _TYPE_NAMES = {
     ParamType.NUMBER: "a number",
     ParamType.BOOLEAN: "a boolean (true/false/yes/no/1/0)",
     ParamType.DATE: "a date (YYYY-MM-DD)",
+    ParamType.LIST: "a list (JSON, or comma-separated text on the command line)",
 }
 
 
@@ -247,6 +249,10 @@ def coerce_param(value: Any, kind: ParamType, *, parse_text: bool) -> Any:
             return value
         if parse is not None and parse.lower() in _TRUE | _FALSE:
             return parse.lower() in _TRUE
+    if kind is ParamType.LIST:
+        items = _list_param(value, parse)
+        if items is not None:
+            return items
     if kind is ParamType.DATE:
         day = value if isinstance(value, date) and not isinstance(value, datetime) else None
         if day is None:
@@ -255,6 +261,25 @@ def coerce_param(value: Any, kind: ParamType, *, parse_text: bool) -> Any:
         if day is not None:
             return day.isoformat()
     raise ValueError(f"expected {_TYPE_NAMES[kind]}, got {_describe(value)}")
+
+
+def _list_param(value: Any, parse: str | None) -> list[Any] | None:
+    """A list param's value: a JSON list; as text, JSON (`["eu","us"]`) or `eu,us`."""
+    items: Any = None
+    if isinstance(value, list):
+        items = value
+    elif parse is not None:
+        if parse.startswith("["):
+            with contextlib.suppress(ValueError):
+                items = json.loads(parse)
+        else:
+            items = [part.strip() for part in parse.split(",") if part.strip()]
+    if not isinstance(items, list):
+        return None
+    try:  # JSON-ready: the value travels through Temporal as JSON
+        return list(json.loads(json.dumps(items, allow_nan=False)))
+    except (TypeError, ValueError):
+        return None
 
 
 _PARAM_ADAPTER: TypeAdapter[ParamSpec] = TypeAdapter(Param)
@@ -273,7 +298,9 @@ def _check_params(raw: Any, problems: _Problems) -> dict[str, ParamSpec]:
         except ValidationError as exc:
             for err in exc.errors(include_url=False):
                 if err["loc"][:1] == ("default",):  # one error per member of the value union
-                    problems.add(f"{path}.default", "must be a string, number, boolean or date")
+                    problems.add(
+                        f"{path}.default", "must be a string, number, boolean, date or list"
+                    )
                 else:
                     problems.append(_error_problem(path, err["loc"], err, ParamSpec))
             continue
@@ -292,6 +319,7 @@ _PLACEHOLDERS: dict[ParamType, Any] = {
     ParamType.NUMBER: 1.0,
     ParamType.BOOLEAN: True,
     ParamType.DATE: "2000-01-01",
+    ParamType.LIST: ["x"],
 }
 
 

@@ -155,13 +155,15 @@ class ParamType(StrEnum):
     NUMBER = "number"
     BOOLEAN = "boolean"
     DATE = "date"
+    LIST = "list"
+    """A JSON list (`[eu, us]` in YAML; `eu,us` or `["eu","us"]` on the command line)."""
 
 
 class ParamSpec(StrictModel):
     """A typed pipeline parameter; one with `required: true` and no default is given per run."""
 
     type: ParamType = ParamType.STRING
-    default: str | int | float | bool | date | None = None
+    default: str | int | float | bool | date | list[Any] | None = None
     required: bool = False
     description: str = ""
 
@@ -178,6 +180,8 @@ def _param_shorthand(value: Any) -> Any:
         return {"type": "number", "default": value}
     if isinstance(value, date):
         return {"type": "date", "default": value}
+    if isinstance(value, list):
+        return {"type": "list", "default": value}
     if value is None:
         return {"required": True}
     return {"type": "string", "default": value}
@@ -220,6 +224,14 @@ class StepOnFailure(StrEnum):
     """The step's failure does not fail the run; dependants see it as a success."""
 
 
+MAX_FOR_EACH_PARALLEL = 100
+MAX_FOR_EACH_ITEMS = 2_000
+"""The most items one `for_each` step fans out to. Histories are not the bound (instances run
+in child workflows of FOR_EACH_BATCH items each): the run's summary lists every instance's
+state and the step's result every instance's result, and such a payload must stay well below
+Temporal's 2 MB limit (about 0.5-0.6 KB per instance)."""
+
+
 class StepBase(StrictModel):
     LOCAL_BY_DEFAULT: ClassVar[bool] = False
 
@@ -243,6 +255,13 @@ class StepBase(StrictModel):
     """A named slot pool (set by the platform admin, per tenant or global): each attempt of
     the step holds one of its slots, so at most `slots` such steps run at once, across runs
     and tenants."""
+    for_each: str | None = Field(None, min_length=1, max_length=10_000)
+    """Dynamic fan-out: one expression (`{{ params.regions }}`, `{{ steps.ls.result.files }}`)
+    that yields a list; one instance of the step runs per item (`<id>[<index>]`), with `item`
+    and `item_index` in its templates. Its result is `{"results": [...], "count": n}`, the
+    instances' results in item order."""
+    max_parallel: int = Field(4, ge=1, le=MAX_FOR_EACH_PARALLEL)
+    """At most this many instances of a `for_each` step run at once."""
 
     @model_validator(mode="before")
     @classmethod

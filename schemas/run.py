@@ -47,6 +47,20 @@ class Trigger(StrEnum):
     EVENT = "event"
 
 
+class ReplaySource(BaseModel):
+    """Where a dead-letter replay run's rows are: the quarantine table of one quality check,
+    filtered to the run that quarantined them (`{{ replay.* }}` in templates)."""
+
+    run_id: str
+    """The original run's id (`_laminar_run_id` of its quarantined rows)."""
+    step: str
+    check: str
+    schema_name: str = Field(alias="schema")
+    table: str
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, serialize_by_alias=True)
+
+
 class RunContext(BaseModel):
     """Who and when a run is for: everything templates and steps may see of the run."""
 
@@ -63,6 +77,12 @@ class RunContext(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     """Resolved values: defaults merged with the run's overrides, coerced to the declared types
     (JSON-native: dates are ISO `YYYY-MM-DD` text)."""
+    replay: ReplaySource | None = None
+    """Set on a dead-letter replay run (`laminar quarantine replay`): where the fixed rows are."""
+    item: Any = None
+    """The item of a `for_each` instance (`{{ item }}`); None outside one."""
+    item_index: int | None = None
+    """The index of a `for_each` instance's item (`{{ item_index }}`); None outside one."""
 
     @classmethod
     def manual(
@@ -84,6 +104,18 @@ class RunContext(BaseModel):
         )
 
 
+class FanOut(BaseModel):
+    """A child run of one batch of a `for_each` step's instances (items `offset`, `offset+1`...)."""
+
+    step_id: str
+    items: list[Any]
+    offset: int = 0
+    upstream: dict[str, UpstreamResult] = Field(default_factory=dict)
+    """The results of the upstream steps the step's templates refer to, from the parent run."""
+    fail_fast: bool = False
+    """The parent pipeline fails fast: the first failed instance cancels the others."""
+
+
 class RunInput(BaseModel):
     """The one input of PipelineRunWorkflow. The definition is fixed for the run's lifetime."""
 
@@ -99,6 +131,9 @@ class RunInput(BaseModel):
     """Record every transition in the service database (`record_run_event`). Off for runs
     started before recording existed (their histories have no such calls) and for `laminar
     run` until it embeds the service."""
+    fan_out: FanOut | None = None
+    """Set on the child runs of a `for_each` step: run these instances of the step, not the
+    pipeline (their transitions are recorded under the parent's run id)."""
 
 
 class StepResult(BaseModel):
@@ -134,6 +169,8 @@ class RunStepInput(BaseModel):
     compensation: bool = False
     upstream: dict[str, UpstreamResult] = Field(default_factory=dict)
     """Results of the upstream steps this step's templates refer to (only those: small)."""
+    instance: str | None = None
+    """The `for_each` instance (`<id>[<index>]`) this runs; `step` carries the step's own id."""
     report_retries: bool = True
     """Signal the workflow when an attempt fails and Temporal retries it: only for runs that
     started before the workflow drove retries itself (it sees every failed attempt now)."""

@@ -8,18 +8,30 @@ render in `schemas.sql_templates`, where every `{{ ... }}` becomes a bind parame
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, nodes
+from jinja2 import StrictUndefined, TemplateError, Undefined, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from schemas.run import RunContext, UpstreamResult
 
 TEMPLATE_VARIABLES = frozenset(
-    {"params", "logical_date", "ds", "data_interval_start", "data_interval_end", "run_id", "steps"}
+    {
+        "params",
+        "logical_date",
+        "ds",
+        "data_interval_start",
+        "data_interval_end",
+        "run_id",
+        "steps",
+        "replay",
+    }
 )
+FOR_EACH_VARIABLES = frozenset({"item", "item_index"})
+"""Names only the templates of a `for_each` step may use: its instance's item and index."""
 STEP_FIELDS = ("result", "outputs")
 """`steps.<id>.result.<key>` (the step's JSON result) and `steps.<id>.outputs.<name>` (the
 table its output was loaded into; in SQL a quoted name, spliced like `ident`)."""
@@ -97,7 +109,7 @@ def steps_variable(upstream: Mapping[str, UpstreamResult], *, sql: bool) -> dict
 def template_variables(
     context: RunContext, upstream: Mapping[str, UpstreamResult] | None = None, *, sql: bool = False
 ) -> dict[str, Any]:
-    return {
+    variables = {
         "steps": steps_variable(upstream or {}, sql=sql),
         "params": dict(context.params),
         "logical_date": _iso(context.logical_date),
@@ -105,7 +117,12 @@ def template_variables(
         "data_interval_start": _iso(context.data_interval_start),
         "data_interval_end": _iso(context.data_interval_end),
         "run_id": context.run_id,
+        # A dead-letter replay run: where its rows are (None otherwise: `{% if replay %}`).
+        "replay": context.replay.model_dump(by_alias=True) if context.replay else None,
     }
+    if context.item_index is not None:
+        variables.update(item=context.item, item_index=context.item_index)
+    return variables
 
 
 # Besides TemplateError, compiling and rendering user templates can raise these (`{{ 1/0 }}`,
@@ -219,8 +236,13 @@ def _undeclared_names(ast: nodes.Template) -> set[str]:
     return loads - stores - _IMPLICIT_NAMES
 
 
-def check_template(source: str, declared_params: set[str] | frozenset[str]) -> list[str]:
+def check_template(
+    source: str,
+    declared_params: set[str] | frozenset[str],
+    extra_names: frozenset[str] = frozenset(),
+) -> list[str]:
     """Problems with a template: syntax, unknown names, unknown `params.x`. Empty when fine.
+    `extra_names` are further variables the template may use (`item` in a for_each step).
 
     Only parses, never compiles or renders, so it is cheap for any input.
     """
@@ -238,8 +260,12 @@ def check_template(source: str, declared_params: set[str] | frozenset[str]) -> l
     try:
         if next(ast.find_all(_REFERENCE_NODES), None) is not None:
             problems.append("templates cannot include, import or extend other templates")
-        for name in sorted(_undeclared_names(ast) - TEMPLATE_VARIABLES):
-            allowed = ", ".join(sorted(TEMPLATE_VARIABLES))
+        known = TEMPLATE_VARIABLES | extra_names
+        for name in sorted(_undeclared_names(ast) - known):
+            if name in FOR_EACH_VARIABLES:
+                problems.append(f"'{name}' is only defined in a step with for_each")
+                continue
+            allowed = ", ".join(sorted(known))
             problems.append(f"unknown template variable '{name}' (available: {allowed})")
         for param in sorted(set(_params_references(ast)) - set(declared_params)):
             problems.append(f"unknown param '{param}' in template (declare it under params:)")
@@ -280,3 +306,41 @@ def renders_in_bounded_time(source: str) -> bool:
         )
     except (TemplateError, ValueError, RecursionError):
         return False
+
+
+_SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>.*)\}\}\s*$", re.DOTALL)
+
+
+def single_expression(source: str) -> str | None:
+    """The expression of a template that is one `{{ ... }}` and nothing else, or None."""
+    found = _SINGLE_EXPRESSION.match(source)
+    if found is None or "{{" in found["expr"] or "}}" in found["expr"]:
+        return None
+    return found["expr"].strip() or None
+
+
+def uses_names(source: str, names: frozenset[str]) -> bool:
+    """Whether a template reads any of `names` (False for unparseable text)."""
+    if not is_template(source):
+        return False
+    try:
+        return bool(_undeclared_names(_text_env.parse(source)) & names)
+    except (TemplateError, ValueError, RecursionError):
+        return False
+
+
+def evaluate_expression(
+    expression: str, context: RunContext, upstream: Mapping[str, UpstreamResult] | None = None
+) -> Any:
+    """The value (not its text) of one template expression, in the sandbox."""
+    try:
+        value = _text_env.compile_expression(expression, undefined_to_none=False)(
+            **template_variables(context, upstream)
+        )
+        if isinstance(value, Undefined):
+            str(value)  # StrictUndefined: raises with the missing name
+        return value
+    except TemplateProblem:
+        raise
+    except RENDER_ERRORS as exc:
+        raise TemplateProblem(f"template error: {exc}") from exc

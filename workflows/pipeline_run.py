@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy as TemporalRetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    ChildWorkflowError,
+    TimeoutError,
+)
 
 with workflow.unsafe.imports_passed_through():
     # `when:` conditions render with Jinja, which imports jinja2.runtime (compiling) and
     # jinja2.debug (on an error) lazily: pass them through, or the sandbox would load a
     # second copy mid-run.
+    # `for_each` compiles its expression (jinja2.compiler and what it imports).
+    import jinja2.compiler
     import jinja2.debug
     import jinja2.runtime  # noqa: F401
 
@@ -28,6 +36,8 @@ with workflow.unsafe.imports_passed_through():
     from schemas.recording import RecordedRunStatus, RecordRunEventsResult
     from schemas.run import (
         STEP_ACTIVE,
+        FanOut,
+        RunContext,
         RunInput,
         RunState,
         RunStatus,
@@ -39,7 +49,7 @@ with workflow.unsafe.imports_passed_through():
         StepStatus,
         UpstreamResult,
     )
-    from workflows import control_flow, dag, pools, retries, sensors
+    from workflows import control_flow, dag, for_each, pools, retries, sensors
     from workflows.recording import RunRecorder
 
 DEFAULT_HEARTBEAT_TIMEOUT = timedelta(seconds=30)
@@ -64,7 +74,7 @@ RECORDING_RETRY = TemporalRetryPolicy(
 
 
 def _cause(error: BaseException) -> BaseException | None:
-    return error.cause if isinstance(error, ActivityError) else error
+    return error.cause if isinstance(error, ActivityError | ChildWorkflowError) else error
 
 
 def _worker_lost(error: BaseException) -> bool:
@@ -82,7 +92,8 @@ def _retryable(error: BaseException) -> bool:
 
 def _describe_failure(error: BaseException) -> tuple[str, str]:
     """(message, type) of an activity failure, from its root cause."""
-    cause = error.cause if isinstance(error, ActivityError) and error.cause else error
+    cause = error.cause if isinstance(error, ActivityError | ChildWorkflowError) else error
+    cause = cause or error
     if isinstance(cause, ApplicationError):
         return cause.message, cause.type or "ApplicationError"
     if isinstance(cause, TimeoutError):
@@ -142,6 +153,12 @@ class PipelineRunWorkflow:
         self._control: control_flow.ControlFlow | None = None
         self._failing_fast = False
         self._first_started: dict[str, datetime] = {}
+        self._instances: dict[str, list[StepState]] = {}
+        """for_each step id -> its instances' states, as their child runs reported them."""
+        self._item_contexts: dict[str, RunContext] = {}
+        self._fan_out_steps: dict[str, Step] = {}
+        if input.fan_out is not None:  # a child run of for_each instances
+            self._init_fan_out(input, input.fan_out)
         # Steps an earlier run did (retry from failure): done before this run starts. Runs
         # started before `reuse` existed have it empty, so their replay takes no other path
         # and issues no other command: no patch is needed for it.
@@ -153,6 +170,8 @@ class PipelineRunWorkflow:
 
     @workflow.run
     async def run(self, input: RunInput) -> RunSummary:
+        if input.fan_out is not None:
+            return await self._run_instances(input.fan_out)
         pipeline = input.pipeline
         graph = dag.dependencies(pipeline.steps)
         steps = {step.id: step for step in pipeline.steps}
@@ -351,6 +370,9 @@ class PipelineRunWorkflow:
 
     async def _execute(self, step: Step, *, compensation: bool = False) -> StepResult:
         """Run one step to success or its last failed attempt."""
+        fans_out = step.for_each is not None and not compensation
+        if fans_out and workflow.patched(for_each.FOR_EACH_PATCH):
+            return await self._fan_out(step)
         if isinstance(step, SensorStep) and workflow.patched(sensors.SENSORS_PATCH):
             return await self._wait_for_sensor(step)
         if workflow.patched(WORKFLOW_DRIVEN_RETRIES):
@@ -360,8 +382,7 @@ class PipelineRunWorkflow:
     async def _wait_for_sensor(self, step: SensorStep) -> StepResult:
         """A sensor: the workflow checks and sleeps until it holds or times out (sensors.py)."""
         run_input = RunStepInput(
-            step=step,
-            context=self._input.context,
+            **self._step_of(step),
             source_dir=self._input.source_dir,
             upstream=self._upstream(step),
             report_retries=False,
@@ -431,8 +452,7 @@ class PipelineRunWorkflow:
         return await _run_step_activity(
             step,
             RunStepInput(
-                step=step,
-                context=self._input.context,
+                **self._step_of(step),
                 source_dir=self._input.source_dir,
                 attempt_offset=attempt - 1,
                 compensation=compensation,
@@ -445,9 +465,21 @@ class PipelineRunWorkflow:
             grace=STOP_GRACE,
         )
 
+    def _step_of(self, step: Step) -> dict[str, Any]:
+        """The step and run context an attempt's input carries: a for_each instance's are its
+        step's (under the step's own id, which validates) and the run's with its item."""
+        context = self._item_contexts.get(step.id)
+        if context is None:
+            return {"step": step, "context": self._input.context}
+        assert self._input.fan_out is not None
+        own = step.model_copy(update={"id": self._input.fan_out.step_id})
+        return {"step": own, "context": context, "instance": step.id}
+
     def _upstream(self, step: Step) -> dict[str, UpstreamResult]:
         """The results of the upstream steps `step`'s templates refer to, and only those:
         activity inputs stay small (validation made sure they are upstream)."""
+        if self._input.fan_out is not None:  # an instance: the parent run passed them
+            return self._input.fan_out.upstream
         found = {}
         for step_id in referenced_steps(step):
             state = self._states.get(step_id)
@@ -531,6 +563,113 @@ class PipelineRunWorkflow:
             status=self._status,
             started_at=self._started_at,
             finished_at=self._finished_at,
-            steps=[state.model_copy() for state in self._states.values()],
+            steps=[
+                copy
+                for step_id, state in self._states.items()
+                for copy in [state.model_copy(), *self._instances.get(step_id, [])]
+            ],
             error=self._error,
         )
+
+    # --- for_each: dynamic fan-out ------------------------------------------------------------
+
+    async def _fan_out(self, step: Step) -> StepResult:
+        """A `for_each` step: its instances run in child runs of FOR_EACH_BATCH items, one
+        batch after the other (each at most `max_parallel` instances at once), so neither
+        history grows with the item count. Fails if any instance did not succeed."""
+        started = workflow.now()
+        upstream = self._upstream(step)
+        try:
+            items = for_each.items_of(step, self._input.context, upstream)
+        except for_each.ForEachProblem as exc:
+            raise ApplicationError(
+                str(exc), type=for_each.FOR_EACH_ERROR, non_retryable=True
+            ) from None
+        fail_fast = self._input.pipeline.on_failure == OnFailure.FAIL_FAST
+        instances = self._instances.setdefault(step.id, [])
+        for number, batch in enumerate(for_each.batches(step.id, items, upstream, fail_fast)):
+            summary: RunSummary = await workflow.execute_child_workflow(
+                "PipelineRunWorkflow",
+                self._input.model_copy(update={"fan_out": batch, "reuse": {}}),
+                # The run id, not workflow.info(): a replay (tests) may name the workflow
+                # otherwise. They are the same for every run the launcher starts.
+                id=f"{self._input.context.run_id}/{step.id}/for_each/{number}",
+                result_type=RunSummary,
+            )
+            instances.extend(summary.steps)
+            if fail_fast and summary.status != RunStatus.SUCCEEDED:
+                break
+        error = for_each.failure_of(step.id, instances, len(items))
+        if error is not None:
+            raise ApplicationError(error, type=for_each.FOR_EACH_FAILED, non_retryable=True)
+        result = for_each.result_of(instances)
+        result.started_at, result.finished_at = started, workflow.now()
+        return result
+
+    def _init_fan_out(self, input: RunInput, fan_out: FanOut) -> None:
+        step = next(s for s in input.pipeline.steps if s.id == fan_out.step_id)
+        instances = for_each.instance_steps(step, fan_out)
+        self._fan_out_steps = {s.id: s for s in instances}
+        self._states = {s.id: StepState(step_id=s.id, type=s.type) for s in instances}
+        self._item_contexts = {
+            s.id: for_each.instance_context(input.context, fan_out, i)
+            for i, s in enumerate(instances)
+        }
+
+    async def _run_instances(self, fan_out: FanOut) -> RunSummary:
+        """A child run of one batch of instances: at most `max_parallel` at once. Records the
+        instances' transitions under the parent's run id (never the run's own status) and
+        returns every instance's state (a failed instance does not fail this workflow)."""
+        steps = self._fan_out_steps
+        limit = next(s for s in self._input.pipeline.steps if s.id == fan_out.step_id).max_parallel
+        self._recorder.enabled = self._input.record and workflow.patched(RECORDING_PATCH)
+        graph: dag.Graph = {step_id: () for step_id in steps}
+        position = {step_id: i for i, step_id in enumerate(steps)}
+        pending = list(steps)
+        running: dict[asyncio.Task[StepResult], str] = {}
+        try:
+            while pending or running:
+                while pending and len(running) < limit:
+                    step_id = pending.pop(0)
+                    self._mark_started(step_id)
+                    running[asyncio.create_task(self._execute(steps[step_id]))] = step_id
+                await self._flush()
+                done, _ = await workflow.wait(list(running), return_when=asyncio.FIRST_COMPLETED)
+                for task in sorted(done, key=lambda t: position[running[t]]):
+                    self._finish(graph, running.pop(task), task)
+                if fan_out.fail_fast and any(
+                    st.status == StepStatus.FAILED for st in self._states.values()
+                ):
+                    self._stop_instances(
+                        running, pending, "an instance failed and the run fails fast"
+                    )
+                    await asyncio.gather(*running, return_exceptions=True)
+                    break
+        except asyncio.CancelledError:
+            self._stop_instances(running, pending, "the step was cancelled")
+            await asyncio.gather(*running, return_exceptions=True)
+            await self._flush()
+            raise
+        failed = any(st.status != StepStatus.SUCCEEDED for st in self._states.values())
+        self._status = RunStatus.FAILED if failed else RunStatus.SUCCEEDED
+        self._finished_at = workflow.now()
+        await self._flush()
+        return self._summary()
+
+    def _stop_instances(
+        self, running: dict[asyncio.Task[StepResult], str], pending: list[str], reason: str
+    ) -> None:
+        for task, step_id in running.items():
+            task.cancel()
+            state = self._states[step_id]
+            state.status, state.error, state.finished_at = (
+                StepStatus.CANCELLED,
+                f"cancelled: {reason}",
+                workflow.now(),
+            )
+            self._recorder.step(state)
+        for step_id in pending:
+            state = self._states[step_id]
+            state.status, state.error = StepStatus.SKIPPED, f"not started: {reason}"
+            self._recorder.step(state)
+        pending.clear()

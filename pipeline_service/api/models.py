@@ -195,6 +195,12 @@ class RunPublic(BaseModel):
     duration_ms: int | None
     error: str | None
     retry_of: str | None = None
+    replay_of: str | None = Field(
+        None, description="A dead-letter replay: the run whose quarantined rows this run re-read."
+    )
+    replay: dict[str, str] | None = Field(
+        None, description="A dead-letter replay: run_id, step, check, schema and table of the rows."
+    )
     waiting: bool = Field(
         False, description="QUEUED for a concurrency slot of the tenant's quota (not started)."
     )

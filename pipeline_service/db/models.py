@@ -228,6 +228,8 @@ class Run(Base):
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     retry_of_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+    replay_of_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+    """A dead-letter replay: the run whose quarantined rows this run re-read."""
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     """Waiting runs start highest priority first, then oldest first (launcher.Priority)."""
     submitted_at: Mapped[datetime | None] = mapped_column(UtcDateTime)

@@ -33,6 +33,7 @@ class NewRun:
     params: dict[str, Any]
     idempotency_key: str | None = None
     retry_of_id: int | None = None
+    replay_of_id: int | None = None
     priority: int = 0
     submitted_at: datetime | None = None
     launch_options: dict[str, Any] | None = None

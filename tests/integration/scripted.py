@@ -62,6 +62,9 @@ class ScriptedExecutor:
         if step.type == "sensor":
             checks = sum(1 for called, _ in self.calls if called == step.id)
             return StepResult(outputs={"met": checks > behavior.unmet_checks})
+        if ctx.run.item_index is not None:  # a for_each instance: echo its item
+            outputs = {"attempt": ctx.attempt, "item": ctx.run.item, "index": ctx.run.item_index}
+            return StepResult(outputs=outputs)
         return StepResult(outputs={"attempt": ctx.attempt})
 
 

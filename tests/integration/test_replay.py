@@ -154,6 +154,26 @@ SCENARIOS["recorded_before_sensors"] = SCENARIOS["diamond_with_retry"]
 SCENARIOS["recorded_before_step_started_at"] = SCENARIOS["workflow_driven_retries"]
 # With that patch: every attempt's input carries the step's first start (RunStepInput).
 SCENARIOS["step_started_at"] = SCENARIOS["workflow_driven_retries"]
+# Recorded before for_each existed (patch "for-each"): a run in flight at that change.
+SCENARIOS["recorded_before_for_each"] = SCENARIOS["recorded_control_flow"]
+# for_each (patch "for-each"): three instances, two at a time, one retried; a join after.
+SCENARIOS["recorded_for_each"] = (
+    {"fan[1]": Behavior(fail_times=1)},
+    [
+        {"id": "start"},
+        {
+            "id": "fan",
+            "depends_on": ["start"],
+            "for_each": "{{ ['eu', 'us', 'apac'] }}",
+            "max_parallel": 2,
+            "retry": {"initial_interval": 0.2},
+        },
+        {"id": "join", "depends_on": ["fan"]},
+    ],
+    {},
+)
+CHILD_RUNS = {"recorded_for_each": {"recorded_for_each_child": "fan/for_each/0"}}
+"""Child runs recorded with a scenario: history name -> workflow id after the parent's."""
 # Sensors (patch "sensors"): one met on its third check, one that times out; their dependants.
 SCENARIOS["sensors"] = (
     {"ready": Behavior(unmet_checks=2), "never": Behavior(unmet_checks=1000)},
@@ -191,6 +211,20 @@ async def _record(client: Client, tmp_path: Path, name: str) -> None:
             await handle.result()
     history = await handle.fetch_history()
     (HISTORIES / f"{name}.json").write_text(history.to_json())
+    for child_name, child_id in CHILD_RUNS.get(name, {}).items():
+        child = await client.get_workflow_handle(f"{run_id}/{child_id}").fetch_history()
+        (HISTORIES / f"{child_name}.json").write_text(child.to_json())
+
+
+@pytest.mark.parametrize("name", sorted(n for children in CHILD_RUNS.values() for n in children))
+async def test_replay_saved_child_history(name: str) -> None:
+    """A child run (for_each instances) replays on its own: its history is recorded with its
+    parent's (above)."""
+    path = HISTORIES / f"{name}.json"
+    if not path.exists():
+        pytest.fail(f"{path} is missing: record its parent with LAMINAR_RECORD_HISTORIES=1")
+    replayer = Replayer(workflows=[PipelineRunWorkflow], data_converter=pydantic_data_converter)
+    await replayer.replay_workflow(WorkflowHistory.from_json(name, path.read_text()))
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))

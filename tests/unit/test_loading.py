@@ -517,7 +517,7 @@ def test_template_problems_have_field_paths(tmp_path: Path) -> None:
     assert problems == [
         "steps[0].sql: unknown param 'regin' in template (declare it under params:)",
         "steps[1].args[1]: unknown template variable 'nope' (available: data_interval_end, "
-        "data_interval_start, ds, logical_date, params, run_id, steps)",
+        "data_interval_start, ds, logical_date, params, replay, run_id, steps)",
         "steps[1].env.REGION: unknown param 'regio' in template (declare it under params:)",
         problems[3],
     ]
@@ -649,7 +649,8 @@ def test_param_defaults_must_match_the_declared_type(tmp_path: Path) -> None:
         "b": {"type": "boolean", "default": "yes"},
         "d": {"type": "date", "default": "31/01/2024"},
         "s": {"type": "string", "default": 5},
-        "l": [1, 2],
+        "l": {"type": "list", "default": "eu"},
+        "m": {"default": {"a": 1}},
         "t": {"type": "decimal"},
         "ok_date": {"type": "date", "default": "2024-01-31"},
     }
@@ -660,10 +661,12 @@ def test_param_defaults_must_match_the_declared_type(tmp_path: Path) -> None:
         "params.b.default: expected a boolean (true/false/yes/no/1/0), got string 'yes'",
         "params.d.default: expected a date (YYYY-MM-DD), got string '31/01/2024'",
         "params.s.default: expected a string, got integer 5",
-        "params.l.default: must be a string, number, boolean or date",
-        problems[6],
+        "params.l.default: expected a list (JSON, or comma-separated text on the command "
+        "line), got string 'eu'",
+        "params.m.default: must be a string, number, boolean, date or list",
+        problems[7],
     ]
-    assert problems[6].startswith("params.t.type: Input should be 'string', 'integer'")
+    assert problems[7].startswith("params.t.type: Input should be 'string', 'integer'")
 
 
 # --- resolve_params ---------------------------------------------------------------------------
@@ -742,11 +745,14 @@ def test_resolved_params_are_json_serialisable() -> None:
         flag=True,
         day=date(2024, 1, 1),
         unset={"type": "date"},
+        regions=["eu", 1],
     )
     from_defaults = resolve_params(pipeline, {})
     from_text = resolve_params(
-        pipeline, {"s": "x", "n": "2", "ratio": "1e3", "flag": "no", "day": "2024-12-31"}
+        pipeline,
+        {"s": "x", "n": "2", "ratio": "1e3", "flag": "no", "day": "2024-12-31", "regions": "a,b"},
     )
+    assert from_text["regions"] == ["a", "b"] and from_defaults["regions"] == ["eu", 1]
     for resolved in (from_defaults, from_text):
         assert json.loads(json.dumps(resolved)) == resolved
     kinds = {spec.type for spec in pipeline.params.values()}

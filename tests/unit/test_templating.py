@@ -144,7 +144,7 @@ def test_check_template_reports_unknown_names_and_params() -> None:
     problems = check_template("{{ params.regin }} {{ nope }} {{ params['x'] }}", {"region"})
     assert problems == [
         "unknown template variable 'nope' (available: data_interval_end, data_interval_start, "
-        "ds, logical_date, params, run_id, steps)",
+        "ds, logical_date, params, replay, run_id, steps)",
         "unknown param 'regin' in template (declare it under params:)",
         "unknown param 'x' in template (declare it under params:)",
     ]

@@ -63,6 +63,7 @@ def _ms(start: datetime | None, end: datetime | None) -> int | None:
 def _public(session: Session, run: Run) -> RunPublic:
     names = repo.run_names(session, run)
     retry_of = session.get(Run, run.retry_of_id) if run.retry_of_id else None
+    replay_of = session.get(Run, run.replay_of_id) if run.replay_of_id else None
     return RunPublic(
         id=run.public_id,
         pipeline=names.pipeline,
@@ -79,6 +80,8 @@ def _public(session: Session, run: Run) -> RunPublic:
         duration_ms=_ms(run.started_at, run.finished_at),
         error=run.error,
         retry_of=retry_of.public_id if retry_of else None,
+        replay_of=replay_of.public_id if replay_of else None,
+        replay=(run.launch_options or {}).get("replay"),
         waiting=run.submitted_at is None and run.status == RecordedRunStatus.QUEUED.value,
         priority=run.priority,
     )
@@ -120,16 +123,22 @@ def _detail(session: Session, run: Run, logs: StepLogs) -> RunDetail:
             )
     steps = []
     for step in version.definition.get("steps", []):
-        rows = sorted(attempts.get(step["id"], []), key=lambda r: r.attempt)
-        steps.append(
-            StepPublic(
-                step_id=step["id"],
-                type=step.get("type", ""),
-                status=rows[-1].status if rows else "PENDING",
-                attempts=[_attempt(r, tails.get((r.step_id, r.attempt))) for r in rows],
-                waiting_for_pool=waits.get(step["id"]),
+        ids = [step["id"]]
+        if step.get("for_each"):  # its instances, `<id>[<index>]`, in item order
+            prefix = f"{step['id']}["
+            found = [s for s in attempts if s.startswith(prefix) and s[len(prefix) : -1].isdigit()]
+            ids += sorted(found, key=lambda s: int(s[len(prefix) : -1]))
+        for step_id in ids:
+            rows = sorted(attempts.get(step_id, []), key=lambda r: r.attempt)
+            steps.append(
+                StepPublic(
+                    step_id=step_id,
+                    type=step.get("type", ""),
+                    status=rows[-1].status if rows else "PENDING",
+                    attempts=[_attempt(r, tails.get((r.step_id, r.attempt))) for r in rows],
+                    waiting_for_pool=waits.get(step_id),
+                )
             )
-        )
     return RunDetail(**_public(session, run).model_dump(), steps=steps)
 
 
