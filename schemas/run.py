@@ -137,6 +137,10 @@ class RunStepInput(BaseModel):
     report_retries: bool = True
     """Signal the workflow when an attempt fails and Temporal retries it: only for runs that
     started before the workflow drove retries itself (it sees every failed attempt now)."""
+    record_attempt: bool = False
+    """Hand this attempt's start and end to the worker's background recorder (runs recorded
+    with patch `record-attempts-in-worker`): the step does not wait for the database, and the
+    workflow records the same events again (same ids) when it next records anything."""
 
 
 class StepAttemptFailed(BaseModel):

@@ -18,7 +18,7 @@ from temporalio.worker import Worker
 from activities.backfill import BackfillActivities
 from activities.dependencies import DependencyActivities, DownstreamNotifier
 from activities.pools import PoolActivities
-from activities.recording import RecordingActivities
+from activities.recording import AttemptRecorder, RecordingActivities
 from activities.scheduling import ScheduleActivities
 from activities.steps import HEARTBEAT_EVERY, BundleResolver, SecretResolver, StepActivities
 from pipeline_service.bundles import BundleError, bundle_dir
@@ -89,7 +89,17 @@ def build_worker(
         if sessions is not None
         else None
     )
-    activities = StepActivities(executors, work_root, client, secrets, bundles, engine)
+    # Steps of recorded runs hand their attempts' transitions to this (one per worker).
+    attempts = AttemptRecorder(sessions, metrics) if sessions is not None else None
+    activities = StepActivities(
+        executors,
+        work_root,
+        client,
+        secrets,
+        bundles,
+        engine,
+        record_attempts=attempts.submit if attempts is not None else None,
+    )
     pools = PoolActivities(sessions)
     registered: list[Callable[..., Any]] = [
         activities.run_step,

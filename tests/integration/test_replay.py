@@ -149,6 +149,13 @@ SCENARIOS["recorded_pools"] = (
 SCENARIOS["recorded_before_pools"] = SCENARIOS["workflow_driven_retries"]
 # Recorded before sensor steps existed (patch "sensors"): a run in flight at that change.
 SCENARIOS["recorded_before_sensors"] = SCENARIOS["diamond_with_retry"]
+# Step attempts recorded by their workers (patch "record-attempts-in-worker"): the workflow
+# records only the run's end, retries, skips, cancels and compensation. The recorded_* histories
+# above were saved before it (each step's start and end recorded by the workflow) and replay
+# on the old path.
+SCENARIOS["recorded_attempts_in_worker"] = SCENARIOS["diamond_with_retry"]
+SCENARIOS["recorded_attempts_in_worker_compensation"] = SCENARIOS["failure_with_compensation"]
+SCENARIOS["recorded_attempts_in_worker_control_flow"] = SCENARIOS["recorded_control_flow"]
 # Sensors (patch "sensors"): one met on its third check, one that times out; their dependants.
 SCENARIOS["sensors"] = (
     {"ready": Behavior(unmet_checks=2), "never": Behavior(unmet_checks=1000)},
