@@ -60,23 +60,34 @@ class RecordingActivities:
         metrics: StepMetrics | None = None,
         after_run_finished: Callable[[RecordRunEventsInput], Coroutine[Any, Any, None]]
         | None = None,
+        attempts: AttemptRecorder | None = None,
     ) -> None:
         """`after_run_finished`: called (in the background, off the run's path) with each
         recorded batch that finishes a run; e.g. to release the downstream runs it gates."""
         self._sessions = sessions
         self._metrics = metrics
         self._after_run_finished = after_run_finished
+        self._attempts = attempts
         self._background: set[asyncio.Task[None]] = set()
         self._pending: list[_Pending] = []
         self._writer: asyncio.Task[None] | None = None
 
     @activity.defn(name=RECORD_RUN_EVENT)
     async def record_run_event(self, input: RecordRunEventsInput) -> RecordRunEventsResult:
+        known = 0
+        if self._attempts is not None:
+            # The attempts' events this worker's recorder has committed already: no need to
+            # send them to the database again (usually all of them, on a worker that lives).
+            events = [e for e in input.events if not self._attempts.committed(e)]
+            known = len(input.events) - len(events)
+            if known:
+                input = input.model_copy(update={"events": events})
         future: asyncio.Future[RecordRunEventsResult] = asyncio.get_running_loop().create_future()
         self._pending.append((input, future))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_pending())
-        return await future
+        result = await future
+        return result.model_copy(update={"skipped": result.skipped + known}) if known else result
 
     async def _write_pending(self) -> None:
         while self._pending:
@@ -140,6 +151,8 @@ class RecordingActivities:
 
 FLUSH_INTERVAL = 0.05
 """Seconds the background recorder collects attempt events before writing them together."""
+MAX_COMMITTED = 50_000
+"""Ids of written events remembered, so the workflow's backstop need not send them again."""
 MAX_PENDING = 100_000
 """Attempt events kept while the database does not answer; beyond, the oldest are dropped
 (the workflows record them again with their next recording)."""
@@ -168,6 +181,8 @@ class AttemptRecorder:
         self._writer: asyncio.Task[None] | None = None
         self.written = 0
         """Events written by this recorder (not counting ids recorded already)."""
+        self._committed: dict[str, None] = {}
+        """Ids of the events this recorder knows to be in the database (the latest ones)."""
 
     def submit(self, workflow_id: str, events: list[RunEvent]) -> None:
         self._pending.extend((workflow_id, event) for event in events)
@@ -212,6 +227,13 @@ class AttemptRecorder:
             await asyncio.sleep(self._interval * 10)
             return
         self.written += sum(r.recorded for r in results)
+        self._committed.update((event.event_id, None) for _, event in group)
+        while len(self._committed) > MAX_COMMITTED:
+            del self._committed[next(iter(self._committed))]
+
+    def committed(self, event: RunEvent) -> bool:
+        """Whether this recorder has written `event` (or found it written) already."""
+        return event.from_attempt and event.event_id in self._committed
 
     def _write(self, batches: list[RecordRunEventsInput]) -> list[RecordRunEventsResult]:
         return write_checked(self._sessions, batches)

@@ -111,7 +111,8 @@ def build_worker(
         notifier = None
         if source_dir is not None:
             notifier = DownstreamNotifier(sessions, client, task_queue=task_queue)
-        registered.append(RecordingActivities(sessions, metrics, notifier).record_run_event)
+        recording = RecordingActivities(sessions, metrics, notifier, attempts=attempts)
+        registered.append(recording.record_run_event)
         if source_dir is not None:
             dependencies = DependencyActivities(
                 sessions, client, task_queue=task_queue, source_dir=source_dir

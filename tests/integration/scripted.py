@@ -100,7 +100,7 @@ def worker_for(
     pools = PoolActivities(sessions)
     registered: list[Any] = [activities.run_step, pools.acquire_pool_slot, pools.release_pool_slot]
     if sessions is not None:
-        registered.append(RecordingActivities(sessions).record_run_event)
+        registered.append(RecordingActivities(sessions, attempts=attempts).record_run_event)
     return Worker(
         client,
         task_queue=queue,
