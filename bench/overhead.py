@@ -8,9 +8,11 @@ pipeline_service/temporal/dev_server.py): one in memory, one on a SQLite file (W
                  activities (`local: false`), file server
   laminar-local  the same pipeline with noop's default (local activities), file server
   (--sql)        chains of `SELECT 1` SQL steps, regular and `local: true`, file server
-  laminar+rec/sqlite   laminar/file with run-state recording on (every run has its row; each
-                       workflow task's transitions go to the database by a local activity):
-                       SQLite, as `laminar run` would keep it in the state dir
+  laminar+rec/sqlite   laminar/file with run-state recording on (every run has its row, written
+                       before the run starts as the launcher does; each step attempt's start
+                       and end are written by the worker's background recorder, the run's end
+                       by the workflow's local activity): SQLite, as `laminar run` keeps it in
+                       the state dir
   laminar+rec/pg       the same recording into PostgreSQL, as the platform keeps it
 Measured:
   (a) one 10-step chain end to end: ms per step. The systems take turns (a round runs each

@@ -2,7 +2,11 @@
 
 Each event updates the run or one step attempt row and adds its outbox row, all in the
 caller's transaction. Event ids come from the workflow (`workflow.uuid4()`), so a recording
-that is retried or replayed carries ids already stored, and those events are skipped.
+that is retried or replayed carries ids already stored, and those events are skipped. A step
+attempt's own events (`RunEvent.from_attempt`) have ids derived from the Temporal run, step,
+attempt and kind: the worker that ran the attempt writes them (in the background) and the
+workflow sends them again as its backstop; whichever comes second is skipped. Callers are the
+`record_run_event` local activity and the workers' `AttemptRecorder` (activities/recording.py).
 """
 
 from __future__ import annotations
