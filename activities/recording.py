@@ -20,6 +20,7 @@ it is one transaction per batch, as before.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -93,8 +94,11 @@ class RecordingActivities:
         while self._pending:
             group, self._pending = self._pending, []
             try:
-                # The database driver blocks: keep it off the worker's event loop.
-                results = await asyncio.to_thread(self._write, [b for b, _ in group])
+                # The database driver blocks: keep it off the worker's event loop. One write at
+                # a time with the worker's attempt recorder: the two would often write the same
+                # attempt events at once, and one of them would have to do it all again.
+                async with self._attempts.lock if self._attempts else contextlib.nullcontext():
+                    results = await asyncio.to_thread(self._write, [b for b, _ in group])
             except Exception:
                 # One bad batch must not fail the others: write them one by one.
                 for batch, future in group:
@@ -183,6 +187,8 @@ class AttemptRecorder:
         """Events written by this recorder (not counting ids recorded already)."""
         self._committed: dict[str, None] = {}
         """Ids of the events this recorder knows to be in the database (the latest ones)."""
+        self.lock = asyncio.Lock()
+        """Held while this worker writes run state (this recorder or `record_run_event`)."""
 
     def submit(self, workflow_id: str, events: list[RunEvent]) -> None:
         self._pending.extend((workflow_id, event) for event in events)
@@ -217,10 +223,11 @@ class AttemptRecorder:
         for workflow_id, event in group:
             batches.setdefault(workflow_id, []).append(event)
         try:
-            results = await asyncio.to_thread(
-                self._write,
-                [RecordRunEventsInput(workflow_id=w, events=e) for w, e in batches.items()],
-            )
+            async with self.lock:
+                results = await asyncio.to_thread(
+                    self._write,
+                    [RecordRunEventsInput(workflow_id=w, events=e) for w, e in batches.items()],
+                )
         except Exception:
             log.warning("attempt recorder: write failed; retrying", exc_info=True)
             self._pending[:0] = group  # keep the order: these came first
@@ -253,6 +260,7 @@ def write_checked(
             with transaction(sessions) as session:
                 return record_many(session, batches)
         except IntegrityError:
+            log.info("recording: an event id was written meanwhile; writing again")
             if not tries_left:
                 raise
     raise AssertionError("unreachable")

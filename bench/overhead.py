@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import statistics
 import sys
 import tempfile
@@ -64,6 +65,17 @@ from steps.engines.duckdb import DuckDBEngine
 from workflows.pipeline_run import PipelineRunWorkflow
 
 Run = Callable[[], Awaitable[Any]]
+
+
+class RewriteCounter(logging.Handler):
+    """Counts recording transactions written again because an event id was written meanwhile
+    (by the worker's other writer, or another process)."""
+
+    count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "writing again" in record.getMessage():
+            RewriteCounter.count += 1
 
 
 @dataclass
@@ -228,6 +240,9 @@ async def run_all(
         await measure(systems, args.rounds, args.bursts, args.runs)
         for label, (url, sessions) in recorded.items():
             print(f"{label}: {recorded_steps(sessions)} step attempt rows recorded in {url}")
+        print(
+            f"recording transactions written again after an event id race: {RewriteCounter.count}"
+        )
     report({s.name: s for s in systems}, args)
 
 
@@ -292,6 +307,9 @@ def report(systems: dict[str, System], args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
+    recording_log = logging.getLogger("activities.recording")
+    recording_log.setLevel(logging.INFO)
+    recording_log.addHandler(RewriteCounter())
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--runs", type=int, default=50)
