@@ -7,7 +7,7 @@ import contextlib
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,12 @@ from activities.artifacts import (
 )
 from activities.names import RUN_STEP, STEP_ATTEMPT_FAILED_SIGNAL, WORKER_LOST
 from schemas.pipeline import SensorStep
+from schemas.recording import (
+    RunEvent,
+    attempt_ended_event,
+    attempt_started_event,
+    run_started_event,
+)
 from schemas.run import RunStepInput, StepAttemptFailed, StepResult
 from steps.base import StepContext, StepError
 from steps.engines.duckdb import DuckDBEngine
@@ -43,6 +49,9 @@ BundleResolver = Callable[[str, str], Awaitable[Path]]
 
 SecretResolver = Callable[[str, set[str]], Awaitable[dict[str, str]]]
 """(tenant, secret names) -> their values; a missing name is simply absent."""
+AttemptSink = Callable[[str, list[RunEvent]], None]
+"""(workflow id, events) -> None: queues an attempt's own transitions for the worker's
+background recorder (`activities.recording.AttemptRecorder.submit`); returns at once."""
 _UNSAFE_PATH_CHARS = re.compile(r"[^A-Za-z0-9._\-]+")
 
 
@@ -64,10 +73,12 @@ class StepActivities:
         warehouse: DuckDBEngine | None = None,
         artifacts: ArtifactStore | None = None,
         log_upload_every: timedelta = LOG_UPLOAD_EVERY,
+        record_attempts: AttemptSink | None = None,
     ) -> None:
         """With `artifacts` (LAMINAR_ARTIFACT_URL), step logs and hand-off tables go through
         that store, so a run's steps may land on different workers (activities/artifacts.py)."""
         self._executors = executors
+        self._record_attempts = record_attempts
         self._work_root = work_root
         self._client = client
         self._secrets = secrets
@@ -94,6 +105,11 @@ class StepActivities:
         # binding lives in this activity's task only.
         structlog.contextvars.bind_contextvars(
             run_id=input.context.run_id, step_id=step.id, attempt=attempt
+        )
+        handoff = (
+            _Handoff(self._record_attempts, info, input, attempt)
+            if self._record_attempts is not None and input.record_attempt
+            else None
         )
         work_dir = self._work_root / run_dir_name(input.context.run_id) / step.id
         secrets = await self._resolve_secrets(input)
@@ -127,11 +143,16 @@ class StepActivities:
             limit = step.check_timeout if isinstance(step, SensorStep) else step.timeout
             result = await _within_timeout(limit, execute_step(self._executors, step, ctx))
             await self._export_tables(input, result)
-            return _redacted_result(result, ctx) if secrets else result
+            result = _redacted_result(result, ctx) if secrets else result
+            if handoff is not None:
+                handoff.ended(result=result)
+            return result
         except StepError as err:
             # What leaves the activity goes into the workflow's history: no secret values.
             err.message = ctx.redact(err.message)
             err.args = (err.message,)
+            if handoff is not None:
+                handoff.ended(error=err.message, error_type=err.error_type)
             will_retry = (
                 err.retryable
                 and attempt < step.retry.max_attempts
@@ -270,6 +291,48 @@ class StepActivities:
             await handle.signal(STEP_ATTEMPT_FAILED_SIGNAL, signal)
         except Exception:  # visibility only: never turn a step failure into another failure
             log.warning("could not report retry of step %s", input.step.id, exc_info=True)
+
+
+class _Handoff:
+    """One attempt's start (at once) and end, queued for the worker's background recorder.
+    The events are those the workflow records again as its backstop (same ids, see
+    `schemas.recording.attempt_event_id`), so whichever is written first stands."""
+
+    def __init__(
+        self, sink: AttemptSink, info: activity.Info, input: RunStepInput, attempt: int
+    ) -> None:
+        # The run's key is the one the workflow records under (its context's run id, which the
+        # service makes the workflow id); the event ids are the Temporal run's.
+        self._sink, self._workflow_id = sink, input.context.run_id
+        self._run = info.workflow_run_id or ""
+        self._step, self._type, self._attempt = input.step.id, input.step.type, attempt
+        self._started_at = datetime.now(UTC)
+        sink(
+            self._workflow_id,
+            [
+                run_started_event(self._run, self._started_at),
+                attempt_started_event(self._run, self._step, self._type, attempt, self._started_at),
+            ],
+        )
+
+    def ended(
+        self,
+        result: StepResult | None = None,
+        error: str | None = None,
+        error_type: str | None = None,
+    ) -> None:
+        event = attempt_ended_event(
+            self._run,
+            self._step,
+            self._type,
+            self._attempt,
+            datetime.now(UTC),
+            result=result,
+            started_at=self._started_at,
+            error=error,
+            error_type=error_type,
+        )
+        self._sink(self._workflow_id, [event])
 
 
 def _redacted_result(result: StepResult, ctx: StepContext) -> StepResult:

@@ -8,9 +8,11 @@ pipeline_service/temporal/dev_server.py): one in memory, one on a SQLite file (W
                  activities (`local: false`), file server
   laminar-local  the same pipeline with noop's default (local activities), file server
   (--sql)        chains of `SELECT 1` SQL steps, regular and `local: true`, file server
-  laminar+rec/sqlite   laminar/file with run-state recording on (every run has its row; each
-                       workflow task's transitions go to the database by a local activity):
-                       SQLite, as `laminar run` would keep it in the state dir
+  laminar+rec/sqlite   laminar/file with run-state recording on (every run has its row, written
+                       before the run starts as the launcher does; each step attempt's start
+                       and end are written by the worker's background recorder, the run's end
+                       by the workflow's local activity): SQLite, as `laminar run` keeps it in
+                       the state dir
   laminar+rec/pg       the same recording into PostgreSQL, as the platform keeps it
 Measured:
   (a) one 10-step chain end to end: ms per step. The systems take turns (a round runs each
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import statistics
 import sys
 import tempfile
@@ -62,6 +65,17 @@ from steps.engines.duckdb import DuckDBEngine
 from workflows.pipeline_run import PipelineRunWorkflow
 
 Run = Callable[[], Awaitable[Any]]
+
+
+class RewriteCounter(logging.Handler):
+    """Counts recording transactions written again because an event id was written meanwhile
+    (by the worker's other writer, or another process)."""
+
+    count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "writing again" in record.getMessage():
+            RewriteCounter.count += 1
 
 
 @dataclass
@@ -226,6 +240,9 @@ async def run_all(
         await measure(systems, args.rounds, args.bursts, args.runs)
         for label, (url, sessions) in recorded.items():
             print(f"{label}: {recorded_steps(sessions)} step attempt rows recorded in {url}")
+        print(
+            f"recording transactions written again after an event id race: {RewriteCounter.count}"
+        )
     report({s.name: s for s in systems}, args)
 
 
@@ -290,6 +307,9 @@ def report(systems: dict[str, System], args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
+    recording_log = logging.getLogger("activities.recording")
+    recording_log.setLevel(logging.INFO)
+    recording_log.addHandler(RewriteCounter())
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--runs", type=int, default=50)

@@ -1,6 +1,7 @@
 """Laminar with run-state recording on, for bench/overhead.py: every run has its row (as the
-launcher writes it) and the worker records each workflow task's transitions in the database
-(SQLite in the embedded shape, PostgreSQL in the platform shape)."""
+launcher writes it) and the worker records the run's transitions in the database (SQLite in
+the embedded shape, PostgreSQL in the platform shape): the steps' attempts in the background,
+the run's end by the workflow's local activity."""
 
 from __future__ import annotations
 

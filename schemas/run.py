@@ -177,6 +177,10 @@ class RunStepInput(BaseModel):
     step_started_at: datetime | None = None
     """When the step's first attempt was started (the workflow's clock, the same for every
     attempt); None in runs from before the workflow passed it (patch "step-started-at")."""
+    record_attempt: bool = False
+    """Hand this attempt's start and end to the worker's background recorder (runs recorded
+    with patch `record-attempts-in-worker`): the step does not wait for the database, and the
+    workflow records the same events again (same ids) when it next records anything."""
 
 
 class StepAttemptFailed(BaseModel):

@@ -61,6 +61,11 @@ LOCAL_STEPS_PATCH = "local-steps"
 WORKFLOW_DRIVEN_RETRIES = "workflow-driven-retries"
 """Patch id: one activity per attempt, retried by the workflow (see `_execute_attempts`)."""
 RECORDING_PATCH = "record-run-events"
+ATTEMPTS_IN_WORKER_PATCH = "record-attempts-in-worker"
+"""Patch id: a step attempt's start and end are recorded by the worker that runs it, in the
+background (`RunStepInput.record_attempt`); the workflow records only what only it knows and
+sends the attempts' events again (same ids) ahead of that, so it no longer records, and waits
+for the database, as each step starts and ends."""
 CONTROL_FLOW_PATCH = "control-flow"
 """Patch id: trigger rules, `when:`, `on_failure: ignore` and fail_fast (`_control`)."""
 STEP_STARTED_AT_PATCH = "step-started-at"
@@ -150,6 +155,8 @@ class PipelineRunWorkflow:
         self._completed: list[str] = []
         self._recorder = RunRecorder(input.context.run_id, enabled=False)
         self._recording = asyncio.Lock()  # batches are written one after the other, in order
+        self._handoff: set[str] = set()
+        """Steps whose attempts record themselves (ATTEMPTS_IN_WORKER_PATCH): all but sensors."""
         self._control: control_flow.ControlFlow | None = None
         self._failing_fast = False
         self._first_started: dict[str, datetime] = {}
@@ -182,7 +189,15 @@ class PipelineRunWorkflow:
         # new commands (the flag is part of their input). The patch marker also keeps a run
         # from switching recording on mid-flight should a later build default the flag on.
         self._recorder.enabled = input.record and workflow.patched(RECORDING_PATCH)
-        self._recorder.run(RecordedRunStatus.RUNNING)
+        if self._recorder.enabled and workflow.patched(ATTEMPTS_IN_WORKER_PATCH):
+            # Sensors are checked by the workflow itself and for_each steps run as child runs:
+            # neither has an attempt of its own for a worker to record.
+            self._handoff = {
+                s.id for s in pipeline.steps if not isinstance(s, SensorStep) and s.for_each is None
+            }
+            self._recorder.run_started()
+        else:
+            self._recorder.run(RecordedRunStatus.RUNNING)
         if workflow.patched(CONTROL_FLOW_PATCH):
             self._control = control_flow.ControlFlow(pipeline, input.context)
         for step_id in input.reuse:
@@ -275,7 +290,10 @@ class PipelineRunWorkflow:
         state.status = StepStatus.RUNNING
         state.attempt = 1
         state.started_at = workflow.now()
-        self._recorder.step(state)
+        if step_id in self._handoff:
+            self._recorder.attempt_started(state, 1)
+        else:
+            self._recorder.step(state)
 
     def _finish(self, graph: dag.Graph, step_id: str, task: asyncio.Task[StepResult]) -> None:
         state = self._states[step_id]
@@ -290,14 +308,23 @@ class PipelineRunWorkflow:
             state.started_at = result.started_at or state.started_at
             state.finished_at = result.finished_at or state.finished_at
             self._completed.append(step_id)
-            self._recorder.step(state)
+            if step_id in self._handoff:
+                self._recorder.attempt_ended(state, state.attempt, result=result)
+            else:
+                self._recorder.step(state)
             return
         state.status = StepStatus.FAILED
         state.error, state.error_type = _describe_failure(error)
+        ended = step_id in self._handoff
+        if ended:
+            self._recorder.attempt_ended(
+                state, state.attempt, error=state.error, error_type=state.error_type
+            )
         if self._control is not None:
-            self._failed_with_control_flow(state)
+            self._failed_with_control_flow(state, ended=ended)
             return
-        self._recorder.step(state)
+        if not ended:
+            self._recorder.step(state)
         statuses = {s: st.status for s, st in self._states.items()}
         for skipped in dag.to_skip(graph, step_id, statuses):
             self._states[skipped].status = StepStatus.SKIPPED
@@ -321,15 +348,19 @@ class PipelineRunWorkflow:
                 self._recorder.step(state)
         return decisions.run
 
-    def _failed_with_control_flow(self, state: StepState) -> None:
-        """A step failed for good: ignored (`on_failure: ignore`), or maybe the run fails fast."""
+    def _failed_with_control_flow(self, state: StepState, ended: bool = False) -> None:
+        """A step failed for good: ignored (`on_failure: ignore`), or maybe the run fails fast.
+        `ended`: the attempt's end is noted already (as it is; an ignored failure's note is
+        recorded on top)."""
         assert self._control is not None
-        if self._control.ignores_failure(state.step_id):
+        ignored = self._control.ignores_failure(state.step_id)
+        if ignored:
             state.failure_ignored = True
             state.error = f"{state.error}{control_flow.IGNORED_NOTE}"
         elif self._control.note_failure(state.step_id):
             self._failing_fast = True
-        self._recorder.step(state)
+        if ignored or not ended:
+            self._recorder.step(state)
 
     async def _cancel_steps(self, running: dict[asyncio.Task[StepResult], str]) -> None:
         """fail_fast: cancel the running steps and wait for them to acknowledge."""
@@ -411,7 +442,12 @@ class PipelineRunWorkflow:
                 delay = retries.next_delay(step.retry, attempt, error_type, _retryable(err))
                 if delay is None or self._past_deadline(delay):
                     raise
-                if not compensation:  # the failed attempt's own record, then the next one's
+                handoff = step.id in self._handoff and not compensation
+                if handoff:
+                    self._recorder.attempt_ended(
+                        self._states[step.id], attempt, error=message, error_type=error_type
+                    )
+                elif not compensation:  # the failed attempt's own record, then the next one's
                     self._recorder.step(
                         self._states[step.id],
                         attempt=attempt,
@@ -424,7 +460,10 @@ class PipelineRunWorkflow:
                 self._mark_retrying(step, attempt, message, compensation)
                 await self._flush()
                 await workflow.sleep(delay)
-                if not compensation:
+                if handoff:  # the attempt records its own start
+                    self._states[step.id].status = StepStatus.RUNNING
+                    self._recorder.attempt_started(self._states[step.id], attempt)
+                elif not compensation:
                     self._states[step.id].status = StepStatus.RUNNING
                     self._recorder.step(self._states[step.id], started_at=workflow.now(), error="")
                     await self._flush()
@@ -459,6 +498,7 @@ class PipelineRunWorkflow:
                 upstream=self._upstream(step),
                 report_retries=False,
                 step_started_at=started_at,
+                record_attempt=step.id in self._handoff and not compensation,
             ),
             activity_id,
             TemporalRetryPolicy(maximum_attempts=1),
@@ -543,7 +583,8 @@ class PipelineRunWorkflow:
 
     async def _flush(self) -> None:
         """Record the transitions noted since the last flush (a local activity: no server
-        round trip; one database transaction, idempotent on the events' ids)."""
+        round trip; one database transaction, idempotent on the events' ids). Nothing when
+        only attempts' own events (recorded by their workers) were noted."""
         async with self._recording:
             batch = self._recorder.take()
             if batch is None:

@@ -2,7 +2,11 @@
 
 Each event updates the run or one step attempt row and adds its outbox row, all in the
 caller's transaction. Event ids come from the workflow (`workflow.uuid4()`), so a recording
-that is retried or replayed carries ids already stored, and those events are skipped.
+that is retried or replayed carries ids already stored, and those events are skipped. A step
+attempt's own events (`RunEvent.from_attempt`) have ids derived from the Temporal run, step,
+attempt and kind: the worker that ran the attempt writes them (in the background) and the
+workflow sends them again as its backstop; whichever comes second is skipped. Callers are the
+`record_run_event` local activity and the workers' `AttemptRecorder` (activities/recording.py).
 """
 
 from __future__ import annotations
@@ -46,6 +50,20 @@ _RUN_EVENT = {
     RecordedRunStatus.CANCELLED: EventType.PIPELINE_CANCELLED,
 }
 _FINISHED = {status.value for status in RUN_FINISHED}
+_FINAL_STEP = {
+    status.value
+    for status in (
+        StepStatus.SUCCEEDED,
+        StepStatus.FAILED,
+        StepStatus.SKIPPED,
+        StepStatus.CANCELLED,
+        StepStatus.COMPENSATING,
+        StepStatus.COMPENSATED,
+        StepStatus.COMPENSATION_FAILED,
+    )
+}
+_IN_CHUNK = 500
+"""Ids per `IN (...)` read: well under SQLite's and PostgreSQL's parameter limits."""
 _STEP_EVENT = {
     StepStatus.PENDING: EventType.PIPELINE_STEP_STARTED,
     StepStatus.RUNNING: EventType.PIPELINE_STEP_STARTED,
@@ -63,59 +81,104 @@ _STEP_EVENT = {
 def record_run_events(
     session: Session, batch: RecordRunEventsInput, *, assume_new: bool = False
 ) -> RecordRunEventsResult:
-    """Apply a batch of one run's events in order, skipping ids already recorded.
+    """Apply a batch of one run's events in order, skipping ids already recorded."""
+    return record_many(session, [batch], assume_new=assume_new)[0]
 
+
+def record_many(
+    session: Session, batches: list[RecordRunEventsInput], *, assume_new: bool = False
+) -> list[RecordRunEventsResult]:
+    """Apply batches (of one run or several) in order, skipping ids already recorded.
+
+    Three reads for all the batches together, whatever their number: the runs with their
+    names, the ids recorded already, the step attempt rows the events touch; then the writes.
     `assume_new` skips the read of recorded ids: the caller expects none (a batch is recorded
     whole or not at all, so only a retried or replayed one is) and, should the unique event id
     refuse an insert, rolls back and calls again without it."""
-    # Up to three reads per batch (run with its names, recorded ids, the steps' attempt rows),
-    # then the writes: this sits on the workflow's critical path, once per workflow task.
-    found = session.execute(
-        select(Run, Tenant.name, Pipeline.name, PipelineVersion.version)
-        .join(Tenant, Tenant.id == Run.tenant_id)
-        .join(Pipeline, Pipeline.id == Run.pipeline_id)
-        .join(PipelineVersion, PipelineVersion.id == Run.version_id)
-        .where(Run.workflow_id == batch.workflow_id)
-    ).one_or_none()
-    if found is None:
-        # A workflow started outside the service (e.g. by a test or an old client): nothing
-        # to attach the events to.
-        log.warning(
-            "no run recorded for workflow %s; %d events dropped",
-            batch.workflow_id,
-            len(batch.events),
+    workflow_ids = {batch.workflow_id for batch in batches}
+    runs: dict[str, tuple[Run, RunNames]] = {
+        found[0].workflow_id: (found[0], RunNames(found[1], found[2], found[3]))
+        for found in session.execute(
+            select(Run, Tenant.name, Pipeline.name, PipelineVersion.version)
+            .join(Tenant, Tenant.id == Run.tenant_id)
+            .join(Pipeline, Pipeline.id == Run.pipeline_id)
+            .join(PipelineVersion, PipelineVersion.id == Run.version_id)
+            .where(Run.workflow_id.in_(workflow_ids))
         )
-        return RecordRunEventsResult(recorded=0, skipped=len(batch.events))
-    run, names = found[0], RunNames(found[1], found[2], found[3])
-    ids = [event.event_id for event in batch.events]
+    }
     seen: set[str] = set()
     if not assume_new:
-        seen.update(
-            session.scalars(select(OutboxEvent.event_id).where(OutboxEvent.event_id.in_(ids)))
-        )
-    step_ids = {event.step.step_id for event in batch.events if event.step is not None}
-    rows: dict[tuple[str, int], StepRun] = {}
-    if step_ids:
+        ids = [event.event_id for b in batches if b.workflow_id in runs for event in b.events]
+        for chunk in range(0, len(ids), _IN_CHUNK):
+            seen.update(
+                session.scalars(
+                    select(OutboxEvent.event_id).where(
+                        OutboxEvent.event_id.in_(ids[chunk : chunk + _IN_CHUNK])
+                    )
+                )
+            )
+    touched = {
+        (runs[b.workflow_id][0].id, event.step.step_id)
+        for b in batches
+        if b.workflow_id in runs
+        for event in b.events
+        if event.step is not None
+    }
+    rows: dict[tuple[int, str, int], StepRun] = {}
+    if touched:
         for row in session.scalars(
-            select(StepRun).where(StepRun.run_id == run.id, StepRun.step_id.in_(step_ids))
+            select(StepRun).where(
+                StepRun.run_id.in_({run_id for run_id, _ in touched}),
+                StepRun.step_id.in_({step_id for _, step_id in touched}),
+            )
         ):
-            rows[(row.step_id, row.attempt)] = row
-    recorded = 0
-    for event in batch.events:
-        if event.event_id in seen:
+            rows[(row.run_id, row.step_id, row.attempt)] = row
+    results = []
+    for batch in batches:
+        found = runs.get(batch.workflow_id)
+        if found is None:
+            # A workflow started outside the service (e.g. by a test or an old client): nothing
+            # to attach the events to.
+            log.warning(
+                "no run recorded for workflow %s; %d events dropped",
+                batch.workflow_id,
+                len(batch.events),
+            )
+            results.append(RecordRunEventsResult(recorded=0, skipped=len(batch.events)))
             continue
-        if event.run is not None and run.status in _FINISHED:
-            # The run's end is recorded already (by the reconciler, when Temporal ended the
-            # workflow while this batch was in flight): the first end stands.
-            log.info("run %s finished already; %s ignored", run.workflow_id, event.run.status)
-            continue
-        seen.add(event.event_id)
-        if event.run is not None:
-            _apply_run(session, run, names, event, event.run)
-        if event.step is not None:
-            _apply_step(session, run, names, event, event.step, rows)
-        recorded += 1
-    return RecordRunEventsResult(recorded=recorded, skipped=len(ids) - recorded)
+        run, names = found
+        recorded = 0
+        for event in batch.events:
+            if event.event_id in seen or not _applies(run, event, rows):
+                continue
+            seen.add(event.event_id)
+            if event.run is not None:
+                _apply_run(session, run, names, event, event.run)
+            if event.step is not None:
+                _apply_step(session, run, names, event, event.step, rows)
+            recorded += 1
+        results.append(
+            RecordRunEventsResult(recorded=recorded, skipped=len(batch.events) - recorded)
+        )
+    return results
+
+
+def _applies(run: Run, event: RunEvent, rows: dict[tuple[int, str, int], StepRun]) -> bool:
+    if run.status in _FINISHED and (event.run is not None or event.from_attempt):
+        # The run's end is recorded already (by the reconciler, when Temporal ended the
+        # workflow while this batch was in flight; or an attempt's event that the workflow's
+        # own recording of the run's end has covered): the first end stands.
+        log.info("run %s finished already; event %s ignored", run.workflow_id, event.event_id)
+        return False
+    if not event.from_attempt:
+        return True
+    if event.run is not None:  # the run's start, implied by an attempt's: only once
+        return run.started_at is None
+    assert event.step is not None
+    row = rows.get((run.id, event.step.step_id, event.step.attempt))
+    # An attempt's own event arriving after the workflow decided the attempt's fate (cancelled
+    # it, or recorded its end from its own state) changes nothing.
+    return row is None or row.status not in _FINAL_STEP
 
 
 def _apply_run(
@@ -125,7 +188,9 @@ def _apply_run(
     if change.status in (RecordedRunStatus.RUNNING, RecordedRunStatus.RETRYING):
         run.started_at = run.started_at or change.at
     elif change.status != RecordedRunStatus.QUEUED:
-        run.finished_at = change.at
+        # Not before the start: a start recorded by a step's worker carries that worker's
+        # clock, while a workflow's time stands still through a task of local steps.
+        run.finished_at = max(change.at, run.started_at) if run.started_at else change.at
         run.error = change.error
     _outbox(
         session,
@@ -147,14 +212,14 @@ def _apply_step(
     names: RunNames,
     event: RunEvent,
     change: StepTransition,
-    rows: dict[tuple[str, int], StepRun],
+    rows: dict[tuple[int, str, int], StepRun],
 ) -> None:
-    row = rows.get((change.step_id, change.attempt))
+    row = rows.get((run.id, change.step_id, change.attempt))
     if row is None:
         row = StepRun(
             run_id=run.id, step_id=change.step_id, attempt=change.attempt, outputs={}, tables={}
         )
-        rows[(change.step_id, change.attempt)] = row
+        rows[(run.id, change.step_id, change.attempt)] = row
         session.add(row)
     row.type = change.type
     row.status = change.status.value
@@ -229,4 +294,4 @@ def _outbox(
 def _ms(start: Any, end: Any) -> int | None:
     if start is None or end is None:
         return None
-    return int((end - start).total_seconds() * 1000)
+    return max(int((end - start).total_seconds() * 1000), 0)

@@ -19,7 +19,7 @@ from activities.artifacts import ArtifactStore
 from activities.backfill import BackfillActivities
 from activities.dependencies import DependencyActivities, DownstreamNotifier
 from activities.pools import PoolActivities
-from activities.recording import RecordingActivities
+from activities.recording import AttemptRecorder, RecordingActivities
 from activities.scheduling import ScheduleActivities
 from activities.steps import (
     HEARTBEAT_EVERY,
@@ -99,6 +99,8 @@ def build_worker(
         if sessions is not None
         else None
     )
+    # Steps of recorded runs hand their attempts' transitions to this (one per worker).
+    attempts = AttemptRecorder(sessions, metrics) if sessions is not None else None
     activities = StepActivities(
         executors,
         work_root,
@@ -108,6 +110,7 @@ def build_worker(
         engine,
         artifacts=artifacts,
         log_upload_every=log_upload_every,
+        record_attempts=attempts.submit if attempts is not None else None,
     )
     pools = PoolActivities(sessions)
     registered: list[Callable[..., Any]] = [
@@ -120,7 +123,8 @@ def build_worker(
         notifier = None
         if source_dir is not None:
             notifier = DownstreamNotifier(sessions, client, task_queue=task_queue)
-        registered.append(RecordingActivities(sessions, metrics, notifier).record_run_event)
+        recording = RecordingActivities(sessions, metrics, notifier, attempts=attempts)
+        registered.append(recording.record_run_event)
         if source_dir is not None:
             dependencies = DependencyActivities(
                 sessions, client, task_queue=task_queue, source_dir=source_dir

@@ -16,7 +16,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.pools import PoolActivities
-from activities.recording import RecordingActivities
+from activities.recording import AttemptRecorder, RecordingActivities
 from activities.steps import StepActivities
 from schemas.loading import validate_pipeline
 from schemas.pipeline import NoopStep, SensorStep
@@ -91,13 +91,22 @@ def worker_for(
     tmp_path: Path,
     queue: str,
     sessions: sessionmaker[Session] | None = None,
+    attempts: AttemptRecorder | None = None,
 ) -> Worker:
-    """A worker with the scripted executor; with `sessions`, it also records run state."""
-    activities = StepActivities({"noop": executor, "sensor": executor}, tmp_path / "work", client)
+    """A worker with the scripted executor; with `sessions`, it also records run state (the
+    steps' attempts through `attempts`, or a recorder of its own)."""
+    if attempts is None and sessions is not None:
+        attempts = AttemptRecorder(sessions)
+    activities = StepActivities(
+        {"noop": executor, "sensor": executor},
+        tmp_path / "work",
+        client,
+        record_attempts=attempts.submit if attempts is not None else None,
+    )
     pools = PoolActivities(sessions)
     registered: list[Any] = [activities.run_step, pools.acquire_pool_slot, pools.release_pool_slot]
     if sessions is not None:
-        registered.append(RecordingActivities(sessions).record_run_event)
+        registered.append(RecordingActivities(sessions, attempts=attempts).record_run_event)
     return Worker(
         client,
         task_queue=queue,

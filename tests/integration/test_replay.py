@@ -174,6 +174,13 @@ SCENARIOS["recorded_for_each"] = (
 )
 CHILD_RUNS = {"recorded_for_each": {"recorded_for_each_child": "fan/for_each/0"}}
 """Child runs recorded with a scenario: history name -> workflow id after the parent's."""
+# Step attempts recorded by their workers (patch "record-attempts-in-worker"): the workflow
+# records only the run's end, retries, skips, cancels and compensation. The recorded_* histories
+# above were saved before it (each step's start and end recorded by the workflow) and replay
+# on the old path.
+SCENARIOS["recorded_attempts_in_worker"] = SCENARIOS["diamond_with_retry"]
+SCENARIOS["recorded_attempts_in_worker_compensation"] = SCENARIOS["failure_with_compensation"]
+SCENARIOS["recorded_attempts_in_worker_control_flow"] = SCENARIOS["recorded_control_flow"]
 # Sensors (patch "sensors"): one met on its third check, one that times out; their dependants.
 SCENARIOS["sensors"] = (
     {"ready": Behavior(unmet_checks=2), "never": Behavior(unmet_checks=1000)},
