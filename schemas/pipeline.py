@@ -662,6 +662,22 @@ class Schedule(StrictModel):
     """Delay each fire by a stable pseudo-random amount up to this (spreads many pipelines)."""
     paused: bool = False
 
+    @model_validator(mode="before")
+    @classmethod
+    def _tz_alias(cls, data: Any) -> Any:
+        """`tz` is the old name of `timezone` (definitions stored before the schedule block
+        had its own model used it); both at once is an error unless they agree."""
+        if not isinstance(data, dict) or "tz" not in data:
+            return data
+        data = dict(data)
+        tz = data.pop("tz")
+        if "timezone" in data and data["timezone"] != tz:
+            raise ValueError(
+                f"give only one of timezone ({data['timezone']!r}) and its old name tz ({tz!r})"
+            )
+        data["timezone"] = tz
+        return data
+
     @field_validator("cron")
     @classmethod
     def _cron(cls, value: str) -> str:
