@@ -321,6 +321,9 @@ class ServiceSettings(BaseSettings):
     events_topic: str = Field("laminar.pipeline-events", min_length=1, max_length=249)
     kafka_config: dict[str, str | int | bool] = Field(default_factory=dict)
     """Any librdkafka property (JSON), e.g. SASL/TLS: `{"security.protocol": "SASL_SSL"}`."""
+    triggers_refresh: Duration = timedelta(seconds=30)
+    """How often a worker's trigger consumers re-read which tenants and topics have Kafka
+    triggers (a new trigger starts being consumed within this)."""
     relay_batch_size: int = Field(500, ge=1, le=10_000)
     relay_poll_interval: timedelta = timedelta(milliseconds=100)
     """How often an idle relay looks for new outbox rows."""
