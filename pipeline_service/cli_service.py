@@ -271,6 +271,7 @@ async def _worker(
         source_dir=settings.source_dir,
         secret_key=settings.secret_key.get_secret_value() if settings.secret_key else None,
         bundle_cache=settings.bundle_cache,
+        s3_endpoint=settings.s3_endpoint,
     )
     console.print(
         f"laminar worker on task queue {settings.task_queue} (temporal "

@@ -175,6 +175,7 @@ class PipelineCluster:
                     flink=flink,
                     # The scheduler's activities start runs through the launcher.
                     source_dir=self.source_dir if scheduled else None,
+                    s3_endpoint=self.options.s3_endpoint,
                 )
                 if self.checkpointer is not None:
                     connection = engine.cursor()

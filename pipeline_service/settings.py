@@ -321,6 +321,8 @@ class ServiceSettings(BaseSettings):
     events_topic: str = Field("laminar.pipeline-events", min_length=1, max_length=249)
     kafka_config: dict[str, str | int | bool] = Field(default_factory=dict)
     """Any librdkafka property (JSON), e.g. SASL/TLS: `{"security.protocol": "SASL_SSL"}`."""
+    s3_endpoint: str | None = None
+    """Worker: S3-compatible endpoint for sensors on s3:// objects (credentials: AWS chain)."""
     triggers_refresh: Duration = timedelta(seconds=30)
     """How often a worker's trigger consumers re-read which tenants and topics have Kafka
     triggers (a new trigger starts being consumed within this)."""
