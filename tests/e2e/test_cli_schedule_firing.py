@@ -15,7 +15,7 @@ from tests.e2e.conftest import Background, Cli, wait_for
 EVERY = timedelta(seconds=2)
 PIPELINE = """\
 name: ticking
-schedule: {{cron: "* * * * * */2", catchup: {catchup}, overlap: buffer_all}}
+schedule: {{cron: "* * * * * */2", catchup: {catchup}}}  # overlap: skip (the default)
 steps:
   - id: record
     type: python
