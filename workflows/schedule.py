@@ -76,18 +76,19 @@ class PipelineScheduleWorkflow:
             self._definition_paused = plan.paused
             self._next = plan.next
             if not self._paused:
-                overlap = self._overlap(plan.overlap, backlog=len(plan.due) > 1)
+                backlog = len(plan.due) > 1 or bool(self._state.buffered)
+                overlap = self._overlap(plan.overlap, backlog=backlog)
                 for fire in plan.due:
                     await self._fire(fire, overlap)
-                await self._drain(self._overlap(plan.overlap, backlog=bool(self._state.buffered)))
+                await self._drain(overlap)
             await self._sleep(plan)
         workflow.continue_as_new(self._state)
 
     def _overlap(self, overlap: str, *, backlog: bool) -> str:
         """`skip` drops a fire that comes while the previous run still runs; missed intervals
         handed over at once (a catch-up) are a backlog, not such fires: they are buffered and
-        run one after another (as `buffer_all`) until the backlog is done. Later on-time fires
-        keep `skip` (so a backlog never grows when runs are slower than the schedule)."""
+        run one after another (as `buffer_all`), and fires that come while the backlog drains
+        join it in order (nothing is lost or run out of order); then `skip` applies again."""
         if overlap == "skip" and backlog and workflow.patched(CATCHUP_PATCH):
             return "buffer_all"
         return overlap
