@@ -102,6 +102,7 @@ class PipelineCluster:
         self._events: ClusterEvents | None = None
         self.started = False
         """The run was started or resumed: the state may have changed since the last snapshot."""
+        self._began = datetime.now(UTC)
 
     @property
     def run_finished(self) -> bool:
@@ -248,6 +249,7 @@ class PipelineCluster:
             json_view=self.options.log_format == "json",
             stop=self._stop,
             on_run=on_run,
+            began=self._began,
         )
         code = await follower.run(lambda: self._stop_signal)
         self._exit_code = code

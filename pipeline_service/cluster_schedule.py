@@ -42,6 +42,7 @@ class ScheduledRun:
     workflow_id: str
     logical_date: datetime
     status: str
+    finished_at: datetime | None
 
 
 def submitted_runs(
@@ -51,7 +52,7 @@ def submitted_runs(
     (any trigger: a run the scheduler found already there is shown too)."""
     with sessions() as session:
         query = (
-            select(Run.workflow_id, Run.logical_date, Run.status)
+            select(Run.workflow_id, Run.logical_date, Run.status, Run.finished_at)
             .join(Pipeline, Pipeline.id == Run.pipeline_id)
             .where(
                 Run.tenant_id == tenant_id,
@@ -80,12 +81,15 @@ class ScheduleFollower:
         json_view: bool,
         stop: asyncio.Event,
         on_run: Callable[[str, datetime], None],
+        began: datetime,
     ) -> None:
         self.pipeline, self.client, self.sessions = pipeline, client, sessions
         self.tenant_id, self.tenant = tenant
         self.task_queue, self.console, self.json_view = task_queue, console, json_view
         self.stop, self.on_run = stop, on_run
         self.last_status: RunStatus | None = None
+        self.began = began
+        """When this `laminar run` started (before its worker could finish a resumed run)."""
 
     async def run(self, stop_signal: Callable[[], int | None]) -> int:
         """Follow runs until stopped: 0 if the last finished run succeeded (or none ran),
@@ -135,13 +139,19 @@ class ScheduleFollower:
         self.console.print("firing the schedule; Ctrl-C to stop")
 
     async def _resume_point(self) -> datetime | None:
-        """Runs that ended before this start are history: show unfinished ones and new ones."""
+        """Runs that ended before this `laminar run` started are history: show the ones it
+        resumed (also when they ended while it was starting) and new ones."""
         runs = await anyio.to_thread.run_sync(
             submitted_runs, self.sessions, self.tenant_id, self.pipeline.name, None
         )
         finished = {s.value for s in RUN_FINISHED}
-        ended = [r.logical_date for r in runs if r.status in finished]
-        unfinished = [r.logical_date for r in runs if r.status not in finished]
+
+        def history(run: ScheduledRun) -> bool:
+            ended_at = run.finished_at
+            return run.status in finished and ended_at is not None and ended_at < self.began
+
+        ended = [r.logical_date for r in runs if history(r)]
+        unfinished = [r.logical_date for r in runs if not history(r)]
         if not ended:
             return None
         last_ended = max(ended)
