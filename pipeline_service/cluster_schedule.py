@@ -185,6 +185,10 @@ class ScheduleFollower:
                 if not result.done():
                     return False
                 summary = await self._summary(handle, run)
+                if summary.status in (RunStatus.PENDING, RunStatus.RUNNING):
+                    # The result's long poll ended without the run ending (the worker is
+                    # stopping, a connection dropped): it has not finished.
+                    return False
                 view.finish(summary)
                 self.last_status = summary.status
                 return True
