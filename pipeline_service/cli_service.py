@@ -293,6 +293,7 @@ async def _worker(
         bundle_cache=settings.bundle_cache,
         artifacts=artifacts,
         log_upload_every=settings.artifact_log_interval,
+        s3_endpoint=settings.s3_endpoint,
     )
     console.print(
         f"laminar worker on task queue {settings.task_queue} (temporal "
@@ -300,6 +301,7 @@ async def _worker(
     )
     reconciler = _start_reconciler(settings, client, db, stop)
     notifier = _start_notifier(settings, db)
+    triggers = _start_triggers(settings, client, db, stop)
     try:
         async with worker_:
             await dispatcher.run(stop)
@@ -308,9 +310,10 @@ async def _worker(
             notifier_stop, notifier_thread = notifier
             notifier_stop.set()
             await asyncio.to_thread(notifier_thread.join, 10)
-        if reconciler is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(reconciler, 10)
+        for task in (reconciler, triggers):
+            if task is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(task, 15)
         if relay is not None:
             relay_stop, relay_thread = relay
             relay_stop.set()
@@ -318,6 +321,32 @@ async def _worker(
         with contextlib.suppress(Exception):
             warehouse.close()
         db.dispose()
+
+
+def _start_triggers(
+    settings: ServiceSettings, client: Client, db: Engine, stop: asyncio.Event
+) -> asyncio.Task[None] | None:
+    """With Kafka configured, the worker consumes the tenants' Kafka triggers (one consumer
+    group per tenant, shared by all workers)."""
+    if not settings.kafka_bootstrap_servers:
+        return None
+    from pipeline_service.db.session import session_factory
+    from pipeline_service.events.triggers import TenantTriggers
+
+    triggers = TenantTriggers(
+        session_factory(db),
+        client,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        task_queue=settings.task_queue,
+        source_dir=settings.source_dir,
+        kafka_config=dict(settings.kafka_config),
+        refresh_every=max(settings.triggers_refresh.total_seconds(), 0.5),
+    )
+    console.print(
+        "kafka triggers: one consumer group per tenant with triggers "
+        f"(re-read every {settings.triggers_refresh.total_seconds():g}s)"
+    )
+    return asyncio.create_task(triggers.run(stop), name="kafka-triggers")
 
 
 def _start_reconciler(

@@ -111,6 +111,7 @@ class PipelineCluster:
         self._notifier: ClusterNotifier | None = None
         self.started = False
         """The run was started or resumed: the state may have changed since the last snapshot."""
+        self._began = datetime.now(UTC)
 
     @property
     def run_finished(self) -> bool:
@@ -147,7 +148,8 @@ class PipelineCluster:
             if server.ui_url:
                 self.console.print(f"  temporal ui {server.ui_url}")
                 self._ui_url = server.ui_url
-            if self.options.http_port is not None or self.options.kafka is not None:
+            scheduled = self.fires_schedule
+            if self.options.http_port is not None or self.options.kafka is not None or scheduled:
                 # Imported only here: FastAPI, uvicorn and SQLAlchemy cost start-up time.
                 from pipeline_service.cluster_api import start_embedded_api
 
@@ -188,6 +190,9 @@ class PipelineCluster:
                     sessions=self._api.sessions if self._api else None,
                     metrics=self._api.step_metrics if self._api else None,
                     flink=flink,
+                    # The scheduler's activities start runs through the launcher.
+                    source_dir=self.source_dir if scheduled else None,
+                    s3_endpoint=self.options.s3_endpoint,
                 )
                 if self.checkpointer is not None:
                     connection = engine.cursor()
@@ -204,6 +209,9 @@ class PipelineCluster:
                 # The worker runs before the run starts, so the start can be eager: the server
                 # hands the first workflow task back in its reply instead of through a poll.
                 async with worker:
+                    if scheduled:
+                        self.started = True
+                        return await self._fire_schedule(client, state)
                     handle = await self._start_or_resume(client, state)
                     self.started = True
                     structlog.contextvars.bind_contextvars(run_id=handle.id)
@@ -224,6 +232,55 @@ class PipelineCluster:
             if self.checkpointer is not None:
                 await self.checkpointer.stop()  # before the warehouse closes under an upload
             engine.close()
+
+    @property
+    def fires_schedule(self) -> bool:
+        """Without --once (and without a dated run), a pipeline with a schedule is fired by
+        its scheduler workflow until Ctrl-C instead of running once."""
+        return (
+            not self.options.once
+            and self.options.interval is None
+            and self.pipeline.schedule is not None
+        )
+
+    async def _fire_schedule(self, client: Client, state: ClusterState) -> int:
+        from pipeline_service.cluster_schedule import ScheduleFollower, submitted_runs
+        from schemas.recording import RUN_FINISHED
+
+        assert self._api is not None
+        api = self._api
+        # Runs the previous `laminar run` left going: their interrupted attempts run again now.
+        runs = await asyncio.to_thread(
+            submitted_runs, api.sessions, api.tenant.id, self.pipeline.name, None
+        )
+        for run in runs:
+            if run.status in {s.value for s in RUN_FINISHED}:
+                continue
+            with contextlib.suppress(RPCError):
+                description = await client.get_workflow_handle(run.workflow_id).describe()
+                if description.status == WorkflowExecutionStatus.RUNNING:
+                    handle = client.get_workflow_handle(run.workflow_id, run_id=description.run_id)
+                    await self._recover_orphans(client, handle, description)
+
+        def on_run(workflow_id: str, logical_date: datetime) -> None:
+            state.current_run, state.logical_date = workflow_id, logical_date.isoformat()
+            state.write(self.options.state_dir)
+
+        follower = ScheduleFollower(
+            self.pipeline,
+            client,
+            api.sessions,
+            (api.tenant.id, api.tenant.name),
+            task_queue=TASK_QUEUE,
+            console=self.console,
+            json_view=self.options.log_format == "json",
+            stop=self._stop,
+            on_run=on_run,
+            began=self._began,
+        )
+        code = await follower.run(lambda: self._stop_signal)
+        self._exit_code = code
+        return code
 
     async def _start_events(self, kafka: str) -> ClusterEvents:
         from pipeline_service.cluster_events import EMBEDDED, start_cluster_events

@@ -337,7 +337,8 @@ class ServiceSettings(BaseSettings):
     reach them: s3://, gs://, az://, file:// or a path (the same on every worker and server).
     Unset: logs stay on each worker's disk and DuckDB tables do not cross workers."""
     s3_endpoint: str | None = None
-    """S3-compatible endpoint of an s3:// artifact store (credentials: the AWS chain only)."""
+    """S3-compatible endpoint of an s3:// artifact store and of sensors on s3:// objects
+    (credentials: the AWS chain only)."""
     artifact_log_interval: Duration = timedelta(seconds=30)
     """How often a running step's log is uploaded to the artifact store (0: only at its end)."""
 
@@ -361,6 +362,9 @@ class ServiceSettings(BaseSettings):
     events_topic: str = Field("laminar.pipeline-events", min_length=1, max_length=249)
     kafka_config: dict[str, str | int | bool] = Field(default_factory=dict)
     """Any librdkafka property (JSON), e.g. SASL/TLS: `{"security.protocol": "SASL_SSL"}`."""
+    triggers_refresh: Duration = timedelta(seconds=30)
+    """How often a worker's trigger consumers re-read which tenants and topics have Kafka
+    triggers (a new trigger starts being consumed within this)."""
     relay_batch_size: int = Field(500, ge=1, le=10_000)
     relay_poll_interval: timedelta = timedelta(milliseconds=100)
     """How often an idle relay looks for new outbox rows."""

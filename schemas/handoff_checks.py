@@ -102,7 +102,12 @@ def templated_fields(step: Step) -> list[tuple[FieldPath, str]]:
             *((("env", key), value) for key, value in step.env.items() if isinstance(value, str)),
         ]
     if isinstance(step, SensorStep):
-        return [((name,), text) for name, text in (("file", step.file), ("sql", step.sql)) if text]
+        fields: list[tuple[FieldPath, str]] = [
+            ((name,), text) for name, text in (("file", step.file), ("sql", step.sql)) if text
+        ]
+        if step.upstream is not None:
+            fields.append((("upstream", "logical_date"), step.upstream.logical_date))
+        return fields
     if isinstance(step, SparkStep | FlinkStep):
         file = (
             ("jar", step.jar) if isinstance(step, FlinkStep) else ("application", step.application)

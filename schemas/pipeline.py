@@ -582,55 +582,80 @@ class NoopStep(StepBase):
     type: Literal["noop"]
 
 
+OBJECT_STORE_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "azure", "abfs", "abfss")
+"""URL schemes a `file:` sensor may name (local files must stay in the pipeline directory)."""
+
+
+def split_object_url(value: str) -> tuple[str, str] | None:
+    """`s3://bucket/key` -> ("s3://bucket", "key"); None for a plain path. ValueError for a
+    URL a sensor may not use (another scheme, no bucket, no key, `..`)."""
+    if "://" not in value:
+        return None
+    scheme, rest = value.split("://", 1)
+    if scheme.lower() not in OBJECT_STORE_SCHEMES:
+        raise ValueError(
+            f"scheme '{scheme}://' is not an object store; use one of "
+            f"{', '.join(s + '://' for s in OBJECT_STORE_SCHEMES)} or a path relative to the "
+            "pipeline directory"
+        )
+    bucket, _, key = rest.partition("/")
+    if not bucket or not key or key.endswith("/"):
+        raise ValueError(f"'{value}' must name an object: {scheme}://BUCKET/KEY")
+    if ".." in key.split("/"):
+        raise ValueError(f"'{value}': '..' is not allowed in an object key")
+    return f"{scheme.lower()}://{bucket}", key
+
+
+class UpstreamRun(StrictModel):
+    """A run of a pipeline of the same tenant, for a logical date, that must have succeeded."""
+
+    pipeline: PipelineName
+    logical_date: str = Field("{{ logical_date }}", min_length=1, max_length=500)
+    """The run's logical date: a template (default this run's own), rendered to an ISO 8601
+    date-time (`2026-11-23T00:00:00+00:00`; without an offset: UTC) or a date (midnight UTC)."""
+
+
 class SensorStep(StepBase):
     """Waits for a condition before its dependants run: a file appears in the pipeline directory
-    (`file:`) or a SQL query's first value is true (`sql:`). The workflow checks (one short
-    activity), then sleeps `poke_interval` on a durable timer (no worker slot is held while
-    waiting), until the condition holds or `timeout` has passed: then the step fails with what
-    it waited for and how long."""
+    or an object store (`file:`), a SQL query's first value is true (`sql:`), or a pipeline's
+    run for a logical date succeeded (`upstream:`). The workflow checks (one short activity),
+    then sleeps `poke_interval` on a durable timer (no worker slot is held while waiting),
+    until the condition holds or `timeout` has passed: then the step fails with what it waited
+    for and how long."""
 
     type: Literal["sensor"]
     file: str | None = Field(None, min_length=1, max_length=1000)
-    """A path relative to the pipeline directory (a template: `data/{{ ds }}.csv`)."""
+    """A path relative to the pipeline directory, or an object URL (`s3://bucket/key`); a
+    template (`data/{{ ds }}.csv`). In a URL the scheme and bucket are fixed (no template)."""
     sql: str | None = Field(None, min_length=1, max_length=100_000)
     """A query whose first row's first value is true (`SELECT count(*) > 0 FROM t`)."""
+    upstream: UpstreamRun | None = None
+    """A run of another (or this) pipeline of the tenant that must have succeeded."""
     engine: EngineName = "duckdb"
     connection: str | None = None
     poke_interval: PositiveDuration = timedelta(seconds=60)
     check_timeout: PositiveDuration = timedelta(seconds=60)
     """The time one check may take."""
-    upstream: Any = None
-    """Reserved: waiting for another pipeline's run is the pipeline's `depends_on:`."""
-
-    @field_validator("upstream")
-    @classmethod
-    def _no_upstream_runs(cls, value: Any) -> None:
-        if value is not None:
-            raise ValueError(
-                "sensors cannot wait for another pipeline's run yet; use the pipeline's "
-                "depends_on: [{pipeline: NAME}] (it waits for the upstream runs of the logical "
-                "date before the run starts)"
-            )
-        return None
 
     @field_validator("file")
     @classmethod
     def _file_inside_pipeline(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        if "://" in value:
-            raise ValueError(
-                "object-store URLs are not supported by sensors yet; use a path relative to "
-                "the pipeline directory"
-            )
+        url = split_object_url(value)
+        if url is not None:
+            if "{{" in url[0] or "{%" in url[0]:
+                raise ValueError("the scheme and bucket of a sensor's URL cannot be a template")
+            return value
         if value.startswith("/") or ".." in value.replace("\\", "/").split("/"):
             raise ValueError("use a path inside the pipeline directory (relative, no '..')")
         return value
 
     @model_validator(mode="after")
     def _one_condition(self) -> SensorStep:
-        if (self.file is None) == (self.sql is None):
-            raise ValueError("a sensor needs exactly one of 'file' or 'sql'")
+        given = [c for c in (self.file, self.sql, self.upstream) if c is not None]
+        if len(given) != 1:
+            raise ValueError("a sensor needs exactly one of 'file', 'sql' or 'upstream'")
         if self.sql is not None:
             check_engine_connection(self.engine, self.connection)
         if self.poke_interval > self.timeout:
@@ -680,6 +705,22 @@ class Schedule(StrictModel):
     jitter: Duration = timedelta(0)
     """Delay each fire by a stable pseudo-random amount up to this (spreads many pipelines)."""
     paused: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tz_alias(cls, data: Any) -> Any:
+        """`tz` is the old name of `timezone` (definitions stored before the schedule block
+        had its own model used it); both at once is an error unless they agree."""
+        if not isinstance(data, dict) or "tz" not in data:
+            return data
+        data = dict(data)
+        tz = data.pop("tz")
+        if "timezone" in data and data["timezone"] != tz:
+            raise ValueError(
+                f"give only one of timezone ({data['timezone']!r}) and its old name tz ({tz!r})"
+            )
+        data["timezone"] = tz
+        return data
 
     @field_validator("cron")
     @classmethod

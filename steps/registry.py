@@ -19,7 +19,7 @@ from steps.notification import NotificationExecutor
 from steps.python_runners import PythonRunners
 from steps.python_script import PythonScriptExecutor
 from steps.quality import QualityExecutor
-from steps.sensor import SensorExecutor
+from steps.sensor import SensorExecutor, SensorProbes
 from steps.spark import SparkExecutor
 from steps.spark_submit import SparkOptions
 from steps.sql import SqlExecutor
@@ -34,6 +34,7 @@ def build_executors(
     spark: SparkOptions | None = None,
     flink: FlinkOptions | None = None,
     kubernetes: KubernetesJobOptions | None = None,
+    sensor_probes: SensorProbes | None = None,
 ) -> Executors:
     """One executor per step type, sharing the process's engine. Named connections and
     channels come from `resources` (default: the worker's settings, see schemas.connections);
@@ -49,7 +50,7 @@ def build_executors(
         "spark": SparkExecutor(spark),
         "flink": FlinkExecutor(flink),
         "noop": NoopExecutor(),
-        "sensor": SensorExecutor(sql),
+        "sensor": SensorExecutor(sql, sensor_probes),
     }
     return executors
 

@@ -6,6 +6,7 @@ and how long."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy as TemporalRetryPolicy
@@ -21,10 +22,22 @@ SENSORS_PATCH = "sensors"
 SENSOR_TIMEOUT = "SensorTimeout"
 
 
-def describe(step: SensorStep) -> str:
-    """What the sensor waits for, for its timeout error."""
+def describe(step: SensorStep, last: dict[str, Any] | None = None) -> str:
+    """What the sensor waits for, for its timeout error (`last`: the last check's outputs,
+    which carry the rendered object URL or logical date)."""
+    last = last or {}
     if step.file is not None:
+        if "://" in step.file:
+            return f"object {last.get('file', step.file)!r} to appear"
         return f"file {step.file!r} to appear in the pipeline directory"
+    if step.upstream is not None:
+        date = last.get("logical_date", step.upstream.logical_date)
+        seen = last.get("status")
+        latest = f" (latest run: {seen})" if seen else " (no run yet)" if last else ""
+        return (
+            f"the run of pipeline {step.upstream.pipeline!r} for logical date {date} "
+            f"to succeed{latest}"
+        )
     where = f"connection {step.connection!r}" if step.connection else step.engine
     return f"query on {where} to return true: {step.sql!r}"
 
@@ -62,7 +75,7 @@ async def wait(step: SensorStep, input: RunStepInput) -> StepResult:
             raise ApplicationError(
                 f"sensor timed out after {_seconds(now - started)} (timeout "
                 f"{_seconds(step.timeout)}, {checks} checks every {_seconds(step.poke_interval)})"
-                f" waiting for {describe(step)}",
+                f" waiting for {describe(step, result.outputs)}",
                 type=SENSOR_TIMEOUT,
                 non_retryable=True,
             )

@@ -11,6 +11,7 @@ run it starts was accepted by the launcher. One consumer group per tenant
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -21,9 +22,11 @@ from typing import Any
 import anyio.to_thread
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from jsonpath_ng.ext.parser import parse
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from temporalio.client import Client
 
+from pipeline_service.db.models import Tenant
 from pipeline_service.db.pipelines import current_definitions
 from pipeline_service.db.tenants import get_tenant
 from pipeline_service.launcher import Launch, LaunchRequest, StartPath
@@ -196,3 +199,85 @@ class TriggerConsumer(StartPath):
 
     def close(self) -> None:
         self.consumer.close()
+
+
+def tenants_with_triggers(sessions: sessionmaker[Session]) -> set[str]:
+    """The tenants whose current (non-archived) pipelines have a Kafka trigger."""
+    with sessions() as session:
+        found = set()
+        for tenant in session.scalars(select(Tenant)).all():
+            if any(
+                definition.get("triggers")
+                for _, definition in current_definitions(session, tenant.id)
+            ):
+                found.add(tenant.name)
+        return found
+
+
+class TenantTriggers:
+    """A `laminar worker`'s trigger consumers: one TriggerConsumer (consumer group
+    `laminar-triggers-{tenant}`) per tenant whose pipelines have Kafka triggers, found again
+    every `refresh_every`, so a tenant's first trigger is picked up without a restart. Several
+    workers share each tenant's group: Kafka splits the partitions among them."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        temporal: Client,
+        *,
+        bootstrap_servers: str,
+        task_queue: str,
+        source_dir: Path,
+        kafka_config: dict[str, Any] | None = None,
+        refresh_every: float = 30,
+    ) -> None:
+        self.sessions, self.temporal = sessions, temporal
+        self.bootstrap_servers, self.task_queue = bootstrap_servers, task_queue
+        self.source_dir, self.kafka_config = source_dir, kafka_config
+        self.refresh_every = refresh_every
+        self.consumers: dict[str, tuple[TriggerConsumer, asyncio.Event, asyncio.Task[None]]] = {}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    wanted = await anyio.to_thread.run_sync(tenants_with_triggers, self.sessions)
+                except Exception:  # the database is away for a moment: keep what runs
+                    log.exception("trigger consumers: could not read the tenants' triggers")
+                    wanted = set(self.consumers)
+                for tenant in sorted(wanted - set(self.consumers)):
+                    self._start(tenant)
+                for tenant in sorted(set(self.consumers) - wanted):
+                    await self._stop(tenant)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=self.refresh_every)
+        finally:
+            for tenant in list(self.consumers):
+                await self._stop(tenant)
+
+    def _start(self, tenant: str) -> None:
+        consumer = TriggerConsumer(
+            self.sessions,
+            self.temporal,
+            tenant=tenant,
+            bootstrap_servers=self.bootstrap_servers,
+            task_queue=self.task_queue,
+            source_dir=self.source_dir,
+            kafka_config=self.kafka_config,
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(
+            consumer.run(stop, refresh_every=self.refresh_every), name=f"triggers-{tenant}"
+        )
+        self.consumers[tenant] = (consumer, stop, task)
+        log.info(
+            "trigger consumer started for tenant %s (group laminar-triggers-%s)", tenant, tenant
+        )
+
+    async def _stop(self, tenant: str) -> None:
+        consumer, stop, task = self.consumers.pop(tenant)
+        stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, timeout=10)
+        await anyio.to_thread.run_sync(consumer.close)  # leaves the group at once
+        log.info("trigger consumer stopped for tenant %s", tenant)

@@ -99,6 +99,14 @@ class ObjectStorage:
         result = self._call("read", key, obstore.get, self._store, key, options=options)
         return bytes(result.bytes())
 
+    def exists(self, key: str) -> bool:
+        """Whether the object is there (a HEAD request; StorageError if the store says no)."""
+        try:
+            self._call("read", key, obstore.head, self._store, key)
+        except ObjectNotFound:
+            return False
+        return True
+
     def download(self, key: str, target: Path) -> int:
         """Stream an object to a local file; its size."""
         result = self._call("read", key, obstore.get, self._store, key)

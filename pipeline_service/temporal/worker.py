@@ -34,6 +34,7 @@ from pipeline_service.metrics import StepMetrics
 from pipeline_service.secrets.crypto import SecretBox
 from pipeline_service.secrets.store import resolve_secrets
 from pipeline_service.settings import FlinkSettings, KubernetesJobSettings, SparkSettings
+from pipeline_service.temporal.sensor_probes import sensor_probes
 from steps.engines.duckdb import DuckDBEngine
 from steps.flink_job import FlinkOptions
 from steps.registry import build_executors
@@ -73,6 +74,7 @@ def build_worker(
     bundle_cache: Path | None = None,
     artifacts: ArtifactStore | None = None,
     log_upload_every: timedelta = LOG_UPLOAD_EVERY,
+    s3_endpoint: str | None = None,
 ) -> Worker:
     """A worker running pipeline workflows and their steps.
 
@@ -83,12 +85,16 @@ def build_worker(
     resolves the tenant secrets steps reference; with `source_dir` too it also runs the
     pipelines' schedulers, backfills and dependency gates (they start runs through the launcher).
     With `artifacts` (LAMINAR_ARTIFACT_URL) step logs and DuckDB hand-off tables go through it.
+    `s3_endpoint` is for sensors on s3:// objects (an S3-compatible store).
     """
     # LAMINAR_SPARK__* and LAMINAR_FLINK__* from the environment unless given.
     spark = spark or SparkSettings().options()
     flink = flink or FlinkSettings().options()
     kubernetes = KubernetesJobSettings().options()
-    executors = build_executors(engine, spark=spark, flink=flink, kubernetes=kubernetes)
+    probes = sensor_probes(sessions, s3_endpoint)
+    executors = build_executors(
+        engine, spark=spark, flink=flink, kubernetes=kubernetes, sensor_probes=probes
+    )
     secrets = (
         secret_resolver(sessions, secret_key)
         if sessions is not None and secret_key is not None

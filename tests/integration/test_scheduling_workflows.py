@@ -7,6 +7,7 @@ all three replay (LAMINAR_RECORD_HISTORIES=1 records missing ones)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,7 @@ import pytest
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
 from temporalio.worker import Replayer, Worker
 
 from activities.names import (
@@ -199,6 +201,77 @@ async def run_scheduler(client: Client) -> str:
     return handle.id
 
 
+class FakeCatchUp:
+    """A scheduler back from downtime with overlap `skip`: three missed intervals due at once,
+    each stand-in run busy for 0.3 s after its start (so the next launch sees it running)."""
+
+    def __init__(self) -> None:
+        self.launched: list[datetime] = []
+        self.outcomes: list[str] = []
+        self.busy_until = datetime.min.replace(tzinfo=UTC)
+
+    @activity.defn(name=PLAN_SCHEDULE)
+    async def plan(self, request: PlanScheduleInput) -> SchedulePlan:
+        if self.outcomes.count("started") >= 3:
+            return SchedulePlan(active=False, reason="caught up")
+        if request.cursor is not None:  # after the catch-up plan: nothing due, plan again soon
+            soon = request.now + timedelta(milliseconds=300)
+            upcoming = ScheduledFire(logical_date=soon, interval_end=soon, wake_at=soon)
+            return SchedulePlan(
+                active=True, cursor=request.cursor, due=[], next=upcoming, overlap="skip"
+            )
+        due = [
+            ScheduledFire(
+                logical_date=START + timedelta(hours=h),
+                interval_end=START + timedelta(hours=h + 1),
+                wake_at=START + timedelta(hours=h + 1),
+            )
+            for h in range(3)
+        ]
+        return SchedulePlan(active=True, cursor=START, due=due, overlap="skip")
+
+    @activity.defn(name=LAUNCH_SCHEDULED)
+    async def launch(self, request: LaunchScheduledInput) -> LaunchScheduledResult:
+        now = datetime.now(UTC)
+        if now < self.busy_until:
+            outcome = LaunchOutcome.SKIPPED if request.overlap == "skip" else LaunchOutcome.BUSY
+        else:
+            outcome = LaunchOutcome.STARTED
+            self.busy_until = now + timedelta(milliseconds=300)
+            self.launched.append(request.fire.logical_date)
+        self.outcomes.append(outcome.value)
+        return LaunchScheduledResult(outcome=outcome, workflow_id="t/p/x")
+
+
+async def run_catch_up(client: Client) -> tuple[str, FakeCatchUp]:
+    fake = FakeCatchUp()
+    queue = f"catch-up-{uuid.uuid4()}"
+    async with Worker(
+        client,
+        task_queue=queue,
+        workflows=[PipelineScheduleWorkflow],
+        activities=[fake.plan, fake.launch],
+    ):
+        handle = await client.start_workflow(
+            PipelineScheduleWorkflow.run,
+            SchedulerInput(tenant="t", pipeline="p"),
+            id=f"catch-up-test-{uuid.uuid4()}",
+            task_queue=queue,
+        )
+        with contextlib.suppress(asyncio.TimeoutError):  # before the patch: never caught up
+            await asyncio.wait_for(handle.result(), timeout=6)
+        with contextlib.suppress(RPCError):
+            await handle.terminate("test over")
+    return handle.id, fake
+
+
+async def test_a_catch_up_under_overlap_skip_runs_every_missed_interval(client: Client) -> None:
+    _, fake = await run_catch_up(client)
+    # The second and third missed intervals waited for the run before them (busy), then ran.
+    assert fake.launched == [START + timedelta(hours=h) for h in range(3)]
+    assert "skipped" not in fake.outcomes and "busy" in fake.outcomes, fake.outcomes
+
+
 class FakeGate:
     """Upstream runs arrive one by one (signals), then the run starts."""
 
@@ -255,7 +328,15 @@ async def test_a_gate_checks_again_on_each_upstream_signal(client: Client) -> No
 
 
 @pytest.mark.parametrize(
-    "name", ["backfill_continue_as_new", "schedule_three_fires", "dependency_gate_signals"]
+    "name",
+    [
+        "backfill_continue_as_new",
+        "schedule_three_fires",
+        "dependency_gate_signals",
+        # Recorded before the "catchup-buffers" patch (missed fires were skipped) and with it.
+        "schedule_catch_up_before_patch",
+        "schedule_catch_up",
+    ],
 )
 async def test_replay_saved_history(name: str, client: Client) -> None:
     path = HISTORIES / f"{name}.json"
@@ -266,6 +347,8 @@ async def test_replay_saved_history(name: str, client: Client) -> None:
             workflow_id, run_id = await run_scheduler(client), None
         elif name == "dependency_gate_signals":
             workflow_id, run_id = await run_gate(client), None
+        elif name.startswith("schedule_catch_up"):
+            workflow_id, run_id = (await run_catch_up(client))[0], None
         else:
             workflow_id, run_id = await run_backfill(client, FakeRuns(30, 10), history_limit=60)
         history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()

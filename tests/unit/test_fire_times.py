@@ -12,7 +12,7 @@ import pytest
 
 from pipeline_service.scheduling.fire_times import Cron, Interval, jitter_for, schedule_intervals
 from schemas.loading import PipelineValidationError, validate_pipeline
-from schemas.pipeline import Schedule
+from schemas.pipeline import PipelineDefinition, Schedule
 from schemas.schedule import Overlap
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -205,4 +205,30 @@ def test_schedule_block_validation_is_path_precise() -> None:
         for p in schedule_problems(
             {"cron": "@daily", "start_date": "2027-02-01", "end_date": "2027-01-01"}
         )
+    )
+
+
+def test_the_old_tz_key_is_an_alias_of_timezone() -> None:
+    """Definitions stored before the schedule block had its model used `tz`: they still decode
+    (as a run's input does inside the workflow) and fire in that zone."""
+    stored = {
+        "name": "p",
+        "schedule": {"cron": "30 2 * * *", "tz": "Europe/Berlin"},
+        "steps": [{"id": "a", "type": "noop"}],
+    }
+    decoded = PipelineDefinition.model_validate(stored)
+    assert decoded.schedule is not None and decoded.schedule.timezone == "Europe/Berlin"
+    validated = validate_pipeline(stored, source_dir=Path(".")).schedule
+    assert validated == decoded.schedule
+    # Spring-forward day in Berlin: 02:30 does not exist, the fire moves to 03:30 CEST.
+    fires = Cron.of(validated).next_fires(datetime(2027, 3, 27, 12, tzinfo=UTC), 1)
+    assert fires == [datetime(2027, 3, 28, 1, 30, tzinfo=UTC)]
+    same = {"cron": "@daily", "tz": "Europe/Berlin", "timezone": "Europe/Berlin"}
+    assert Schedule.model_validate(same).timezone == "Europe/Berlin"
+    assert schedule_problems({"cron": "@daily", "tz": "UTC", "timezone": "Europe/Berlin"}) == [
+        "schedule: give only one of timezone ('Europe/Berlin') and its old name tz ('UTC')"
+    ]
+    assert any(
+        p.startswith("schedule.timezone:") and "Mars/Olympus" in p
+        for p in schedule_problems({"cron": "@daily", "tz": "Mars/Olympus"})
     )
