@@ -34,7 +34,7 @@ from pipeline_service.api.routers.pipelines import decode_cursor, encode_cursor
 from pipeline_service.api.services import Services
 from pipeline_service.db import quotas
 from pipeline_service.db import runs as repo
-from pipeline_service.db.models import PipelineVersion, Run, StepRun
+from pipeline_service.db.models import Run, StepRun
 from pipeline_service.db.pipelines import get_pipeline
 from pipeline_service.db.recording import record_run_events
 from pipeline_service.db.session import transaction
@@ -59,13 +59,12 @@ def _ms(start: datetime | None, end: datetime | None) -> int | None:
     return int((end - start).total_seconds() * 1000) if start and end else None
 
 
-def _public(session: Session, run: Run) -> RunPublic:
-    names = repo.run_names(session, run)
-    retry_of = session.get(Run, run.retry_of_id) if run.retry_of_id else None
+def _public(view: repo.RunView) -> RunPublic:
+    run = view.run
     return RunPublic(
         id=run.public_id,
-        pipeline=names.pipeline,
-        version=names.version,
+        pipeline=view.pipeline,
+        version=view.version,
         status=run.status,
         trigger=run.trigger,
         actor=run.actor,
@@ -77,7 +76,7 @@ def _public(session: Session, run: Run) -> RunPublic:
         finished_at=run.finished_at,
         duration_ms=_ms(run.started_at, run.finished_at),
         error=run.error,
-        retry_of=retry_of.public_id if retry_of else None,
+        retry_of=view.retry_of,
         waiting=run.submitted_at is None and run.status == RecordedRunStatus.QUEUED.value,
         priority=run.priority,
     )
@@ -117,13 +116,15 @@ def _attempt(row: StepRun, work_dir: Path) -> StepAttempt:
 
 
 def _detail(session: Session, run: Run, work_dir: Path) -> RunDetail:
-    version = session.get(PipelineVersion, run.version_id)
-    assert version is not None
+    return _detail_of(session, repo.run_view(session, run.id), work_dir)
+
+
+def _detail_of(session: Session, view: repo.RunView, work_dir: Path) -> RunDetail:
     attempts: dict[str, list[StepRun]] = {}
-    for row in repo.step_runs(session, run):
+    for row in repo.step_runs(session, view.run):
         attempts.setdefault(row.step_id, []).append(row)
     steps = []
-    for step in version.definition.get("steps", []):
+    for step in view.steps:
         rows = sorted(attempts.get(step["id"], []), key=lambda r: r.attempt)
         steps.append(
             StepPublic(
@@ -133,7 +134,7 @@ def _detail(session: Session, run: Run, work_dir: Path) -> RunDetail:
                 attempts=[_attempt(r, work_dir) for r in rows],
             )
         )
-    return RunDetail(**_public(session, run).model_dump(), steps=steps)
+    return RunDetail(**_public(view).model_dump(), steps=steps)
 
 
 def refused(exc: LaunchRefused) -> ProblemError:
@@ -165,8 +166,12 @@ async def trigger(
 ) -> RunDetail:
     """Start a run (201), or return the run this key or logical date already started (200)."""
     tenant = tenant_of(principal)
-    rerun_of = await anyio.to_thread.run_sync(
-        _dated_run_check, services, tenant.id, tenant.name, name, body
+    rerun_of = (
+        await anyio.to_thread.run_sync(
+            _dated_run_check, services, tenant.id, tenant.name, name, body
+        )
+        if body.logical_date is not None
+        else None
     )
     request = LaunchRequest(
         tenant=tenant,
@@ -287,18 +292,26 @@ def list_runs(
     more = len(rows) > limit
     rows = rows[:limit]
     return RunPage(
-        items=[_public(session, r) for r in rows],
+        items=[_public(view) for view in repo.run_views(session, rows)],
         next_cursor=encode_cursor(rows[-1].id) if more else None,
     )
 
 
 @router.get("/v1/runs/{run_id}", response_model=RunDetail)
-def get_run(
-    run_id: str, principal: ReaderDep, session: SessionDep, services: ServicesDep
-) -> RunDetail:
+async def get_run(run_id: str, principal: ReaderDep, services: ServicesDep) -> RunDetail:
     """The run with every step and every attempt of it (errors, durations, log tail)."""
-    run = _run(session, tenant_of(principal).id, run_id)
-    return _detail(session, run, services.settings.work_dir)
+    tenant_id, work_dir = tenant_of(principal).id, services.settings.work_dir
+
+    def load() -> RunDetail:
+        # The session opens and closes within this one thread hop: two queries, and no pooled
+        # connection stays checked out while the request waits for another thread.
+        with services.sessions() as session:
+            view = repo.get_run_view(session, tenant_id, run_id)
+            if view is None:
+                raise not_found(f"run '{run_id}'")
+            return _detail_of(session, view, work_dir)
+
+    return await anyio.to_thread.run_sync(load)
 
 
 @router.post("/v1/runs/{run_id}/cancel", status_code=202, response_model=RunDetail)
