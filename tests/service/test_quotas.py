@@ -56,7 +56,9 @@ async def test_twenty_triggers_with_a_quota_of_three_never_run_more_than_three(
     service: Service,
 ) -> None:
     tenant = await service.tenant()
-    await tenant.apply(pausing("hold", 0.5))
+    # Long enough that the first runs are still holding when the 20th trigger returns, also
+    # on a loaded machine (with 0.5 s, runs ended and waiting ones started during the loop).
+    await tenant.apply(pausing("hold", 3.0))
     quota = await set_quota(service, tenant, max_concurrent_runs=3)
     assert quota["overflow_policy"] == "queue"
     ids = []
