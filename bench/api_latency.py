@@ -150,11 +150,14 @@ async def run_load(
     connector = aiohttp.TCPConnector(limit=args.connections)
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(base, connector=connector, timeout=timeout) as http:
-        for _ in range(200):
+        deadline = time.monotonic() + 120
+        while True:
             with contextlib.suppress(aiohttp.ClientError):
                 async with http.get("/health/ready") as ready:
                     if ready.status == 200:
                         break
+            if time.monotonic() > deadline:
+                raise SystemExit("`laminar server` was not ready within 120 s (see --logs)")
             await asyncio.sleep(0.1)
         admin = {"Authorization": f"Bearer {ADMIN}"}
         async with http.post("/v1/tenants", json={"name": "bench"}, headers=admin):
