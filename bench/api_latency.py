@@ -1,14 +1,21 @@
 """Benchmark: API latency under a fixed arrival rate (open loop), against PostgreSQL.
 
 Starts a Temporal dev server, a scratch PostgreSQL database, `laminar server` and `laminar
-worker` as processes, then sends, for --seconds:
-  GET  /v1/runs/{id}             at --reads per second (ids of finished runs)
-  POST /v1/pipelines/{p}/runs    at --triggers per second (a 2-step no-op pipeline)
-Requests are sent on schedule whether or not earlier ones have answered (a slow answer does
-not slow the sender, so queueing shows in the figures); latency counts from the scheduled
-send time. Targets: p99 <= 50 ms (read), <= 150 ms (trigger).
+worker` as processes. Then, for each --load READS/TRIGGERS (per second), for --seconds:
 
-    .venv/bin/python bench/api_latency.py [--reads 200] [--triggers 20] [--seconds 30]
+  reference  GET /health/live at READS+TRIGGERS per second: the same server, HTTP stack and
+             machine with no database work, so the figures below show what the machine allows
+  load       GET /v1/runs/{id} at READS/s (ids of finished runs) together with
+             POST /v1/pipelines/{p}/runs at TRIGGERS/s (a 2-step no-op pipeline)
+
+and, once, the same run read as raw SQL (psycopg, one connection, sequential): the database's
+own floor. Requests are sent on schedule whether or not earlier ones have answered (a slow
+answer does not slow the sender, so queueing shows in the figures); latency counts from the
+scheduled send time. The client is aiohttp (httpx's connection pool costs more CPU per request
+than the server at these rates on 2 cores, and then measures itself). Targets: p99 <= 50 ms
+(read), <= 150 ms (trigger).
+
+    .venv/bin/python bench/api_latency.py [--load 200/20 --load 100/10] [--seconds 30]
 """
 
 from __future__ import annotations
@@ -23,9 +30,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import aiohttp
+import psutil
+import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -36,41 +47,47 @@ from pipeline_service.temporal.dev_server import free_port, start_dev_server
 
 LAMINAR = Path(sys.executable).parent / "laminar"
 ADMIN = "bench-admin"
+READ_TARGET_MS, TRIGGER_TARGET_MS = 50.0, 150.0
+
+Request = Callable[[], Awaitable[int]]
 
 
-async def open_loop(
-    http: httpx.AsyncClient, rate: float, seconds: float, request: object
-) -> tuple[list[float], int]:
-    """Send `request()` at `rate`/s for `seconds`; (latencies in s, errors)."""
-    latencies: list[float] = []
-    errors = 0
+@dataclass
+class Figures:
+    latencies: list[float]
+    errors: int
+
+    def pct(self, p: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.latencies) * 1000
+
+
+async def open_loop(rate: float, seconds: float, request: Request) -> Figures:
+    """Send `request()` at `rate`/s for `seconds`, never waiting for answers before sending."""
+    figures = Figures([], 0)
     tasks = []
     began = time.perf_counter()
-    total = int(rate * seconds)
 
     async def one(scheduled: float) -> None:
-        nonlocal errors
         try:
-            response = await request()  # type: ignore[operator]
-            if response.status_code >= 400:
-                errors += 1
-        except httpx.HTTPError:
-            errors += 1
-        latencies.append(time.perf_counter() - scheduled)
+            if await request() >= 400:
+                figures.errors += 1
+        except (aiohttp.ClientError, TimeoutError):
+            figures.errors += 1
+        figures.latencies.append(time.perf_counter() - scheduled)
 
-    for i in range(total):
+    for i in range(int(rate * seconds)):
         scheduled = began + i / rate
         delay = scheduled - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(scheduled)))
     await asyncio.gather(*tasks)
-    return latencies, errors
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000
+    return figures
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -78,9 +95,10 @@ async def main(args: argparse.Namespace) -> None:
         root = Path(tmp)
         server, _client = await start_dev_server(root / "t.db", root / "t.log", ui=False)
         port = free_port()
+        url = engine.url.render_as_string(hide_password=False)
         env = {
             **os.environ,
-            "LAMINAR_DATABASE_URL": engine.url.render_as_string(hide_password=False),
+            "LAMINAR_DATABASE_URL": url,
             "LAMINAR_TEMPORAL_ADDRESS": server.address,
             "LAMINAR_ADMIN_API_KEY": ADMIN,
             "LAMINAR_HTTP_PORT": str(port),
@@ -96,10 +114,16 @@ async def main(args: argparse.Namespace) -> None:
             for cmd in ("server", "worker")
         ]
         try:
-            await run_load(f"http://127.0.0.1:{port}", args)
+            server_cpu = [psutil.Process(procs[0].pid)]
+            await run_load(
+                f"http://127.0.0.1:{port}", url.replace("+psycopg", ""), args, server_cpu
+            )
             for cmd in ("server", "worker"):
                 errors = (root / f"{cmd}.log").read_text(errors="replace").count("Traceback")
                 print(f"{cmd}: {errors} tracebacks in its log")
+                if args.logs:
+                    args.logs.mkdir(parents=True, exist_ok=True)
+                    (args.logs / f"{cmd}.log").write_bytes((root / f"{cmd}.log").read_bytes())
         finally:
             for proc in procs:
                 proc.send_signal(signal.SIGTERM)
@@ -109,59 +133,179 @@ async def main(args: argparse.Namespace) -> None:
             server.stop()
 
 
-async def run_load(base: str, args: argparse.Namespace) -> None:
-    limits = httpx.Limits(max_connections=500, max_keepalive_connections=100)
-    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as http:
-        for _ in range(200):
-            with contextlib.suppress(httpx.HTTPError):
-                if (await http.get("/health/ready")).status_code == 200:
-                    break
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    """User + system CPU time of the server process(es) and their children so far."""
+    total = 0.0
+    for process in processes:
+        for each in [process, *process.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = each.cpu_times()
+                total += times.user + times.system
+    return total
+
+
+async def run_load(
+    base: str, database_url: str, args: argparse.Namespace, server: list[psutil.Process]
+) -> None:
+    connector = aiohttp.TCPConnector(limit=args.connections)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(base, connector=connector, timeout=timeout) as http:
+        deadline = time.monotonic() + 120
+        while True:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get("/health/ready") as ready:
+                    if ready.status == 200:
+                        break
+            if time.monotonic() > deadline:
+                raise SystemExit("`laminar server` was not ready within 120 s (see --logs)")
             await asyncio.sleep(0.1)
         admin = {"Authorization": f"Bearer {ADMIN}"}
-        await http.post("/v1/tenants", json={"name": "bench"}, headers=admin)
-        key = (
-            await http.post(
-                "/v1/tenants/bench/keys", json={"name": "b", "scope": "operate"}, headers=admin
-            )
-        ).json()["key"]
-        http.headers["Authorization"] = f"Bearer {key}"
+        async with http.post("/v1/tenants", json={"name": "bench"}, headers=admin):
+            pass
+        key_body = {"name": "b", "scope": "operate"}
+        async with http.post("/v1/tenants/bench/keys", json=key_body, headers=admin) as answer:
+            key = (await answer.json())["key"]
+        auth = {"Authorization": f"Bearer {key}"}
         steps = [{"id": "a", "type": "noop"}, {"id": "b", "type": "noop", "depends_on": ["a"]}]
         definition = {"name": "p", "steps": steps}
-        await http.post("/v1/pipelines", json={"definition": definition})
-        ids = [(await http.post("/v1/pipelines/p/runs", json={})).json()["id"] for _ in range(20)]
+        async with http.post("/v1/pipelines", json={"definition": definition}, headers=auth):
+            pass
+        ids = []
+        for _ in range(20):
+            async with http.post("/v1/pipelines/p/runs", json={}, headers=auth) as answer:
+                ids.append((await answer.json())["id"])
         reads = iter(range(10**9))
 
-        def read() -> object:
-            return http.get(f"/v1/runs/{ids[next(reads) % len(ids)]}")
+        async def call(method: str, path: str, **kwargs: object) -> int:
+            async with http.request(method, path, headers=auth, **kwargs) as response:  # type: ignore[arg-type]
+                await response.read()
+                return response.status
 
-        def trigger() -> object:
-            return http.post("/v1/pipelines/p/runs", json={})
+        def read() -> Awaitable[int]:
+            return call("GET", f"/v1/runs/{ids[next(reads) % len(ids)]}")
 
-        for _ in range(50):  # warm-up
+        def trigger() -> Awaitable[int]:
+            return call("POST", "/v1/pipelines/p/runs", json={})
+
+        def live() -> Awaitable[int]:
+            return call("GET", "/health/live")
+
+        for _ in range(100):  # warm-up
             await read()
-        (read_lat, read_err), (trig_lat, trig_err) = await asyncio.gather(
-            open_loop(http, args.reads, args.seconds, read),
-            open_loop(http, args.triggers, args.seconds, trigger),
-        )
+        raw = raw_sql_read(database_url, ids)
+        rows: list[Row] = []
+        for load in args.load:
+            reads_per_s, triggers_per_s = (float(x) for x in load.split("/"))
+            began = cpu_seconds(server)
+            reference = await open_loop(reads_per_s + triggers_per_s, args.seconds, live)
+            rows.append(
+                Row(
+                    "GET /health/live (reference)",
+                    reads_per_s + triggers_per_s,
+                    reference,
+                    None,
+                    cpu_seconds(server) - began,
+                )
+            )
+            began = cpu_seconds(server)
+            alone = await open_loop(reads_per_s, args.seconds, read)
+            rows.append(
+                Row(
+                    "GET /v1/runs/{id} (alone)",
+                    reads_per_s,
+                    alone,
+                    READ_TARGET_MS,
+                    cpu_seconds(server) - began,
+                )
+            )
+            began = cpu_seconds(server)
+            read_figures, trigger_figures = await asyncio.gather(
+                open_loop(reads_per_s, args.seconds, read),
+                open_loop(triggers_per_s, args.seconds, trigger),
+            )
+            both = cpu_seconds(server) - began
+            rows += [
+                Row("GET /v1/runs/{id}", reads_per_s, read_figures, READ_TARGET_MS, None),
+                Row(
+                    "POST /v1/pipelines/p/runs",
+                    triggers_per_s,
+                    trigger_figures,
+                    TRIGGER_TARGET_MS,
+                    None,
+                ),
+            ]
+            # The triggers' share of the server's CPU: what the mixed phase took beyond its reads.
+            per_read = rows[-3].cpu_s / max(len(alone.latencies), 1)  # type: ignore[operator]
+            rows[-1].cpu_s = both - per_read * len(read_figures.latencies)
+            await asyncio.sleep(2)  # let the triggered runs drain before the next load
     print(
-        f"\nAPI latency, open loop for {args.seconds}s, PostgreSQL, `laminar server --workers "
-        f"{args.workers}`"
+        f"\nAPI latency, open loop, {args.seconds:g} s per phase, PostgreSQL, "
+        f"`laminar server --workers {args.workers}`, aiohttp client ({args.connections} "
+        f"connections), {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}"
     )
-    print(f"{'request':<28}{'rate/s':>8}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'errors':>8}")
-    for name, rate, lat, err, target in (
-        ("GET /v1/runs/{id}", args.reads, read_lat, read_err, 50),
-        ("POST /v1/pipelines/p/runs", args.triggers, trig_lat, trig_err, 150),
-    ):
-        print(
-            f"{name:<28}{rate:>8}{statistics.median(lat) * 1000:>9.1f}{pct(lat, 90):>9.1f}"
-            f"{pct(lat, 99):>9.1f}{err:>8}   target p99 <= {target} ms"
+    print(
+        f"raw SQL read of the same run row (psycopg, sequential): "
+        f"p50 {statistics.median(raw) * 1000:.2f} ms, p99 {Figures(raw, 0).pct(99):.2f} ms"
+    )
+    print(
+        "phases per load: reference alone, reads alone, reads + triggers together. "
+        "'CPU ms/req': the server process's CPU time per request in that phase "
+        "(triggers: the mixed phase's CPU beyond its reads)"
+    )
+    print(
+        f"{'request':<31}{'rate/s':>7}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'errors':>7}"
+        f"{'p99/ref':>9}{'CPU ms/req':>12}  target"
+    )
+    reference = rows[0]
+    for row in rows:
+        if row.target is None:
+            reference = row
+        figures = row.figures
+        verdict = (
+            ""
+            if row.target is None
+            else f"p99 <= {row.target:g} ms: "
+            + ("met" if figures.pct(99) <= row.target else "MISSED")
         )
+        cpu = "" if row.cpu_s is None else f"{row.cpu_s / len(figures.latencies) * 1000:.2f}"
+        print(
+            f"{row.name:<31}{row.rate:>7g}{figures.p50:>9.1f}{figures.pct(90):>9.1f}"
+            f"{figures.pct(99):>9.1f}{figures.errors:>7}"
+            f"{figures.pct(99) / reference.figures.pct(99):>8.1f}x{cpu:>12}  {verdict}"
+        )
+
+
+@dataclass
+class Row:
+    name: str
+    rate: float
+    figures: Figures
+    target: float | None
+    cpu_s: float | None
+
+
+def raw_sql_read(url: str, ids: list[str], count: int = 500) -> list[float]:
+    """The floor: one indexed read of a run row over one warm connection."""
+    latencies = []
+    with psycopg.connect(url) as conn:
+        for i in range(count):
+            began = time.perf_counter()
+            conn.execute("SELECT * FROM runs WHERE public_id = %s", (ids[i % len(ids)],)).fetchone()
+            latencies.append(time.perf_counter() - began)
+    return latencies
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reads", type=float, default=200)
-    parser.add_argument("--triggers", type=float, default=20)
+    parser.add_argument(
+        "--load",
+        action="append",
+        help="READS/TRIGGERS per second; repeat for several loads (default 200/20)",
+    )
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--workers", type=int, default=1, help="`laminar server` processes")
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument("--connections", type=int, default=100, help="client connection limit")
+    parser.add_argument("--logs", type=Path, help="copy the server's and worker's logs here")
+    arguments = parser.parse_args()
+    arguments.load = arguments.load or ["200/20"]
+    asyncio.run(main(arguments))

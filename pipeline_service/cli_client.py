@@ -17,6 +17,8 @@ from rich.table import Table
 if TYPE_CHECKING:
     import httpx
 
+    from schemas.run import RunState
+
 console = Console(soft_wrap=True)
 errors = Console(stderr=True, soft_wrap=True)
 
@@ -316,16 +318,59 @@ def _show_run(run: dict[str, Any]) -> None:
             console.print(f"{what} run {run[link]}", highlight=False)
 
 
+def run_state(run: dict[str, Any]) -> RunState:
+    """A run as the API shows it, as the live view's state (each step's latest attempt)."""
+    from schemas.run import RunState, RunStatus, StepResult, StepState, StepStatus
+
+    steps = []
+    for step in run.get("steps", []):
+        last = step["attempts"][-1] if step["attempts"] else {}
+        status = step["status"]
+        steps.append(
+            StepState(
+                step_id=step["step_id"],
+                type=step.get("type", ""),
+                status=StepStatus(status) if status in set(StepStatus) else StepStatus.PENDING,
+                attempt=last.get("attempt", 0),
+                started_at=last.get("started_at"),
+                finished_at=last.get("finished_at"),
+                error=last.get("error"),
+                result=StepResult(
+                    rows_affected=last.get("rows_affected"),
+                    outputs=last.get("outputs") or {},
+                    tables=last.get("tables") or {},
+                )
+                if last.get("status") == StepStatus.SUCCEEDED
+                else None,
+            )
+        )
+    status = {"QUEUED": RunStatus.PENDING, "RETRYING": RunStatus.RUNNING}.get(
+        run["status"], run["status"]
+    )
+    return RunState(
+        run_id=run["id"],
+        pipeline=run["pipeline"],
+        status=RunStatus(status) if status in set(RunStatus) else RunStatus.RUNNING,
+        started_at=run.get("started_at"),
+        finished_at=run.get("finished_at"),
+        steps=steps,
+        error=run.get("error"),
+    )
+
+
 def _wait(api: Api, run: dict[str, Any]) -> int:
-    last = None
-    while run["status"] not in FINISHED:
-        summary = [(s["step_id"], s["status"]) for s in run["steps"]]
-        if summary != last:
-            console.print(" ".join(f"{step}={status}" for step, status in summary), highlight=False)
-            last = summary
-        time.sleep(0.5)
-        run = api.call("GET", f"/v1/runs/{run['id']}")
-    _show_run(run)
+    """Follow the run: `laminar run`'s live step table on a terminal, a line per change
+    otherwise; then the final table. 0 if it succeeded, 1 if not."""
+    from pipeline_service.progress import ProgressView
+
+    with ProgressView(console) as view:
+        while True:
+            view.update(run_state(run))
+            if run["status"] in FINISHED:
+                break
+            time.sleep(0.5)
+            run = api.call("GET", f"/v1/runs/{run['id']}")
+        view.finish(run_state(run))
     return 0 if run["status"] == "SUCCEEDED" else 1
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,10 +40,13 @@ from pipeline_service.db.tenants import (
     resolve_api_key,
 )
 from pipeline_service.metrics import StepMetrics
+from pipeline_service.reconciler import RunReconciler
 from pipeline_service.settings import ServiceSettings
 from pipeline_service.temporal.client import TASK_QUEUE
 from schemas.pipeline import PipelineDefinition
 from schemas.run import DEFAULT_TENANT
+
+log = logging.getLogger(__name__)
 
 SERVICE_DB = "laminar.db"
 API_KEY_FILE = "api-key"
@@ -60,12 +64,29 @@ class EmbeddedApi:
     server: uvicorn.Server | None
     task: asyncio.Task[None] | None
     step_metrics: StepMetrics
+    reconciler: RunReconciler
+    """The workers' reconciler (pipeline_service/reconciler.py), here too: a run that Temporal
+    ended on its own (terminated in the UI, timed out) is recorded as ended."""
+    reconciling: asyncio.Task[None] | None = None
+    _stop_reconciling: asyncio.Event | None = None
+
+    async def reconcile(self, workflow_id: str) -> None:
+        """Record the end of the cluster's run if Temporal ended it behind the workflow's
+        back (called when the run's workflow closes; the periodic pass covers the rest)."""
+        try:
+            await self.reconciler.reconcile_workflow(workflow_id)
+        except Exception:
+            log.exception("recording the end of %s from Temporal failed", workflow_id)
 
     async def stop(self) -> None:
         if self.server is not None and self.task is not None:
             self.server.should_exit = True
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.task, timeout=5)
+        if self.reconciling is not None and self._stop_reconciling is not None:
+            self._stop_reconciling.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.reconciling, timeout=10)
         self.engine.dispose()
 
 
@@ -118,8 +139,11 @@ async def start_embedded_api(
     services: Services = app.state.services
     key_file = state_dir / API_KEY_FILE
     metrics = StepMetrics(services.metrics.registry)
+    reconciler = RunReconciler(sessions, client, older_than=settings.reconcile_after)
     if http_port is None:
-        return EmbeddedApi(engine, sessions, tenant, None, key_file, None, None, metrics)
+        api = EmbeddedApi(engine, sessions, tenant, None, key_file, None, None, metrics, reconciler)
+        _start_reconciling(api, settings)
+        return api
     config = uvicorn.Config(
         app, host="127.0.0.1", port=http_port, log_level="warning", access_log=False
     )
@@ -134,6 +158,27 @@ async def start_embedded_api(
         raise OSError(f"the API could not listen on 127.0.0.1:{http_port}")
     if metrics_port is not None:
         start_http_server(metrics_port, addr="127.0.0.1", registry=services.metrics.registry)
-    return EmbeddedApi(
-        engine, sessions, tenant, f"http://127.0.0.1:{http_port}", key_file, server, task, metrics
+    api = EmbeddedApi(
+        engine,
+        sessions,
+        tenant,
+        f"http://127.0.0.1:{http_port}",
+        key_file,
+        server,
+        task,
+        metrics,
+        reconciler,
+    )
+    _start_reconciling(api, settings)
+    return api
+
+
+def _start_reconciling(api: EmbeddedApi, settings: ServiceSettings) -> None:
+    """The periodic pass, as on every `laminar worker` (LAMINAR_RECONCILE_INTERVAL, 0 = off;
+    LAMINAR_RECONCILE_AFTER)."""
+    if settings.reconcile_interval.total_seconds() <= 0:
+        return
+    api._stop_reconciling = asyncio.Event()
+    api.reconciling = asyncio.create_task(
+        api.reconciler.run(api._stop_reconciling, settings.reconcile_interval)
     )

@@ -556,6 +556,10 @@ class PipelineCluster:
                     f"`laminar run` with this state dir[/]"
                 )
                 return 128 + (self._stop_signal or signal.SIGINT)
+            if self._api is not None:
+                # Terminated in the Temporal UI or timed out: the workflow could not record
+                # its own end, so the reconciler does, before we report.
+                await self._api.reconcile(handle.id)
             summary = await self._final_summary(handle, result_task)
             if self.checkpointer is not None:
                 self.checkpointer.observe(summary)

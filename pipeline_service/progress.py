@@ -65,7 +65,7 @@ def render_table(state: RunState) -> Table:
 
 
 class ProgressView:
-    def __init__(self, console: Console, pipeline: PipelineDefinition) -> None:
+    def __init__(self, console: Console, pipeline: PipelineDefinition | None = None) -> None:
         self.console = console
         self.pipeline = pipeline
         self._live: Live | None = None

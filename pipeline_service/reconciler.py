@@ -243,6 +243,23 @@ class RunReconciler:
             if len(batch) < self._batch_size:
                 return reconciled
 
+    async def reconcile_workflow(self, workflow_id: str) -> bool:
+        """Record this one run's end now, if Temporal has ended it and its row has not (no
+        age threshold: `laminar run` calls this when its own run's workflow closes)."""
+        ended = await _ended(self._client, workflow_id)
+        if ended is None:
+            return False
+
+        def record() -> int:
+            with transaction(self._sessions) as session:
+                run_id = session.scalar(select(Run.id).where(Run.workflow_id == workflow_id))
+                return 0 if run_id is None else record_end(session, run_id, ended)
+
+        if await asyncio.to_thread(record) == 0:
+            return False
+        log.info("run %s ended in Temporal: %s", workflow_id, ended.error)
+        return True
+
     async def run(self, stop: asyncio.Event, interval: timedelta) -> None:
         """Reconcile every `interval` until `stop`; a failed pass is logged and retried."""
         while not stop.is_set():

@@ -9,10 +9,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from sqlalchemy import Engine
+from sqlalchemy.pool import QueuePool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from temporalio.client import Client
 
-from pipeline_service.api.limits import BodyLimitMiddleware
+from pipeline_service.api.limits import BodyLimitMiddleware, InFlightLimitMiddleware
 from pipeline_service.api.problems import PROBLEM_RESPONSES, ProblemBody, install_handlers
 from pipeline_service.api.routers import (
     backfills,
@@ -101,10 +103,27 @@ def create_app(
     app.include_router(health.router)
     _register_problem_schema(app)
 
+    # Exempt: no database, or (the event feed's long poll, up to 30 s) a session per poll
+    # opened and closed within one thread hop, so waiting there holds no connection.
+    app.add_middleware(
+        InFlightLimitMiddleware,
+        limit=in_flight_limit(engine),
+        exempt=("/health/live", "/metrics", "/v1/events"),
+    )
     app.add_middleware(LatencyMiddleware, metrics=services.metrics)
     # Outermost: an oversize body is refused before any other layer reads it.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     return app
+
+
+def in_flight_limit(engine: Engine) -> int:
+    """Half the connection pool (a request holds up to two connections), less two for the
+    dispatcher and the health check; see InFlightLimitMiddleware."""
+    pool = engine.pool
+    if not isinstance(pool, QueuePool):
+        return 32
+    capacity = pool.size() + max(int(getattr(pool, "_max_overflow", 0)), 0)
+    return max(capacity // 2 - 2, 2)
 
 
 def _register_problem_schema(app: FastAPI) -> None:

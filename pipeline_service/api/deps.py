@@ -38,7 +38,7 @@ async def get_session(services: ServicesDep) -> AsyncIterator[Session]:
     try:
         yield session
     finally:
-        await anyio.to_thread.run_sync(session.close)
+        await anyio.to_thread.run_sync(session.close, limiter=services.closing)
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -82,3 +83,24 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
         return await receive()
 
     return replay
+
+
+class InFlightLimitMiddleware:
+    """At most `limit` requests inside the app at once; the rest wait here, on the event loop,
+    holding nothing. A request holds up to two pooled database connections (its session and an
+    API-key look-up), so with `limit` at half the pool no request ever waits for a connection
+    while holding one. Without it, a backlog deadlocked the pool: handlers blocked in the
+    thread pool waiting for connections that finished requests would only give back in a later
+    thread hop (FastAPI validates a sync endpoint's answer, and the session closes, in the same
+    thread pool), until the pool's timeout failed them all."""
+
+    def __init__(self, app: ASGIApp, limit: int, exempt: tuple[str, ...] = ()) -> None:
+        self.app, self.exempt = app, exempt
+        self._slots = asyncio.Semaphore(limit)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path", "").startswith(self.exempt):
+            await self.app(scope, receive, send)
+            return
+        async with self._slots:
+            await self.app(scope, receive, send)

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from pipeline_service.db.models import Pipeline, PipelineVersion, Run, StepRun, Tenant
 
@@ -116,3 +116,65 @@ def run_names(session: Session, run: Run) -> RunNames:
         .where(Pipeline.id == run.pipeline_id, PipelineVersion.id == run.version_id)
     ).one()
     return RunNames(row[0], row[1], row[2])
+
+
+@dataclass(frozen=True)
+class RunView:
+    """A run with what its API answer names: pipeline, version number, the runs it retries or
+    replays, its tenant and (for the detail view) its version's step list. Read in one query."""
+
+    run: Run
+    pipeline: str
+    version: int
+    retry_of: str | None
+    replay_of: str | None
+    tenant: str
+    steps: list[dict[str, Any]]
+
+
+def _view_query(*, steps: bool) -> Select[Any]:
+    retried, replayed = aliased(Run), aliased(Run)
+    columns: list[Any] = [
+        Run,
+        Pipeline.name,
+        PipelineVersion.version,
+        retried.public_id,
+        replayed.public_id,
+        Tenant.name,
+    ]
+    if steps:
+        columns.append(PipelineVersion.definition["steps"])
+    return (
+        select(*columns)
+        .join(Pipeline, Pipeline.id == Run.pipeline_id)
+        .join(PipelineVersion, PipelineVersion.id == Run.version_id)
+        .join(Tenant, Tenant.id == Run.tenant_id)
+        .outerjoin(retried, retried.id == Run.retry_of_id)
+        .outerjoin(replayed, replayed.id == Run.replay_of_id)
+    )
+
+
+def _view(row: Any, steps: bool) -> RunView:
+    return RunView(row[0], row[1], row[2], row[3], row[4], row[5], (row[6] or []) if steps else [])
+
+
+def run_view(session: Session, run_id: int) -> RunView:
+    """The view of a run by its row id, with its version's steps."""
+    row = session.execute(_view_query(steps=True).where(Run.id == run_id)).one()
+    return _view(row, True)
+
+
+def get_run_view(session: Session, tenant_id: int, public_id: str) -> RunView | None:
+    """The view of the tenant's run (None: no such run in this tenant), with its steps."""
+    query = _view_query(steps=True).where(Run.tenant_id == tenant_id, Run.public_id == public_id)
+    row = session.execute(query).one_or_none()
+    return None if row is None else _view(row, True)
+
+
+def run_views(session: Session, runs: list[Run]) -> list[RunView]:
+    """Views of `runs` (without steps), in their order: one query for the page."""
+    if not runs:
+        return []
+    rows = session.execute(_view_query(steps=False).where(Run.id.in_([r.id for r in runs])))
+    by_id = {row[0].id: _view(row, False) for row in rows}
+    return [by_id[r.id] for r in runs]

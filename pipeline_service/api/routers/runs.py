@@ -35,7 +35,7 @@ from pipeline_service.api.services import Services
 from pipeline_service.api.step_logs import StepLogs
 from pipeline_service.db import quotas
 from pipeline_service.db import runs as repo
-from pipeline_service.db.models import PipelineVersion, Run, StepRun, Tenant
+from pipeline_service.db.models import Run, StepRun
 from pipeline_service.db.pipelines import get_pipeline
 from pipeline_service.db.pools import waiting_steps
 from pipeline_service.db.recording import record_run_events
@@ -60,14 +60,12 @@ def _ms(start: datetime | None, end: datetime | None) -> int | None:
     return int((end - start).total_seconds() * 1000) if start and end else None
 
 
-def _public(session: Session, run: Run) -> RunPublic:
-    names = repo.run_names(session, run)
-    retry_of = session.get(Run, run.retry_of_id) if run.retry_of_id else None
-    replay_of = session.get(Run, run.replay_of_id) if run.replay_of_id else None
+def _public(view: repo.RunView) -> RunPublic:
+    run = view.run
     return RunPublic(
         id=run.public_id,
-        pipeline=names.pipeline,
-        version=names.version,
+        pipeline=view.pipeline,
+        version=view.version,
         status=run.status,
         trigger=run.trigger,
         actor=run.actor,
@@ -79,8 +77,8 @@ def _public(session: Session, run: Run) -> RunPublic:
         finished_at=run.finished_at,
         duration_ms=_ms(run.started_at, run.finished_at),
         error=run.error,
-        retry_of=retry_of.public_id if retry_of else None,
-        replay_of=replay_of.public_id if replay_of else None,
+        retry_of=view.retry_of,
+        replay_of=view.replay_of,
         replay=(run.launch_options or {}).get("replay"),
         waiting=run.submitted_at is None and run.status == RecordedRunStatus.QUEUED.value,
         priority=run.priority,
@@ -106,14 +104,16 @@ def _attempt(row: StepRun, log_tail: str | None) -> StepAttempt:
 
 
 def _detail(session: Session, run: Run, logs: StepLogs) -> RunDetail:
-    version = session.get(PipelineVersion, run.version_id)
-    tenant = session.get(Tenant, run.tenant_id)
-    assert version is not None and tenant is not None
+    return _detail_of(session, repo.run_view(session, run.id), logs)
+
+
+def _detail_of(session: Session, view: repo.RunView, logs: StepLogs) -> RunDetail:
+    run = view.run
     attempts: dict[str, list[StepRun]] = {}
     rows = repo.step_runs(session, run)
     for row in rows:
         attempts.setdefault(row.step_id, []).append(row)
-    tails = logs.tails(tenant.name, run.workflow_id, rows)
+    tails = logs.tails(view.tenant, run.workflow_id, rows)
     waits: dict[str, PoolWaitPublic] = {}
     if run.status not in RUN_FINISHED:
         for activity_id, wait in waiting_steps(session, run.workflow_id).items():
@@ -122,7 +122,7 @@ def _detail(session: Session, run: Run, logs: StepLogs) -> RunDetail:
                 pool=wait.pool, since=wait.since, position=wait.position
             )
     steps = []
-    for step in version.definition.get("steps", []):
+    for step in view.steps:
         ids = [step["id"]]
         if step.get("for_each"):  # its instances, `<id>[<index>]`, in item order
             prefix = f"{step['id']}["
@@ -139,7 +139,7 @@ def _detail(session: Session, run: Run, logs: StepLogs) -> RunDetail:
                     waiting_for_pool=waits.get(step_id),
                 )
             )
-    return RunDetail(**_public(session, run).model_dump(), steps=steps)
+    return RunDetail(**_public(view).model_dump(), steps=steps)
 
 
 def refused(exc: LaunchRefused) -> ProblemError:
@@ -171,8 +171,12 @@ async def trigger(
 ) -> RunDetail:
     """Start a run (201), or return the run this key or logical date already started (200)."""
     tenant = tenant_of(principal)
-    rerun_of = await anyio.to_thread.run_sync(
-        _dated_run_check, services, tenant.id, tenant.name, name, body
+    rerun_of = (
+        await anyio.to_thread.run_sync(
+            _dated_run_check, services, tenant.id, tenant.name, name, body
+        )
+        if body.logical_date is not None
+        else None
     )
     request = LaunchRequest(
         tenant=tenant,
@@ -293,18 +297,26 @@ def list_runs(
     more = len(rows) > limit
     rows = rows[:limit]
     return RunPage(
-        items=[_public(session, r) for r in rows],
+        items=[_public(view) for view in repo.run_views(session, rows)],
         next_cursor=encode_cursor(rows[-1].id) if more else None,
     )
 
 
 @router.get("/v1/runs/{run_id}", response_model=RunDetail)
-def get_run(
-    run_id: str, principal: ReaderDep, session: SessionDep, services: ServicesDep
-) -> RunDetail:
+async def get_run(run_id: str, principal: ReaderDep, services: ServicesDep) -> RunDetail:
     """The run with every step and every attempt of it (errors, durations, log tail)."""
-    run = _run(session, tenant_of(principal).id, run_id)
-    return _detail(session, run, services.step_logs)
+    tenant_id, logs = tenant_of(principal).id, services.step_logs
+
+    def load() -> RunDetail:
+        # The session opens and closes within this one thread hop: two queries, and no pooled
+        # connection stays checked out while the request waits for another thread.
+        with services.sessions() as session:
+            view = repo.get_run_view(session, tenant_id, run_id)
+            if view is None:
+                raise not_found(f"run '{run_id}'")
+            return _detail_of(session, view, logs)
+
+    return await anyio.to_thread.run_sync(load)
 
 
 @router.post("/v1/runs/{run_id}/cancel", status_code=202, response_model=RunDetail)
