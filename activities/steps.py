@@ -25,11 +25,13 @@ from activities.artifacts import (
     log_key,
 )
 from activities.names import RUN_STEP, STEP_ATTEMPT_FAILED_SIGNAL, WORKER_LOST
-from schemas.pipeline import SensorStep
+from schemas.pipeline import SensorStep, SqlStep
 from schemas.run import RunStepInput, StepAttemptFailed, StepResult
+from schemas.sql_templates import render_sql
 from steps.base import StepContext, StepError
 from steps.engines.duckdb import DuckDBEngine
 from steps.registry import Executors, connection_secret_names, execute_step
+from steps.sql import target_tables
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +113,13 @@ class StepActivities:
         attempt_log = self._attempt_log(input, ctx)
         try:
             await self._check_upstream_tables(input)
+            before = await self._table_versions(input)
             # execute_step stamps the attempt and its start and finish times on the result.
             # A sensor's timeout is its whole wait; one check (this activity) has check_timeout.
             limit = step.check_timeout if isinstance(step, SensorStep) else step.timeout
             result = await _within_timeout(limit, execute_step(self._executors, step, ctx))
+            if before is not None:
+                result = await self._with_written_tables(input, ctx, before, result)
             await self._export_tables(input, result)
             return _redacted_result(result, ctx) if secrets else result
         except StepError as err:
@@ -161,14 +166,46 @@ class StepActivities:
         uploader.start()
         return uploader
 
+    async def _table_versions(self, input: RunStepInput) -> dict[str, tuple[int, int]] | None:
+        """With an artifact store, before a DuckDB `sql` step: the warehouse's tables, to tell
+        afterwards which ones the step created or wrote. None otherwise (no extra work)."""
+        if self._handoff is None or self._warehouse is None or not _writes_warehouse(input):
+            return None
+        return await self._warehouse.table_versions()
+
+    async def _with_written_tables(
+        self,
+        input: RunStepInput,
+        ctx: StepContext,
+        before: dict[str, tuple[int, int]],
+        result: StepResult,
+    ) -> StepResult:
+        """`result` with `written`: the tables the step created, replaced or grew (asked from
+        DuckDB, so a table made by a SQL file counts too) and those its statements write
+        (sqlglot: an UPDATE changes neither the table's oid nor its size)."""
+        assert self._warehouse is not None and isinstance(input.step, SqlStep)
+        after = await self._warehouse.table_versions()
+        written = {name for name, version in after.items() if before.get(name) != version}
+        text, _ = render_sql(input.step.sql, ctx.run, ctx.upstream)
+        canonical = {name.lower(): name for name in after}
+        for target in target_tables(text, input.step.source_dialect):
+            name = target.lower().removeprefix("main.")
+            if name in canonical:
+                written.add(canonical[name])
+        written -= set(result.tables.values())
+        return result.model_copy(update={"written": sorted(written)}) if written else result
+
     async def _export_tables(self, input: RunStepInput, result: StepResult) -> None:
         """Output tables of a DuckDB step go to the artifact store for steps on other workers."""
-        if self._handoff is None or not result.tables:
+        if self._handoff is None or not (result.tables or result.written):
             return
         context = input.context
         try:
             await self._handoff.export(
-                context.tenant, context.run_id, input.step.id, sorted(set(result.tables.values()))
+                context.tenant,
+                context.run_id,
+                input.step.id,
+                sorted(set(result.tables.values()) | set(result.written)),
             )
         except HandoffError as exc:
             raise StepError(str(exc), error_type="ArtifactStoreError", retryable=True) from exc
@@ -188,6 +225,9 @@ class StepActivities:
             for step_id, upstream in input.upstream.items()
             for table in upstream.tables.values()
         }
+        if getattr(step, "engine", None) == "duckdb":
+            # Tables ancestors' SQL wrote (only workers with an artifact store record them).
+            written.update(input.handoff_tables)
         if not written:
             return
         if self._handoff is not None:
@@ -259,6 +299,13 @@ class StepActivities:
             await handle.signal(STEP_ATTEMPT_FAILED_SIGNAL, signal)
         except Exception:  # visibility only: never turn a step failure into another failure
             log.warning("could not report retry of step %s", input.step.id, exc_info=True)
+
+
+def _writes_warehouse(input: RunStepInput) -> bool:
+    """A `sql` step on the worker's DuckDB warehouse (not a compensation: nothing reads what
+    it leaves)."""
+    step = input.step
+    return isinstance(step, SqlStep) and step.engine == "duckdb" and not input.compensation
 
 
 def _redacted_result(result: StepResult, ctx: StepContext) -> StepResult:

@@ -23,7 +23,7 @@ with workflow.unsafe.imports_passed_through():
         STEP_ATTEMPT_FAILED_SIGNAL,
         WORKER_LOST,
     )
-    from schemas.handoff_checks import referenced_steps
+    from schemas.handoff_checks import ancestors, referenced_steps
     from schemas.pipeline import OnFailure, SensorStep, Step
     from schemas.recording import RecordedRunStatus, RecordRunEventsResult
     from schemas.run import (
@@ -53,6 +53,8 @@ WORKFLOW_DRIVEN_RETRIES = "workflow-driven-retries"
 RECORDING_PATCH = "record-run-events"
 CONTROL_FLOW_PATCH = "control-flow"
 """Patch id: trigger rules, `when:`, `on_failure: ignore` and fail_fast (`_control`)."""
+HANDOFF_TABLES_PATCH = "handoff-written-tables"
+"""Patch id: a step's input names the tables its ancestors wrote (`RunStepInput.handoff_tables`)."""
 RECORDING_TIMEOUT = timedelta(seconds=30)
 RECORDING_RETRY = TemporalRetryPolicy(
     initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=30)
@@ -138,6 +140,7 @@ class PipelineRunWorkflow:
         self._recording = asyncio.Lock()  # batches are written one after the other, in order
         self._control: control_flow.ControlFlow | None = None
         self._failing_fast = False
+        self._ancestors: dict[str, set[str]] | None = None  # computed on first need
         # Steps an earlier run did (retry from failure): done before this run starts. Runs
         # started before `reuse` existed have it empty, so their replay takes no other path
         # and issues no other command: no patch is needed for it.
@@ -429,6 +432,7 @@ class PipelineRunWorkflow:
                 attempt_offset=attempt - 1,
                 compensation=compensation,
                 upstream=self._upstream(step),
+                handoff_tables=self._handoff_tables(step),
                 report_retries=False,
             ),
             activity_id,
@@ -446,6 +450,29 @@ class PipelineRunWorkflow:
                 found[step_id] = UpstreamResult(
                     result=state.result.outputs, tables=state.result.tables
                 )
+        return found
+
+    def _handoff_tables(self, step: Step) -> dict[str, str]:
+        """Table -> the ancestor of `step` that last wrote it (`StepResult.written`, set only by
+        workers with an artifact store): a descendant has more ancestors than its ancestor, so
+        writers are taken in that order and the latest one's copy wins. Empty (and no patch
+        marker) when no ancestor wrote any: histories from before stay as they were."""
+        if self._ancestors is None:
+            self._ancestors = ancestors(self._input.pipeline.steps)
+        writers = sorted(
+            (len(self._ancestors.get(step_id, ())), step_id)
+            for step_id in self._ancestors.get(step.id, ())
+            if (state := self._states.get(step_id)) is not None
+            and state.result is not None
+            and state.result.written
+        )
+        if not writers or not workflow.patched(HANDOFF_TABLES_PATCH):
+            return {}
+        found: dict[str, str] = {}
+        for _, step_id in writers:
+            result = self._states[step_id].result
+            assert result is not None
+            found.update(dict.fromkeys(result.written, step_id))
         return found
 
     def _mark_retrying(self, step: Step, attempt: int, error: str, compensation: bool) -> None:
