@@ -31,7 +31,7 @@ from schemas.sql_templates import render_sql
 from steps.base import StepContext, StepError
 from steps.engines.duckdb import DuckDBEngine
 from steps.registry import Executors, connection_secret_names, execute_step
-from steps.sql import target_tables
+from steps.sql import referenced_tables, target_tables
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class StepActivities:
         heartbeats = _start_heartbeats(info.heartbeat_timeout, progress)
         attempt_log = self._attempt_log(input, ctx)
         try:
-            await self._check_upstream_tables(input)
+            await self._check_upstream_tables(input, ctx)
             before = await self._table_versions(input)
             # execute_step stamps the attempt and its start and finish times on the result.
             # A sensor's timeout is its whole wait; one check (this activity) has check_timeout.
@@ -210,7 +210,7 @@ class StepActivities:
         except HandoffError as exc:
             raise StepError(str(exc), error_type="ArtifactStoreError", retryable=True) from exc
 
-    async def _check_upstream_tables(self, input: RunStepInput) -> None:
+    async def _check_upstream_tables(self, input: RunStepInput, ctx: StepContext) -> None:
         """Tables upstream steps wrote, for a step that reads this worker's DuckDB warehouse:
         with an artifact store, those this warehouse lacks (or holds from another run) are
         imported from it; without one, a table written on another worker fails the step with
@@ -226,8 +226,9 @@ class StepActivities:
             for table in upstream.tables.values()
         }
         if getattr(step, "engine", None) == "duckdb":
-            # Tables ancestors' SQL wrote (only workers with an artifact store record them).
-            written.update(input.handoff_tables)
+            # Tables ancestors' SQL wrote (only workers with an artifact store record them):
+            # those a SQL step's statements name, or all when sqlglot cannot tell.
+            written.update(_tables_to_import(input, ctx))
         if not written:
             return
         if self._handoff is not None:
@@ -299,6 +300,17 @@ class StepActivities:
             await handle.signal(STEP_ATTEMPT_FAILED_SIGNAL, signal)
         except Exception:  # visibility only: never turn a step failure into another failure
             log.warning("could not report retry of step %s", input.step.id, exc_info=True)
+
+
+def _tables_to_import(input: RunStepInput, ctx: StepContext) -> dict[str, str]:
+    step = input.step
+    if not input.handoff_tables or not isinstance(step, SqlStep):
+        return input.handoff_tables
+    text, _ = render_sql(step.sql, ctx.run, ctx.upstream)
+    named = referenced_tables(text, step.source_dialect)
+    if named is None:
+        return input.handoff_tables
+    return {t: s for t, s in input.handoff_tables.items() if t.lower() in named}
 
 
 def _writes_warehouse(input: RunStepInput) -> bool:

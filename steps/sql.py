@@ -130,6 +130,23 @@ def target_tables(script: str, dialect: SqlDialect) -> list[str]:
     return found
 
 
+def referenced_tables(script: str, dialect: SqlDialect) -> set[str] | None:
+    """Every table name the script mentions (read or written), lower-cased and without a
+    `main.` schema; None when sqlglot cannot parse it (then any table may be read)."""
+    try:
+        statements = sqlglot.parse(script, read=dialect)
+    except (SqlglotError, RecursionError):
+        return None
+    found: set[str] = set()
+    for statement in statements:
+        if statement is None:
+            continue
+        for table in statement.find_all(exp.Table):
+            name = ".".join(part.name for part in table.parts).lower()
+            found.add(name.removeprefix("main."))
+    return found
+
+
 async def _table_preview(engine: Any, table: str, rows: int) -> dict[str, Any]:
     query = exp.select("*").from_(exp.to_table(table, dialect=engine.dialect)).limit(rows)
     statement = BoundStatement(query.sql(dialect=engine.dialect, identify=True), [])

@@ -218,7 +218,15 @@ async def test_tables_a_sql_step_creates_cross_to_a_sql_step_on_another_worker(
     assert created.written == ["mart.regions", "orders"] and created.tables == {}
     keys = store.keys(run_prefix(TENANT, run_id))
     assert {table_key(TENANT, run_id, "orders", t) for t in created.written} <= set(keys)
-    # Worker B has never seen them: it imports both and grows `orders`.
+    # A step imports only the tables its statements name (sqlglot), not every one upstream.
+    regions = await env().run(
+        b.activities.run_step,
+        step_input(sql("regions", "SELECT count(*) FROM mart.regions", preview=1), source)
+        .model_copy(update={"handoff_tables": {"orders": "orders", "mart.regions": "orders"}}),
+    )  # fmt: skip
+    assert regions.outputs["preview"]["rows"] == [[2]]
+    assert await b.warehouse.missing_tables(["orders", "mart.regions"]) == ["orders"]
+    # Worker B has not seen `orders` yet: it imports it and grows it.
     grow = sql("grow", "INSERT INTO orders VALUES ('APAC', 8)")
     grown = await env().run(
         b.activities.run_step,
