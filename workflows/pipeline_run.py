@@ -363,6 +363,7 @@ class PipelineRunWorkflow:
             context=self._input.context,
             source_dir=self._input.source_dir,
             upstream=self._upstream(step),
+            handoff_tables=self._handoff_tables(step),
             report_retries=False,
         )
         return await sensors.wait(step, run_input)
