@@ -2,7 +2,8 @@
 
 Step logs: each attempt's part of `step.log` (secrets masked) is uploaded while the attempt runs
 and when it ends, so the API shows the tail of a log written on any worker. Hand-off tables:
-a DuckDB step's output tables are exported as Parquet at the end of a successful attempt, and a
+a step's output tables (python `outputs:`) and the tables a DuckDB `sql` step created or wrote
+(`StepResult.written`) are exported as Parquet at the end of a successful attempt, and a
 step on a worker whose warehouse lacks them (or holds a same-named table of another run) imports
 them before it starts. Keys are built here from the run's tenant, run id, step id and attempt
 (never from user input) and always start with the tenant.

@@ -25,7 +25,7 @@ from activities.artifacts import (
     log_key,
 )
 from activities.names import RUN_STEP, STEP_ATTEMPT_FAILED_SIGNAL, WORKER_LOST
-from schemas.pipeline import SensorStep
+from schemas.pipeline import SensorStep, SqlStep
 from schemas.recording import (
     RunEvent,
     attempt_ended_event,
@@ -33,9 +33,11 @@ from schemas.recording import (
     run_started_event,
 )
 from schemas.run import RunStepInput, StepAttemptFailed, StepResult
+from schemas.sql_templates import render_sql
 from steps.base import StepContext, StepError
 from steps.engines.duckdb import DuckDBEngine
 from steps.registry import Executors, connection_secret_names, execute_step
+from steps.sql import referenced_tables, target_tables
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +108,8 @@ class StepActivities:
         structlog.contextvars.bind_contextvars(
             run_id=input.context.run_id, step_id=step.id, attempt=attempt
         )
-        handoff = (
-            _Handoff(self._record_attempts, info, input, attempt)
+        own_events = (
+            _AttemptEvents(self._record_attempts, info, input, attempt)
             if self._record_attempts is not None and input.record_attempt
             else None
         )
@@ -137,22 +139,25 @@ class StepActivities:
         heartbeats = _start_heartbeats(info.heartbeat_timeout, progress)
         attempt_log = self._attempt_log(input, ctx)
         try:
-            await self._check_upstream_tables(input)
+            await self._check_upstream_tables(input, ctx)
+            before = await self._table_versions(input)
             # execute_step stamps the attempt and its start and finish times on the result.
             # A sensor's timeout is its whole wait; one check (this activity) has check_timeout.
             limit = step.check_timeout if isinstance(step, SensorStep) else step.timeout
             result = await _within_timeout(limit, execute_step(self._executors, step, ctx))
+            if before is not None:
+                result = await self._with_written_tables(input, ctx, before, result)
             await self._export_tables(input, result)
             result = _redacted_result(result, ctx) if secrets else result
-            if handoff is not None:
-                handoff.ended(result=result)
+            if own_events is not None:
+                own_events.ended(result=result)
             return result
         except StepError as err:
             # What leaves the activity goes into the workflow's history: no secret values.
             err.message = ctx.redact(err.message)
             err.args = (err.message,)
-            if handoff is not None:
-                handoff.ended(error=err.message, error_type=err.error_type)
+            if own_events is not None:
+                own_events.ended(error=err.message, error_type=err.error_type)
             will_retry = (
                 err.retryable
                 and attempt < step.retry.max_attempts
@@ -193,19 +198,51 @@ class StepActivities:
         uploader.start()
         return uploader
 
+    async def _table_versions(self, input: RunStepInput) -> dict[str, tuple[int, int]] | None:
+        """With an artifact store, before a DuckDB `sql` step: the warehouse's tables, to tell
+        afterwards which ones the step created or wrote. None otherwise (no extra work)."""
+        if self._handoff is None or self._warehouse is None or not _writes_warehouse(input):
+            return None
+        return await self._warehouse.table_versions()
+
+    async def _with_written_tables(
+        self,
+        input: RunStepInput,
+        ctx: StepContext,
+        before: dict[str, tuple[int, int]],
+        result: StepResult,
+    ) -> StepResult:
+        """`result` with `written`: the tables the step created, replaced or grew (asked from
+        DuckDB, so a table made by a SQL file counts too) and those its statements write
+        (sqlglot: an UPDATE changes neither the table's oid nor its size)."""
+        assert self._warehouse is not None and isinstance(input.step, SqlStep)
+        after = await self._warehouse.table_versions()
+        written = {name for name, version in after.items() if before.get(name) != version}
+        text, _ = render_sql(input.step.sql, ctx.run, ctx.upstream)
+        canonical = {name.lower(): name for name in after}
+        for target in target_tables(text, input.step.source_dialect):
+            name = target.lower().removeprefix("main.")
+            if name in canonical:
+                written.add(canonical[name])
+        written -= set(result.tables.values())
+        return result.model_copy(update={"written": sorted(written)}) if written else result
+
     async def _export_tables(self, input: RunStepInput, result: StepResult) -> None:
         """Output tables of a DuckDB step go to the artifact store for steps on other workers."""
-        if self._handoff is None or not result.tables:
+        if self._handoff is None or not (result.tables or result.written):
             return
         context = input.context
         try:
             await self._handoff.export(
-                context.tenant, context.run_id, input.step.id, sorted(set(result.tables.values()))
+                context.tenant,
+                context.run_id,
+                input.step.id,
+                sorted(set(result.tables.values()) | set(result.written)),
             )
         except HandoffError as exc:
             raise StepError(str(exc), error_type="ArtifactStoreError", retryable=True) from exc
 
-    async def _check_upstream_tables(self, input: RunStepInput) -> None:
+    async def _check_upstream_tables(self, input: RunStepInput, ctx: StepContext) -> None:
         """Tables upstream steps wrote, for a step that reads this worker's DuckDB warehouse:
         with an artifact store, those this warehouse lacks (or holds from another run) are
         imported from it; without one, a table written on another worker fails the step with
@@ -220,6 +257,10 @@ class StepActivities:
             for step_id, upstream in input.upstream.items()
             for table in upstream.tables.values()
         }
+        if getattr(step, "engine", None) == "duckdb":
+            # Tables ancestors' SQL wrote (only workers with an artifact store record them):
+            # those a SQL step's statements name, or all when sqlglot cannot tell.
+            written.update(_tables_to_import(input, ctx))
         if not written:
             return
         if self._handoff is not None:
@@ -293,7 +334,7 @@ class StepActivities:
             log.warning("could not report retry of step %s", input.step.id, exc_info=True)
 
 
-class _Handoff:
+class _AttemptEvents:
     """One attempt's start (at once) and end, queued for the worker's background recorder.
     The events are those the workflow records again as its backstop (same ids, see
     `schemas.recording.attempt_event_id`), so whichever is written first stands."""
@@ -333,6 +374,24 @@ class _Handoff:
             error_type=error_type,
         )
         self._sink(self._workflow_id, [event])
+
+
+def _tables_to_import(input: RunStepInput, ctx: StepContext) -> dict[str, str]:
+    step = input.step
+    if not input.handoff_tables or not isinstance(step, SqlStep):
+        return input.handoff_tables
+    text, _ = render_sql(step.sql, ctx.run, ctx.upstream)
+    named = referenced_tables(text, step.source_dialect)
+    if named is None:
+        return input.handoff_tables
+    return {t: s for t, s in input.handoff_tables.items() if t.lower() in named}
+
+
+def _writes_warehouse(input: RunStepInput) -> bool:
+    """A `sql` step on the worker's DuckDB warehouse (not a compensation: nothing reads what
+    it leaves)."""
+    step = input.step
+    return isinstance(step, SqlStep) and step.engine == "duckdb" and not input.compensation
 
 
 def _redacted_result(result: StepResult, ctx: StepContext) -> StepResult:

@@ -9,10 +9,14 @@ server), each with its own DuckDB warehouse per worker. Figures, medians of --re
   other     the consuming step on another worker: with the store (download + load), against
             `same` without a store as the reference
 
+With --kind sql the same for two DuckDB `sql` steps: `CREATE OR REPLACE TABLE big AS ...` (the
+store's run adds a look at the warehouse's tables before and after, and the export) and
+`SELECT count(*) FROM big` (given `big` as a table its ancestor wrote).
+
 Stores: a local directory (file://) and moto's S3 server (the stand-in for S3 here; a real S3
 adds network latency and bandwidth, not measured).
 
-    .venv/bin/python bench/handoff.py [--rows 1000000] [--repeat 3]
+    .venv/bin/python bench/handoff.py [--rows 1000000] [--repeat 3] [--kind python|sql]
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from temporalio.testing import ActivityEnvironment
 from activities.artifacts import ArtifactStore
 from activities.steps import StepActivities
 from pipeline_service.storage.artifacts import ArtifactStorage
-from schemas.pipeline import PythonStep
+from schemas.pipeline import PythonStep, SqlStep, Step
 from schemas.run import RunContext, RunStepInput, StepResult, UpstreamResult
 from steps.engines.duckdb import DuckDBEngine
 from steps.registry import build_executors
@@ -61,9 +65,7 @@ def env() -> ActivityEnvironment:
     return e
 
 
-def step_input(
-    step: PythonStep, source: Path, run: str, **upstream: UpstreamResult
-) -> RunStepInput:
+def step_input(step: Step, source: Path, run: str, **upstream: UpstreamResult) -> RunStepInput:
     context = RunContext.manual("bench", run, datetime(2026, 1, 31, tzinfo=UTC))
     context = context.model_copy(update={"tenant": "acme"})
     return RunStepInput(step=step, context=context, source_dir=str(source), upstream=upstream)
@@ -75,13 +77,7 @@ async def timed(activities: StepActivities, input: RunStepInput) -> tuple[float,
     return time.perf_counter() - started, result
 
 
-async def measure(
-    store: ArtifactStore | None, rows: int, repeat: int, root: Path
-) -> dict[str, list[float]]:
-    source = root / "pipeline"
-    source.mkdir(parents=True, exist_ok=True)
-    (source / "produce.py").write_text(PRODUCE)
-    (source / "consume.py").write_text(CONSUME)
+def python_steps(rows: int) -> tuple[Step, Step]:
     produce = PythonStep(
         id="produce", type="python", script="produce.py", args=[str(rows)],
         outputs={"big": "big.parquet"},
@@ -90,6 +86,27 @@ async def measure(
         id="consume", type="python", script="consume.py",
         args=["{{ steps.produce.outputs.big }}"], inputs=["big"],
     )  # fmt: skip
+    return produce, consume
+
+
+def sql_steps(rows: int) -> tuple[Step, Step]:
+    produce = SqlStep(
+        id="produce", type="sql",
+        sql="CREATE OR REPLACE TABLE big AS SELECT range AS id, range % 97 AS k, "
+        f"md5(range::VARCHAR) AS v FROM range({int(rows)})",
+    )  # fmt: skip
+    consume = SqlStep(id="consume", type="sql", sql="SELECT count(*) AS n FROM big", preview_rows=1)
+    return produce, consume
+
+
+async def measure(
+    store: ArtifactStore | None, rows: int, repeat: int, root: Path, kind: str
+) -> dict[str, list[float]]:
+    source = root / "pipeline"
+    source.mkdir(parents=True, exist_ok=True)
+    (source / "produce.py").write_text(PRODUCE)
+    (source / "consume.py").write_text(CONSUME)
+    produce, consume = sql_steps(rows) if kind == "sql" else python_steps(rows)
     tag = "store" if store is not None else "none"
     root.mkdir(parents=True, exist_ok=True)
     figures: dict[str, list[float]] = {"produce": [], "same": [], "other": []}
@@ -113,10 +130,13 @@ async def measure(
         seconds, result = await timed(a, step_input(produce, source, run))
         figures["produce"].append(seconds)
         reading = step_input(consume, source, run, produce=UpstreamResult(tables=result.tables))
+        # What the workflow gives a step whose ancestor wrote tables (empty without a store).
+        reading.handoff_tables = dict.fromkeys(result.written, "produce")
         figures["same"].append((await timed(a, reading))[0])
         if store is not None:
             seconds, out = await timed(b, reading)
-            assert out.outputs == {"rows": rows}, out
+            counted = out.outputs["preview"]["rows"][0][0] if kind == "sql" else out.outputs["rows"]
+            assert counted == rows, out
             figures["other"].append(seconds)
         for warehouse, _ in workers:
             warehouse.close()
@@ -131,6 +151,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--kind", choices=("python", "sql"), default="python")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="laminar-bench-handoff-") as tmp:
         root = Path(tmp)
@@ -151,14 +172,19 @@ async def main() -> None:
             }
             for round_ in range(args.repeat):
                 for number, (name, store) in enumerate(stores.items()):
-                    got = await measure(store, args.rows, 1, root / f"r{round_}-{number}")
+                    got = await measure(
+                        store, args.rows, 1, root / f"r{round_}-{number}", args.kind
+                    )
                     for kind, values in got.items():
                         figures[name][kind] += values
         finally:
             moto.__exit__(None, None, None)
         ref_produce = median_ms(figures["(none)"]["produce"])
         ref_same = median_ms(figures["(none)"]["same"])
-        print(f"hand-off table: {args.rows} rows (id, k, md5 text); medians of {args.repeat}")
+        print(
+            f"{args.kind} steps, hand-off table: {args.rows} rows (id, k, md5 text); "
+            f"medians of {args.repeat}"
+        )
         print(f"{'store':<20} {'step':<38} {'ms':>8} {'reference ms':>13} {'ratio':>6}")
         print(f"{'(none)':<20} {'produce (reference)':<38} {ref_produce:>8.0f}")
         print(f"{'(none)':<20} {'consume, same worker (reference)':<38} {ref_same:>8.0f}")

@@ -144,6 +144,10 @@ class StepResult(BaseModel):
     """The step's result: a python script's JSON result; {"statements": n} for SQL."""
     tables: dict[str, str] = Field(default_factory=dict)
     """Output name -> the warehouse table it was loaded into (python `outputs:`)."""
+    written: list[str] = Field(default_factory=list)
+    """Other tables of the worker's DuckDB warehouse the step created or wrote (a `sql` step's
+    `CREATE TABLE`, `INSERT INTO`...): found only with an artifact store, which they go to so
+    that a downstream step on another worker can import them. Not a templating name."""
     log_path: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -171,6 +175,9 @@ class RunStepInput(BaseModel):
     """Results of the upstream steps this step's templates refer to (only those: small)."""
     instance: str | None = None
     """The `for_each` instance (`<id>[<index>]`) this runs; `step` carries the step's own id."""
+    handoff_tables: dict[str, str] = Field(default_factory=dict)
+    """Warehouse table -> the upstream step (any ancestor) that last wrote it in this run, from
+    the ancestors' `StepResult.written`: what a DuckDB step may import from the artifact store."""
     report_retries: bool = True
     """Signal the workflow when an attempt fails and Temporal retries it: only for runs that
     started before the workflow drove retries itself (it sees every failed attempt now)."""

@@ -111,6 +111,42 @@ def output_table(script: str, dialect: SqlDialect) -> str | None:
     return None
 
 
+def target_tables(script: str, dialect: SqlDialect) -> list[str]:
+    """Every table the script's statements create or write (`CREATE`, `INSERT`, `UPDATE`,
+    `DELETE`, `MERGE`), as written; empty when sqlglot cannot parse it."""
+    try:
+        statements = sqlglot.parse(script, read=dialect)
+    except (SqlglotError, RecursionError):
+        return []
+    found: list[str] = []
+    for statement in statements:
+        if isinstance(statement, exp.Create) and statement.kind != "TABLE":
+            continue  # a schema, view, macro...: no rows to hand over
+        if isinstance(statement, exp.Create | exp.Insert | exp.Update | exp.Delete | exp.Merge):
+            target = statement.this
+            table = target if isinstance(target, exp.Table) else target.find(exp.Table)
+            if table is not None:
+                found.append(".".join(part.name for part in table.parts))
+    return found
+
+
+def referenced_tables(script: str, dialect: SqlDialect) -> set[str] | None:
+    """Every table name the script mentions (read or written), lower-cased and without a
+    `main.` schema; None when sqlglot cannot parse it (then any table may be read)."""
+    try:
+        statements = sqlglot.parse(script, read=dialect)
+    except (SqlglotError, RecursionError):
+        return None
+    found: set[str] = set()
+    for statement in statements:
+        if statement is None:
+            continue
+        for table in statement.find_all(exp.Table):
+            name = ".".join(part.name for part in table.parts).lower()
+            found.add(name.removeprefix("main."))
+    return found
+
+
 async def _table_preview(engine: Any, table: str, rows: int) -> dict[str, Any]:
     query = exp.select("*").from_(exp.to_table(table, dialect=engine.dialect)).limit(rows)
     statement = BoundStatement(query.sql(dialect=engine.dialect, identify=True), [])

@@ -31,7 +31,7 @@ with workflow.unsafe.imports_passed_through():
         STEP_ATTEMPT_FAILED_SIGNAL,
         WORKER_LOST,
     )
-    from schemas.handoff_checks import referenced_steps
+    from schemas.handoff_checks import ancestors, referenced_steps
     from schemas.pipeline import OnFailure, SensorStep, Step
     from schemas.recording import RecordedRunStatus, RecordRunEventsResult
     from schemas.run import (
@@ -71,6 +71,8 @@ CONTROL_FLOW_PATCH = "control-flow"
 STEP_STARTED_AT_PATCH = "step-started-at"
 """Patch id: each attempt's input carries when the step's first attempt started (RunStepInput
 .step_started_at), so a step's own clock (a streaming step's `until`) spans its retries."""
+HANDOFF_TABLES_PATCH = "handoff-written-tables"
+"""Patch id: a step's input names the tables its ancestors wrote (`RunStepInput.handoff_tables`)."""
 RECORDING_TIMEOUT = timedelta(seconds=30)
 RECORDING_RETRY = TemporalRetryPolicy(
     initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=30)
@@ -155,7 +157,7 @@ class PipelineRunWorkflow:
         self._completed: list[str] = []
         self._recorder = RunRecorder(input.context.run_id, enabled=False)
         self._recording = asyncio.Lock()  # batches are written one after the other, in order
-        self._handoff: set[str] = set()
+        self._self_recording: set[str] = set()
         """Steps whose attempts record themselves (ATTEMPTS_IN_WORKER_PATCH): all but sensors."""
         self._control: control_flow.ControlFlow | None = None
         self._failing_fast = False
@@ -166,6 +168,7 @@ class PipelineRunWorkflow:
         self._fan_out_steps: dict[str, Step] = {}
         if input.fan_out is not None:  # a child run of for_each instances
             self._init_fan_out(input, input.fan_out)
+        self._ancestors: dict[str, set[str]] | None = None  # computed on first need
         # Steps an earlier run did (retry from failure): done before this run starts. Runs
         # started before `reuse` existed have it empty, so their replay takes no other path
         # and issues no other command: no patch is needed for it.
@@ -192,7 +195,7 @@ class PipelineRunWorkflow:
         if self._recorder.enabled and workflow.patched(ATTEMPTS_IN_WORKER_PATCH):
             # Sensors are checked by the workflow itself and for_each steps run as child runs:
             # neither has an attempt of its own for a worker to record.
-            self._handoff = {
+            self._self_recording = {
                 s.id for s in pipeline.steps if not isinstance(s, SensorStep) and s.for_each is None
             }
             self._recorder.run_started()
@@ -290,7 +293,7 @@ class PipelineRunWorkflow:
         state.status = StepStatus.RUNNING
         state.attempt = 1
         state.started_at = workflow.now()
-        if step_id in self._handoff:
+        if step_id in self._self_recording:
             self._recorder.attempt_started(state, 1)
         else:
             self._recorder.step(state)
@@ -308,14 +311,14 @@ class PipelineRunWorkflow:
             state.started_at = result.started_at or state.started_at
             state.finished_at = result.finished_at or state.finished_at
             self._completed.append(step_id)
-            if step_id in self._handoff:
+            if step_id in self._self_recording:
                 self._recorder.attempt_ended(state, state.attempt, result=result)
             else:
                 self._recorder.step(state)
             return
         state.status = StepStatus.FAILED
         state.error, state.error_type = _describe_failure(error)
-        ended = step_id in self._handoff
+        ended = step_id in self._self_recording
         if ended:
             self._recorder.attempt_ended(
                 state, state.attempt, error=state.error, error_type=state.error_type
@@ -416,6 +419,7 @@ class PipelineRunWorkflow:
             **self._step_of(step),
             source_dir=self._input.source_dir,
             upstream=self._upstream(step),
+            handoff_tables=self._handoff_tables(step),
             report_retries=False,
         )
         return await sensors.wait(step, run_input)
@@ -442,8 +446,8 @@ class PipelineRunWorkflow:
                 delay = retries.next_delay(step.retry, attempt, error_type, _retryable(err))
                 if delay is None or self._past_deadline(delay):
                     raise
-                handoff = step.id in self._handoff and not compensation
-                if handoff:
+                self_recorded = step.id in self._self_recording and not compensation
+                if self_recorded:
                     self._recorder.attempt_ended(
                         self._states[step.id], attempt, error=message, error_type=error_type
                     )
@@ -460,7 +464,7 @@ class PipelineRunWorkflow:
                 self._mark_retrying(step, attempt, message, compensation)
                 await self._flush()
                 await workflow.sleep(delay)
-                if handoff:  # the attempt records its own start
+                if self_recorded:  # the attempt records its own start
                     self._states[step.id].status = StepStatus.RUNNING
                     self._recorder.attempt_started(self._states[step.id], attempt)
                 elif not compensation:
@@ -496,9 +500,10 @@ class PipelineRunWorkflow:
                 attempt_offset=attempt - 1,
                 compensation=compensation,
                 upstream=self._upstream(step),
+                handoff_tables=self._handoff_tables(step),
                 report_retries=False,
                 step_started_at=started_at,
-                record_attempt=step.id in self._handoff and not compensation,
+                record_attempt=step.id in self._self_recording and not compensation,
             ),
             activity_id,
             TemporalRetryPolicy(maximum_attempts=1),
@@ -527,6 +532,29 @@ class PipelineRunWorkflow:
                 found[step_id] = UpstreamResult(
                     result=state.result.outputs, tables=state.result.tables
                 )
+        return found
+
+    def _handoff_tables(self, step: Step) -> dict[str, str]:
+        """Table -> the ancestor of `step` that last wrote it (`StepResult.written`, set only by
+        workers with an artifact store): a descendant has more ancestors than its ancestor, so
+        writers are taken in that order and the latest one's copy wins. Empty (and no patch
+        marker) when no ancestor wrote any: histories from before stay as they were."""
+        if self._ancestors is None:
+            self._ancestors = ancestors(self._input.pipeline.steps)
+        writers = sorted(
+            (len(self._ancestors.get(step_id, ())), step_id)
+            for step_id in self._ancestors.get(step.id, ())
+            if (state := self._states.get(step_id)) is not None
+            and state.result is not None
+            and state.result.written
+        )
+        if not writers or not workflow.patched(HANDOFF_TABLES_PATCH):
+            return {}
+        found: dict[str, str] = {}
+        for _, step_id in writers:
+            result = self._states[step_id].result
+            assert result is not None
+            found.update(dict.fromkeys(result.written, step_id))
         return found
 
     def _mark_retrying(self, step: Step, attempt: int, error: str, compensation: bool) -> None:

@@ -182,6 +182,9 @@ class DuckDBEngine:
                     reader = (
                         "read_parquet" if path.suffix.lower() == ".parquet" else "read_csv_auto"
                     )
+                    if table.count(".") == 1:  # schema.table: the schema may be new here
+                        schema = quote_identifier(table.split(".")[0])
+                        cur.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
                     # The name is quoted; the path is a bind parameter.
                     cur.execute(
                         f"CREATE OR REPLACE TABLE {quote_identifier(table)} AS "  # noqa: S608
@@ -268,6 +271,22 @@ class DuckDBEngine:
                 except duckdb.Error:
                     missing.append(name)
             return missing
+
+        return await self.run_on_cursor(look)
+
+    async def table_versions(self) -> dict[str, tuple[int, int]]:
+        """Every table of this database (`name`, or `schema.name` outside `main`) -> its
+        (oid, estimated rows): a table created, replaced (new oid) or grown shows a change."""
+
+        def look(cur: duckdb.DuckDBPyConnection) -> dict[str, tuple[int, int]]:
+            cur.execute(
+                "SELECT schema_name, table_name, table_oid, estimated_size FROM duckdb_tables() "
+                "WHERE database_name = current_database() AND NOT temporary"
+            )
+            return {
+                (table if schema == "main" else f"{schema}.{table}"): (int(oid), int(size or 0))
+                for schema, table, oid, size in cur.fetchall()
+            }
 
         return await self.run_on_cursor(look)
 

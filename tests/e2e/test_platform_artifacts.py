@@ -14,6 +14,8 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,19 +68,30 @@ def pipeline_yaml(ledger: Path) -> str:
     )
 
 
-@pytest.mark.parametrize("with_store", [True, False], ids=["artifact-store", "no-store"])
-def test_a_table_crosses_workers_through_the_artifact_store(
-    cli: Cli, dev_server: DevServer, s3: S3StandIn, tmp_path: Path, with_store: bool
-) -> None:
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "produce.py").write_text(PRODUCE)
-    (project / "gate.py").write_text(GATE)
-    (project / "consume.py").write_text(CONSUME)
-    ledger = tmp_path / "ledger.txt"
-    ledger.touch()
-    (project / "pipeline.yaml").write_text(pipeline_yaml(ledger))
-    bucket = s3.new_bucket()
+@dataclass
+class Platform:
+    """`laminar server` and two `laminar worker` processes (w1, w2) on one task queue, each
+    worker in its own directory with its own DuckDB warehouse; a tenant's client env."""
+
+    base: str
+    client_env: dict[str, str]
+    workers: dict[str, Background]
+    server: Background
+
+    def stop(self, *alive: str) -> None:
+        self.server.proc.send_signal(signal.SIGTERM)
+        for name in alive:
+            self.workers[name].proc.send_signal(signal.SIGTERM)
+        for name in alive:
+            self.workers[name].wait(30)
+        self.server.wait(30)
+
+
+@contextlib.contextmanager
+def platform(
+    cli: Cli, dev_server: DevServer, s3: S3StandIn, tmp_path: Path, project: Path, bucket: str,
+    with_store: bool,
+) -> Iterator[Platform]:  # fmt: skip
     port = free_port()
     with scratch_postgres_database() as database_url:
         env = {
@@ -128,6 +141,40 @@ def test_a_table_crosses_workers_through_the_artifact_store(
         client_env = {"LAMINAR_URL": base, "LAMINAR_API_KEY": made.stdout.strip().splitlines()[-1]}
         applied = cli.run("pipelines", "apply", project, env=client_env)
         assert applied.code == 0, applied.details
+        yield Platform(base, client_env, workers, server)
+
+
+def kill_worker(platform: Platform, name: str, home: Path) -> None:
+    """SIGKILL the worker and remove its directory: its disk (warehouse, logs) is gone."""
+    os.kill(platform.workers[name].pid, signal.SIGKILL)
+    wait_for(lambda: pid_gone(platform.workers[name].pid), 10, "the killed worker to go")
+    shutil.rmtree(home)
+
+
+def wait_for_run(http: httpx.Client, run: dict[str, Any]) -> dict[str, Any]:
+    deadline = time.monotonic() + 120
+    while run["status"] not in ("SUCCEEDED", "FAILED", "CANCELLED"):
+        assert time.monotonic() < deadline, run
+        time.sleep(0.5)
+        run = http.get(f"/v1/runs/{run['id']}").json()
+    return run
+
+
+@pytest.mark.parametrize("with_store", [True, False], ids=["artifact-store", "no-store"])
+def test_a_table_crosses_workers_through_the_artifact_store(
+    cli: Cli, dev_server: DevServer, s3: S3StandIn, tmp_path: Path, with_store: bool
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "produce.py").write_text(PRODUCE)
+    (project / "gate.py").write_text(GATE)
+    (project / "consume.py").write_text(CONSUME)
+    ledger = tmp_path / "ledger.txt"
+    ledger.touch()
+    (project / "pipeline.yaml").write_text(pipeline_yaml(ledger))
+    bucket = s3.new_bucket()
+    with platform(cli, dev_server, s3, tmp_path, project, bucket, with_store) as shared:
+        workers = shared.workers
 
         def ran_on(step: str) -> list[str]:
             return [
@@ -137,21 +184,15 @@ def test_a_table_crosses_workers_through_the_artifact_store(
                 if line.split(" ", 1)[0] == step and f"/{name}/" in line
             ]
 
-        auth = {"Authorization": f"Bearer {client_env['LAMINAR_API_KEY']}"}
-        with httpx.Client(base_url=base, headers=auth, timeout=30) as http:
+        auth = {"Authorization": f"Bearer {shared.client_env['LAMINAR_API_KEY']}"}
+        with httpx.Client(base_url=shared.base, headers=auth, timeout=30) as http:
             run: dict[str, Any] = http.post("/v1/pipelines/handoff/runs", json={}).json()
             assert "id" in run, run
             wait_for(lambda: ran_on("gate"), 60, "the gate step to start", interval=0.2)
             [producer] = ran_on("produce")
             # The worker that wrote the table dies and its disk with it.
-            os.kill(workers[producer].pid, signal.SIGKILL)
-            wait_for(lambda: pid_gone(workers[producer].pid), 10, "the killed worker to go")
-            shutil.rmtree(tmp_path / producer)
-            deadline = time.monotonic() + 120
-            while run["status"] not in ("SUCCEEDED", "FAILED", "CANCELLED"):
-                assert time.monotonic() < deadline, run
-                time.sleep(0.5)
-                run = http.get(f"/v1/runs/{run['id']}").json()
+            kill_worker(shared, producer, tmp_path / producer)
+            run = wait_for_run(http, run)
         survivor = next(n for n in workers if n != producer)
         steps = {s["step_id"]: s for s in run["steps"]}
         details = (run, workers[survivor].output())
@@ -174,7 +215,73 @@ def test_a_table_crosses_workers_through_the_artifact_store(
             assert "LAMINAR_ARTIFACT_URL" in consume["error"]
             assert steps["produce"]["attempts"][-1]["log_tail"] is None  # its disk is gone
             assert s3.keys(bucket) == []
-        server.proc.send_signal(signal.SIGTERM)
-        workers[survivor].proc.send_signal(signal.SIGTERM)
-        workers[survivor].wait(30)
-        server.wait(30)
+        shared.stop(survivor)
+
+
+def sql_pipeline_yaml(ledger: Path, marker: Path) -> str:
+    """SQL -> SQL: `orders` creates two tables (and says which warehouse it ran in), `gate`
+    holds the run while that worker is killed, `grow` inserts and updates, `report` reads."""
+    common = f'    env: {{LEDGER: "{ledger}", PAUSE: "5"}}\n    heartbeat_timeout: 3s\n'
+    orders = (
+        "CREATE OR REPLACE TABLE orders AS SELECT * FROM (VALUES ('EU', 30), ('US', 12)) "
+        "t(region, amount); CREATE SCHEMA IF NOT EXISTS mart; "
+        "CREATE OR REPLACE TABLE mart.regions AS SELECT DISTINCT region FROM orders; "
+        "COPY (SELECT path FROM duckdb_databases() WHERE database_name = current_database()) "
+        f"TO '{marker}' (HEADER false)"
+    )
+    return (
+        "name: sql_handoff\nsteps:\n"
+        f'  - id: orders\n    type: sql\n    sql: "{orders}"\n'
+        "  - id: gate\n    type: python\n    script: gate.py\n    depends_on: [orders]\n"
+        "    retry: {max_attempts: 2, initial_interval: 0.2}\n" + common +
+        "  - id: grow\n    type: sql\n    depends_on: [gate]\n"
+        "    sql: \"INSERT INTO orders VALUES ('APAC', 8); "
+        "UPDATE orders SET amount = 31 WHERE region = 'EU'\"\n"
+        "  - id: report\n    type: sql\n    depends_on: [grow]\n    preview_rows: 1\n"
+        '    sql: "SELECT sum(amount) AS total, (SELECT count(*) FROM mart.regions) AS regions '
+        'FROM orders"\n'
+    )  # fmt: skip
+
+
+def test_tables_sql_steps_create_cross_workers_through_the_artifact_store(
+    cli: Cli, dev_server: DevServer, s3: S3StandIn, tmp_path: Path
+) -> None:
+    """The commonest pipeline, SQL -> SQL: the worker whose warehouse got `orders` and
+    `mart.regions` (`CREATE TABLE ... AS`, no `outputs:`) is killed with its disk; `grow` and
+    `report` run on the other worker, which imports them from the store (report names no
+    upstream step in a template: only `depends_on`, through `gate`)."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "gate.py").write_text(GATE)
+    ledger, marker = tmp_path / "ledger.txt", tmp_path / "orders-ran-in.csv"
+    ledger.touch()
+    (project / "pipeline.yaml").write_text(sql_pipeline_yaml(ledger, marker))
+    bucket = s3.new_bucket()
+    with platform(cli, dev_server, s3, tmp_path, project, bucket, True) as shared:
+        auth = {"Authorization": f"Bearer {shared.client_env['LAMINAR_API_KEY']}"}
+        with httpx.Client(base_url=shared.base, headers=auth, timeout=30) as http:
+            run: dict[str, Any] = http.post("/v1/pipelines/sql_handoff/runs", json={}).json()
+            assert "id" in run, run
+            wait_for(marker.exists, 60, "the orders step to run", interval=0.1)
+
+            def orders_done() -> bool:
+                steps = http.get(f"/v1/runs/{run['id']}").json()["steps"]
+                return any(s["step_id"] == "orders" and s["status"] == "SUCCEEDED" for s in steps)
+
+            # Killed once `orders` succeeded (its tables exported), while `gate` holds the run.
+            wait_for(orders_done, 30, "the orders step to succeed", interval=0.1)
+            warehouse = marker.read_text().strip()
+            [writer] = [name for name in shared.workers if f"/{name}/" in warehouse]
+            kill_worker(shared, writer, tmp_path / writer)
+            run = wait_for_run(http, run)
+        survivor = next(n for n in shared.workers if n != writer)
+        steps = {s["step_id"]: s for s in run["steps"]}
+        assert run["status"] == "SUCCEEDED", (run, shared.workers[survivor].output())
+        report = steps["report"]["attempts"][-1]["outputs"]
+        assert report["preview"]["rows"] == [[51, 2]], report  # 31 + 12 + 8; EU and US
+        keys = s3.keys(bucket, "artifacts/")
+        written = [k for k in keys if "/tables/" in k]
+        assert sum("/orders/tables/" in k for k in written) == 2, keys  # orders, mart.regions
+        assert sum("/grow/tables/" in k for k in written) == 1, keys  # orders again
+        assert all(k.startswith("artifacts/acme/") for k in keys), keys
+        shared.stop(survivor)

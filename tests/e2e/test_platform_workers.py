@@ -147,7 +147,8 @@ def test_two_workers_share_a_run_and_survive_a_kill(
         steps = {s["step_id"]: s for s in run["steps"]}
         assert steps["last"]["attempts"][-1]["outputs"] == {"total": 55}
         executions = [line.split(" ", 1) for line in ledger.read_text().splitlines()]
-        ran = {step: [n for n in workers for s, w in executions if s == step and f"/{n}/" in w]
+        # In the order the executions happened (the ledger's), not the workers' names.
+        ran = {step: [n for s, w in executions for n in workers if s == step and f"/{n}/" in w]
                for step in ("first", "middle", "last")}  # fmt: skip
         # Succeeded steps ran once; the killed attempt ran again, on the other worker.
         assert len(ran["first"]) == 1 and len(ran["last"]) == 1, executions

@@ -34,6 +34,8 @@ class Behavior:
     """Block the worker's event loop this long on the first attempt: no heartbeats go out."""
     unmet_checks: int = 0
     """A sensor step: this many checks find its condition unmet, the next ones met."""
+    writes: tuple[str, ...] = ()
+    """Warehouse tables the step reports it wrote (`StepResult.written`)."""
 
 
 @dataclass
@@ -62,10 +64,11 @@ class ScriptedExecutor:
         if step.type == "sensor":
             checks = sum(1 for called, _ in self.calls if called == step.id)
             return StepResult(outputs={"met": checks > behavior.unmet_checks})
+        written = list(behavior.writes)
         if ctx.run.item_index is not None:  # a for_each instance: echo its item
             outputs = {"attempt": ctx.attempt, "item": ctx.run.item, "index": ctx.run.item_index}
-            return StepResult(outputs=outputs)
-        return StepResult(outputs={"attempt": ctx.attempt})
+            return StepResult(outputs=outputs, written=written)
+        return StepResult(outputs={"attempt": ctx.attempt}, written=written)
 
 
 def pipeline(steps: list[dict[str, Any]], **extra: Any) -> Any:

@@ -18,6 +18,7 @@ from temporalio.worker import Replayer
 from pipeline_service.db.migrate import upgrade
 from pipeline_service.db.pools import set_pool
 from pipeline_service.db.session import make_engine, session_factory, transaction
+from schemas.run import RunStepInput
 from tests.integration.scripted import (
     Behavior,
     ScriptedExecutor,
@@ -25,7 +26,7 @@ from tests.integration.scripted import (
     run_input,
     worker_for,
 )
-from workflows.pipeline_run import PipelineRunWorkflow
+from workflows.pipeline_run import HANDOFF_TABLES_PATCH, PipelineRunWorkflow
 
 HISTORIES = Path(__file__).resolve().parent.parent / "histories"
 
@@ -193,6 +194,23 @@ SCENARIOS["sensors"] = (
     {},
 )
 
+# Steps that wrote warehouse tables (patch "handoff-written-tables"): `report`'s input names
+# the latest writer among its ancestors of each table; `side` is no ancestor of it.
+SCENARIOS["handoff_written_tables"] = (
+    {
+        "load": Behavior(writes=("orders",)),
+        "enrich": Behavior(writes=("items", "orders")),
+        "side": Behavior(writes=("other",)),
+    },
+    [
+        {"id": "load"},
+        {"id": "side"},
+        {"id": "enrich", "depends_on": ["load"]},
+        {"id": "report", "depends_on": ["enrich"]},
+    ],
+    {},
+)
+
 
 async def _record(client: Client, tmp_path: Path, name: str) -> None:
     behaviors, steps, extra = SCENARIOS[name]
@@ -244,3 +262,31 @@ async def test_replay_saved_history(name: str, client: Client, tmp_path: Path) -
     replayer = Replayer(workflows=[PipelineRunWorkflow], data_converter=pydantic_data_converter)
     history = WorkflowHistory.from_json(name, path.read_text())
     await replayer.replay_workflow(history)
+
+
+def test_a_step_is_given_the_tables_its_ancestors_wrote() -> None:
+    """In the saved history (a real run): each step's input names, per table, the ancestor that
+    wrote it last; steps with no writing ancestor get nothing. (Histories from before never
+    pass the patch: their results have no `written`; they replay above.)"""
+    history = WorkflowHistory.from_json(
+        "h", (HISTORIES / "handoff_written_tables.json").read_text()
+    )
+    given: dict[str, dict[str, str]] = {}
+    patches: list[bytes] = []
+    for event in history.events:
+        if event.HasField("marker_recorded_event_attributes"):
+            details = event.marker_recorded_event_attributes.details
+            patches += [p.data for p in details["patch-data"].payloads]
+        if event.HasField("activity_task_scheduled_event_attributes"):
+            payloads = event.activity_task_scheduled_event_attributes.input.payloads
+            (step_input,) = pydantic_data_converter.payload_converter.from_payloads(
+                list(payloads), [RunStepInput]
+            )
+            given[step_input.step.id] = step_input.handoff_tables
+    assert given == {
+        "load": {},
+        "side": {},
+        "enrich": {"orders": "load"},
+        "report": {"items": "enrich", "orders": "enrich"},
+    }
+    assert any(HANDOFF_TABLES_PATCH.encode() in data for data in patches), patches

@@ -22,7 +22,7 @@ from activities.steps import StepActivities
 from pipeline_service.api.step_logs import StepLogs
 from pipeline_service.db.models import StepRun
 from pipeline_service.storage.artifacts import ArtifactStorage
-from schemas.pipeline import PythonStep, SecretRef, Step
+from schemas.pipeline import PythonStep, SecretRef, SqlStep, Step
 from schemas.run import RunContext, RunStepInput, UpstreamResult
 from steps.engines.duckdb import DuckDBEngine
 from steps.registry import build_executors
@@ -189,6 +189,110 @@ async def test_without_a_store_the_error_points_at_the_setting(tmp_path: Path) -
     finally:
         first.close()
         second.close()
+
+
+def sql(step_id: str, text: str, preview: int = 0) -> SqlStep:
+    return SqlStep(id=step_id, type="sql", sql=text, preview_rows=preview)
+
+
+ORDERS = sql(
+    "orders",
+    "CREATE SCHEMA mart; "
+    "CREATE TABLE orders AS SELECT * FROM (VALUES ('EU', 30), ('US', 12)) t(region, amount); "
+    "CREATE TABLE mart.regions AS SELECT DISTINCT region FROM orders; "
+    "CREATE TABLE scratch_unused (x INTEGER); DROP TABLE scratch_unused",
+)
+TOTAL = "SELECT sum(amount) AS total, (SELECT count(*) FROM mart.regions) AS regions FROM orders"
+
+
+async def test_tables_a_sql_step_creates_cross_to_a_sql_step_on_another_worker(
+    tmp_path: Path, workers: list[Worker], store: ArtifactStorage
+) -> None:
+    """SQL -> SQL across workers: what a sql step created or wrote is asked from DuckDB
+    (before/after), recorded in `StepResult.written` (not in `tables`, the templating names),
+    exported, and imported by a downstream step that is given it as `handoff_tables`."""
+    source = pipeline_files(tmp_path)
+    a, b = workers
+    run_id = "acme/shop/2026-01-31"
+    created = await env().run(a.activities.run_step, step_input(ORDERS, source))
+    assert created.written == ["mart.regions", "orders"] and created.tables == {}
+    keys = store.keys(run_prefix(TENANT, run_id))
+    assert {table_key(TENANT, run_id, "orders", t) for t in created.written} <= set(keys)
+    # A step imports only the tables its statements name (sqlglot), not every one upstream.
+    regions = await env().run(
+        b.activities.run_step,
+        step_input(sql("regions", "SELECT count(*) FROM mart.regions", preview=1), source)
+        .model_copy(update={"handoff_tables": {"orders": "orders", "mart.regions": "orders"}}),
+    )  # fmt: skip
+    assert regions.outputs["preview"]["rows"] == [[2]]
+    assert await b.warehouse.missing_tables(["orders", "mart.regions"]) == ["orders"]
+    # Worker B has not seen `orders` yet: it imports it and grows it.
+    grow = sql("grow", "INSERT INTO orders VALUES ('APAC', 8)")
+    grown = await env().run(
+        b.activities.run_step,
+        step_input(grow, source).model_copy(
+            update={"handoff_tables": {"orders": "orders", "mart.regions": "orders"}}
+        ),
+    )
+    assert grown.written == ["orders"]
+    # Back on worker A, which holds this run's `orders` as step `orders` wrote it: the latest
+    # writer is `grow`, so A's copy is replaced by grow's. An UPDATE changes neither the
+    # table's oid nor its size: sqlglot names the table it writes.
+    fix = sql("fix", "UPDATE orders SET amount = 31 WHERE region = 'EU'")
+    fixed = await env().run(
+        a.activities.run_step,
+        step_input(fix, source).model_copy(update={"handoff_tables": {"orders": "grow"}}),
+    )
+    assert fixed.written == ["orders"]
+    totals = await env().run(
+        b.activities.run_step,
+        step_input(sql("totals", TOTAL, preview=1), source).model_copy(
+            update={"handoff_tables": {"orders": "fix", "mart.regions": "orders"}}
+        ),
+    )
+    assert totals.outputs["preview"]["rows"] == [[51, 2]], totals.outputs  # 31 + 12 + 8
+    assert totals.written == []  # a query writes nothing
+
+
+async def test_a_select_only_step_writes_nothing_and_needs_no_store_round_trip(
+    tmp_path: Path, workers: list[Worker], store: ArtifactStorage
+) -> None:
+    source = pipeline_files(tmp_path)
+    a, _ = workers
+    result = await env().run(a.activities.run_step, step_input(sql("q", "SELECT 1 AS x"), source))
+    assert result.written == []
+    keys = store.keys(run_prefix(TENANT, "acme/shop/2026-01-31"))
+    assert not [k for k in keys if "/tables/" in k], keys
+
+
+async def test_a_sql_table_missing_from_the_store_fails_with_that_said(
+    tmp_path: Path, workers: list[Worker]
+) -> None:
+    source = pipeline_files(tmp_path)
+    _, b = workers
+    with pytest.raises(ApplicationError) as caught:
+        await env().run(
+            b.activities.run_step,
+            step_input(sql("totals", TOTAL), source).model_copy(
+                update={"handoff_tables": {"orders": "orders"}}
+            ),
+        )
+    assert caught.value.type == "TableOnOtherWorker" and caught.value.non_retryable
+    assert "'orders' (from step 'orders')" in str(caught.value)
+
+
+async def test_without_a_store_sql_steps_record_no_written_tables(tmp_path: Path) -> None:
+    """The single-worker path (`laminar run`, no store) does none of the extra work."""
+    source = pipeline_files(tmp_path)
+    warehouse = DuckDBEngine(tmp_path / "solo.duckdb")
+    try:
+        solo = StepActivities(build_executors(warehouse), tmp_path / "solo", warehouse=warehouse)
+        created = await env().run(solo.run_step, step_input(ORDERS, source))
+        assert created.written == []
+        totals = await env().run(solo.run_step, step_input(sql("totals", TOTAL, preview=1), source))
+        assert totals.outputs["preview"]["rows"] == [[42, 2]]
+    finally:
+        warehouse.close()
 
 
 async def test_each_attempts_log_is_uploaded_masked_and_the_api_reads_it(
