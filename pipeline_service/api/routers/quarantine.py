@@ -11,10 +11,14 @@ from fastapi import APIRouter, Header
 from pipeline_service.api.deps import OperatorDep, ServicesDep, tenant_of
 from pipeline_service.api.models import Request, RunDetail
 from pipeline_service.api.problems import ProblemError
-from pipeline_service.api.routers.runs import IDEMPOTENCY_KEY_PATTERN, _detail, _run, refused
+from pipeline_service.api.routers.runs import (
+    IDEMPOTENCY_KEY_PATTERN,
+    _run,
+    launch_and_show,
+)
 from pipeline_service.db import runs as repo
-from pipeline_service.db.models import PipelineVersion, Run
-from pipeline_service.launcher import LaunchRefused, LaunchRequest, launch_run
+from pipeline_service.db.models import PipelineVersion
+from pipeline_service.launcher import LaunchRequest
 from schemas.pipeline import PipelineDefinition, QualityStep
 from schemas.recording import RUN_FINISHED
 from schemas.run import ReplaySource
@@ -100,22 +104,4 @@ async def replay(
             )
 
     request = await anyio.to_thread.run_sync(plan)
-    try:
-        launch = await launch_run(
-            services.sessions,
-            await services.temporal_client(),
-            request,
-            task_queue=services.settings.task_queue,
-            source_dir=services.settings.source_dir,
-            bundle_cache=services.settings.bundle_cache,
-        )
-    except LaunchRefused as exc:
-        raise refused(exc) from None
-
-    def answer() -> RunDetail:
-        with services.sessions() as session:
-            run = session.get(Run, launch.run.id)
-            assert run is not None
-            return _detail(session, run, services.step_logs)
-
-    return await anyio.to_thread.run_sync(answer)
+    return (await launch_and_show(services, request, "replay"))[1]

@@ -14,12 +14,17 @@ from pydantic import Field
 from pipeline_service.api.deps import OperatorDep, ServicesDep, tenant_of
 from pipeline_service.api.models import Request, RunDetail
 from pipeline_service.api.problems import ProblemError, not_found
-from pipeline_service.api.routers.runs import IDEMPOTENCY_KEY_PATTERN, _detail, _run, refused
+from pipeline_service.api.routers.runs import (
+    IDEMPOTENCY_KEY_PATTERN,
+    _detail,
+    _run,
+    launch_and_show,
+)
 from pipeline_service.db import runs as repo
 from pipeline_service.db.models import PipelineVersion, Run, StepRun
 from pipeline_service.db.recording import record_run_events
 from pipeline_service.db.session import transaction
-from pipeline_service.launcher import LaunchRefused, LaunchRequest, launch_run
+from pipeline_service.launcher import LaunchRequest
 from schemas.pipeline import PipelineDefinition
 from schemas.recording import (
     RUN_FINISHED,
@@ -115,25 +120,7 @@ async def retry(
             )
 
     request = await anyio.to_thread.run_sync(plan)
-    try:
-        launch = await launch_run(
-            services.sessions,
-            await services.temporal_client(),
-            request,
-            task_queue=services.settings.task_queue,
-            source_dir=services.settings.source_dir,
-            bundle_cache=services.settings.bundle_cache,
-        )
-    except LaunchRefused as exc:
-        raise refused(exc) from None
-
-    def answer() -> RunDetail:
-        with services.sessions() as session:
-            run = session.get(Run, launch.run.id)
-            assert run is not None
-            return _detail(session, run, services.step_logs)
-
-    return await anyio.to_thread.run_sync(answer)
+    return (await launch_and_show(services, request, "retry"))[1]
 
 
 @router.post("/v1/runs/{run_id}/steps/{step_id}/mark", response_model=RunDetail)

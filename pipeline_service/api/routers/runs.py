@@ -188,6 +188,19 @@ async def trigger(
         retry_of_id=rerun_of.id if rerun_of else None,
         workflow_id=_rerun_id(rerun_of, idempotency_key) if rerun_of else None,
     )
+    created, detail = await launch_and_show(services, request, "manual")
+    if not created:
+        response.status_code = 200
+    return detail
+
+
+async def launch_and_show(
+    services: Services, request: LaunchRequest, trigger: str
+) -> tuple[bool, RunDetail]:
+    """Start a run through the launcher for an API request (trigger, retry, replay): whether it
+    was created (not an earlier run for the same key), and its detail. Every refusal becomes a
+    problem body: the quota's 429/403, an invalid definition's 422, an unreachable or refusing
+    Temporal's 503 (the run is recorded; the same Idempotency-Key sends it again)."""
     try:
         temporal = await services.temporal_client()
     except Exception as exc:
@@ -214,9 +227,7 @@ async def trigger(
             "send the request again with the same Idempotency-Key",
         ) from None
     if launch.created:
-        services.metrics.runs_started.labels(tenant.name, "manual").inc()
-    else:
-        response.status_code = 200
+        services.metrics.runs_started.labels(request.tenant.name, trigger).inc()
     logs = services.step_logs
 
     def answer() -> RunDetail:
@@ -225,7 +236,7 @@ async def trigger(
             assert run is not None
             return _detail(session, run, logs)
 
-    return await anyio.to_thread.run_sync(answer)
+    return launch.created, await anyio.to_thread.run_sync(answer)
 
 
 _NOT_BY_HAND = {Trigger.SCHEDULE.value, Trigger.BACKFILL.value, Trigger.DEPENDENCY.value}
