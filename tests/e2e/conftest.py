@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+import httpx
 import psutil
 import pytest
 
@@ -193,6 +194,47 @@ def pid_gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def api_up(base: str, path: str = "/health/ready") -> Callable[[], bool]:
+    """A condition for `wait_for`: the API at `base` answers 200 on `path`."""
+
+    def up() -> bool:
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(f"{base}{path}").status_code == 200
+        return False
+
+    return up
+
+
+E2E_ADMIN_KEY = "e2e-admin-key"
+
+
+def sqlite_server_with_tenant(
+    cli: Cli, tmp_path: Path, scope: str, port: int
+) -> tuple[Background, dict[str, str]]:
+    """`laminar db upgrade` and `laminar server` on a SQLite file (no Temporal: nothing these
+    callers do needs it), a tenant `acme` and a key of `scope`: the server and the environment
+    of the CLI client acting as that tenant."""
+    from pipeline_service.temporal.dev_server import free_port
+
+    env = {
+        "LAMINAR_DATABASE_URL": f"sqlite:///{tmp_path / 'laminar.db'}",
+        "LAMINAR_ADMIN_API_KEY": E2E_ADMIN_KEY,
+        "LAMINAR_HTTP_PORT": str(port),
+        "LAMINAR_SECRET_KEY": "e2e-secret-key-0123456789",
+        "LAMINAR_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",  # nothing waits: not needed
+    }
+    upgraded = cli.run("db", "upgrade", "--no-search-attributes", env=env)
+    assert upgraded.code == 0, upgraded.details
+    server = cli.start("server", env=env)
+    base = f"http://127.0.0.1:{port}"
+    wait_for(api_up(base, "/health/live"), 60, f"the API; server said:\n{server.output()}")
+    admin = {"LAMINAR_URL": base, "LAMINAR_API_KEY": E2E_ADMIN_KEY}
+    assert cli.run("tenants", "create", "acme", env=admin).code == 0
+    made = cli.run("keys", "create", "ops", "--tenant", "acme", "--scope", scope, env=admin)
+    assert made.code == 0, made.details
+    return server, {"LAMINAR_URL": base, "LAMINAR_API_KEY": made.stdout.strip().splitlines()[-1]}
 
 
 def wait_for(

@@ -3,43 +3,16 @@ goes in through stdin and never comes out."""
 
 from __future__ import annotations
 
-import contextlib
 import signal
 from pathlib import Path
 
-import httpx
-
 from pipeline_service.temporal.dev_server import free_port
-from tests.e2e.conftest import Cli, wait_for
-
-ADMIN = "e2e-admin-key"
+from tests.e2e.conftest import E2E_ADMIN_KEY, Cli, sqlite_server_with_tenant
 
 
 def test_secrets_and_quota_commands(cli: Cli, tmp_path: Path) -> None:
-    port = free_port()
-    env = {
-        "LAMINAR_DATABASE_URL": f"sqlite:///{tmp_path / 'laminar.db'}",
-        "LAMINAR_ADMIN_API_KEY": ADMIN,
-        "LAMINAR_HTTP_PORT": str(port),
-        "LAMINAR_SECRET_KEY": "e2e-secret-key-0123456789",
-        "LAMINAR_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",  # nothing waits: not needed
-    }
-    upgraded = cli.run("db", "upgrade", "--no-search-attributes", env=env)
-    assert upgraded.code == 0, upgraded.details
-    server = cli.start("server", env=env)
-    base = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        with contextlib.suppress(httpx.HTTPError):
-            return httpx.get(f"{base}/health/live").status_code == 200
-        return False
-
-    wait_for(ready, 30, f"the API; server said:\n{server.output()}")
-    admin = {"LAMINAR_URL": base, "LAMINAR_API_KEY": ADMIN}
-    assert cli.run("tenants", "create", "acme", env=admin).code == 0
-    made = cli.run("keys", "create", "ops", "--tenant", "acme", "--scope", "admin", env=admin)
-    assert made.code == 0, made.details
-    tenant = {"LAMINAR_URL": base, "LAMINAR_API_KEY": made.stdout.strip().splitlines()[-1]}
+    server, tenant = sqlite_server_with_tenant(cli, tmp_path, "admin", free_port())
+    admin = {"LAMINAR_URL": tenant["LAMINAR_URL"], "LAMINAR_API_KEY": E2E_ADMIN_KEY}
 
     value = "s3cr3t-value-planted"
     stored = cli.run("secrets", "set", "warehouse_token", input=value + "\n", env=tenant)

@@ -21,7 +21,7 @@ from pipeline_service.events.broker import EmbeddedBroker
 from pipeline_service.temporal.client import connect
 from pipeline_service.temporal.dev_server import free_port, temporal_binary
 from tests.conftest import scratch_postgres_database
-from tests.e2e.conftest import Cli, wait_for
+from tests.e2e.conftest import Cli, api_up, wait_for
 from tests.service.test_runs import SLOW_SQL
 
 ADMIN = "e2e-admin-key"
@@ -109,12 +109,7 @@ def test_server_and_worker_processes_run_a_pipeline(
         worker = cli.start("worker", env=env)
         base = f"http://127.0.0.1:{port}"
 
-        def ready() -> bool:
-            with contextlib.suppress(httpx.HTTPError):
-                return httpx.get(f"{base}/health/ready").status_code == 200
-            return False
-
-        wait_for(ready, 30, f"the API to be ready; server said:\n{server.output()}")
+        wait_for(api_up(base), 60, f"the API to be ready; server said:\n{server.output()}")
         admin = {"Authorization": f"Bearer {ADMIN}"}
         with httpx.Client(base_url=base, timeout=30) as http:
             assert http.post("/v1/tenants", json={"name": "acme"}, headers=admin).status_code == 201

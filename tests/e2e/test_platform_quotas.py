@@ -4,7 +4,6 @@ started again while runs wait; never more than 3 RUNNING (sampled), and all 20 f
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import threading
 import time
@@ -18,7 +17,7 @@ from pipeline_service.db.models import Run
 from pipeline_service.db.session import make_engine
 from pipeline_service.temporal.dev_server import DevServer, free_port
 from tests.conftest import scratch_postgres_database
-from tests.e2e.conftest import EXAMPLES, Background, Cli, wait_for
+from tests.e2e.conftest import EXAMPLES, Background, Cli, api_up, wait_for
 
 ADMIN = "e2e-admin-key"
 HOLD = """\
@@ -87,12 +86,7 @@ def test_the_queue_survives_restarts_of_server_and_worker(
         def start() -> tuple[Background, Background]:
             server, worker = cli.start("server", env=env), cli.start("worker", env=env)
 
-            def ready() -> bool:
-                with contextlib.suppress(httpx.HTTPError):
-                    return httpx.get(f"{base}/health/ready").status_code == 200
-                return False
-
-            wait_for(ready, 30, f"the API; server said:\n{server.output()}")
+            wait_for(api_up(base), 60, f"the API; server said:\n{server.output()}")
             return server, worker
 
         server, worker = start()

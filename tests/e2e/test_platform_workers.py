@@ -6,7 +6,6 @@ that succeeded runs twice."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import time
@@ -17,7 +16,7 @@ import pytest
 
 from pipeline_service.temporal.dev_server import DevServer, free_port
 from tests.conftest import scratch_postgres_database
-from tests.e2e.conftest import Background, Cli, pid_gone, wait_for
+from tests.e2e.conftest import Background, Cli, api_up, pid_gone, wait_for
 
 ADMIN = "e2e-admin-key"
 pytestmark = pytest.mark.slow
@@ -102,12 +101,7 @@ def test_two_workers_share_a_run_and_survive_a_kill(
             )
         base = f"http://127.0.0.1:{port}"
 
-        def ready() -> bool:
-            with contextlib.suppress(httpx.HTTPError):
-                return httpx.get(f"{base}/health/ready").status_code == 200
-            return False
-
-        wait_for(ready, 60, f"the API; server said:\n{server.output()}")
+        wait_for(api_up(base), 60, f"the API; server said:\n{server.output()}")
         admin = {"LAMINAR_URL": base, "LAMINAR_API_KEY": ADMIN}
         assert cli.run("tenants", "create", "acme", env=admin).code == 0
         made = cli.run("keys", "create", "ops", "--tenant", "acme", "--scope", "operate", env=admin)

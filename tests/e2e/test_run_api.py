@@ -14,7 +14,7 @@ import httpx
 from temporalio.client import Client
 
 from pipeline_service.temporal.dev_server import free_port
-from tests.e2e.conftest import EXAMPLES, Cli, wait_for
+from tests.e2e.conftest import EXAMPLES, Cli, api_up, wait_for
 
 
 def test_laminar_run_serves_the_api_and_records_its_run(cli: Cli, tmp_path: Path) -> None:
@@ -26,12 +26,7 @@ def test_laminar_run_serves_the_api_and_records_its_run(cli: Cli, tmp_path: Path
     )  # fmt: skip
     base = f"http://127.0.0.1:{http_port}"
 
-    def ready() -> bool:
-        with contextlib.suppress(httpx.HTTPError):
-            return httpx.get(f"{base}/health/ready").status_code == 200
-        return False
-
-    wait_for(ready, 60, f"the embedded API; laminar said:\n{proc.output()}")
+    wait_for(api_up(base), 60, f"the embedded API; laminar said:\n{proc.output()}")
     assert f"{base}/docs" in proc.output()
     key = (state / "api-key").read_text().strip()
     assert (state / "api-key").stat().st_mode & 0o077 == 0

@@ -6,7 +6,6 @@ worker was stopped, then the worker restarted) starts no second run."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import uuid
@@ -20,7 +19,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from pipeline_service.events.broker import EmbeddedBroker
 from pipeline_service.temporal.dev_server import DevServer, free_port
 from tests.conftest import scratch_postgres_database
-from tests.e2e.conftest import Background, Cli, wait_for
+from tests.e2e.conftest import Background, Cli, api_up, wait_for
 
 ADMIN = "e2e-admin-key"
 pytestmark = pytest.mark.slow
@@ -89,12 +88,7 @@ def test_the_worker_consumes_triggers_once_per_message(
         worker = cli.start("worker", env=env)
         base = f"http://127.0.0.1:{port}"
 
-        def ready() -> bool:
-            with contextlib.suppress(httpx.HTTPError):
-                return httpx.get(f"{base}/health/ready").status_code == 200
-            return False
-
-        wait_for(ready, 30, f"the API; server said:\n{server.output()}")
+        wait_for(api_up(base), 60, f"the API; server said:\n{server.output()}")
         admin = {"LAMINAR_URL": base, "LAMINAR_API_KEY": ADMIN}
         assert cli.run("tenants", "create", "acme", env=admin).code == 0
         made = cli.run("keys", "create", "ops", "--tenant", "acme", "--scope", "operate", env=admin)
