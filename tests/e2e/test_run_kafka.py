@@ -19,7 +19,7 @@ from pipeline_service.events.broker import EmbeddedBroker
 from pipeline_service.temporal.dev_server import free_port
 from schemas.event_docs import event_json_schema
 from schemas.events import EventType
-from tests.e2e.conftest import EXAMPLES, Cli, wait_for
+from tests.e2e.conftest import EXAMPLES, Cli, api_up, wait_for
 from tests.integration.kafka_events import Received, read_topic
 
 
@@ -163,6 +163,8 @@ def test_broker_down_mid_run_the_runs_finish_and_every_event_arrives_once_in_ord
         )  # fmt: skip
         base = f"http://127.0.0.1:{http_port}"
         wait_for(lambda: (state / "api-key").exists(), 60, f"the API; said:\n{proc.output()}")
+        # The key file is written before the server listens.
+        wait_for(api_up(base, "/health/live"), 60, f"the API; said:\n{proc.output()}")
         key = (state / "api-key").read_text().strip()
         with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}) as http:
 
