@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated
 
 import anyio.to_thread
@@ -14,9 +13,9 @@ from pipeline_service.api.problems import ProblemError
 from pipeline_service.api.routers.runs import (
     IDEMPOTENCY_KEY_PATTERN,
     _run,
+    follow_up,
     launch_and_show,
 )
-from pipeline_service.db import runs as repo
 from pipeline_service.db.models import PipelineVersion
 from pipeline_service.launcher import LaunchRequest
 from schemas.pipeline import PipelineDefinition, QualityStep
@@ -88,19 +87,15 @@ async def replay(
             assert version is not None
             definition = PipelineDefinition.model_validate(version.definition)
             source = replay_source(definition, run.workflow_id, check, body.step)
-            names = repo.run_names(session, run)
-            suffix = idempotency_key or uuid.uuid4().hex[:12]
-            return LaunchRequest(
-                tenant=tenant,
-                pipeline=names.pipeline,
-                actor=principal.actor,
-                params=run.params,
-                logical_date=run.logical_date,
-                idempotency_key=idempotency_key,
+            return follow_up(
+                session,
+                run,
+                tenant,
+                principal.actor,
+                idempotency_key,
+                f"replay:{run.public_id}:{check}",
                 replay=source,
                 replay_of_id=run.id,
-                version=names.version,
-                workflow_id=f"{tenant.name}/{names.pipeline}/replay:{run.public_id}:{check}:{suffix}",
             )
 
     request = await anyio.to_thread.run_sync(plan)

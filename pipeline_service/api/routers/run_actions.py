@@ -18,6 +18,7 @@ from pipeline_service.api.routers.runs import (
     IDEMPOTENCY_KEY_PATTERN,
     _detail,
     _run,
+    follow_up,
     launch_and_show,
 )
 from pipeline_service.db import runs as repo
@@ -104,19 +105,15 @@ async def retry(
                 and step_id not in again
                 and (row.status in DONE or row.marked_by is not None)
             }
-            names = repo.run_names(session, run)
-            suffix = idempotency_key or uuid.uuid4().hex[:12]
-            return LaunchRequest(
-                tenant=tenant,
-                pipeline=names.pipeline,
-                actor=principal.actor,
-                params=run.params,
-                logical_date=run.logical_date,
-                idempotency_key=idempotency_key,
+            return follow_up(
+                session,
+                run,
+                tenant,
+                principal.actor,
+                idempotency_key,
+                f"retry:{run.public_id}",
                 retry_of_id=run.id,
-                version=names.version,
                 reuse=reuse,
-                workflow_id=f"{tenant.name}/{names.pipeline}/retry:{run.public_id}:{suffix}",
             )
 
     request = await anyio.to_thread.run_sync(plan)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Header, Query, Response
@@ -35,7 +35,7 @@ from pipeline_service.api.services import Services
 from pipeline_service.api.step_logs import StepLogs
 from pipeline_service.db import quotas
 from pipeline_service.db import runs as repo
-from pipeline_service.db.models import Run, StepRun
+from pipeline_service.db.models import Run, StepRun, Tenant
 from pipeline_service.db.pipelines import get_pipeline
 from pipeline_service.db.pools import waiting_steps
 from pipeline_service.db.recording import record_run_events
@@ -152,6 +152,33 @@ def _run(session: Session, tenant_id: int, run_id: str) -> Run:
     if run is None:
         raise not_found(f"run '{run_id}'")
     return run
+
+
+def follow_up(
+    session: Session,
+    run: Run,
+    tenant: Tenant,
+    actor: str,
+    idempotency_key: str | None,
+    label: str,
+    **links: Any,
+) -> LaunchRequest:
+    """A new run of `run`'s version, params and logical date (a retry or a replay), under its
+    own workflow id `<tenant>/<pipeline>/<label>:<key or random>`; `links` name what it reuses
+    and which run it follows."""
+    names = repo.run_names(session, run)
+    suffix = idempotency_key or uuid.uuid4().hex[:12]
+    return LaunchRequest(
+        tenant=tenant,
+        pipeline=names.pipeline,
+        actor=actor,
+        params=run.params,
+        logical_date=run.logical_date,
+        idempotency_key=idempotency_key,
+        version=names.version,
+        workflow_id=f"{tenant.name}/{names.pipeline}/{label}:{suffix}",
+        **links,
+    )
 
 
 @router.post("/v1/pipelines/{name}/runs", status_code=201, response_model=RunDetail)
