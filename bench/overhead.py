@@ -4,8 +4,11 @@ One process starts two dev servers as `laminar run` starts them (unthrottled, se
 pipeline_service/temporal/dev_server.py): one in memory, one on a SQLite file (WAL). Systems:
   bare/mem       a bare Temporal chain of no-op activities, in-memory server
   bare/file      the same chain, file server
+  bare-nosandbox/file  the same chain, its worker without the SDK's workflow sandbox (which
+                 bare/file and the SDK use by default; Laminar's workers run without it)
   laminar/file   Laminar's workflow + worker, a chain of `noop` steps run as regular
                  activities (`local: false`), file server
+  laminar-sandbox/file  the same with LAMINAR_WORKFLOW_SANDBOX on (the SDK's sandbox)
   laminar-local  the same pipeline with noop's default (local activities), file server
   (--sql)        chains of `SELECT 1` SQL steps, regular and `local: true`, file server
   laminar+rec/sqlite   laminar/file with run-state recording on (every run has its row, written
@@ -50,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bare_chain import BareChainWorkflow, bare_noop
 from recording_systems import database, recorded_run, recorded_steps, session_factory
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from pipeline_service.temporal.dev_server import (
     SQLITE_PRAGMAS,
@@ -195,22 +198,41 @@ async def run_all(
     recorded: dict[str, tuple[str, Any]] = {}
     async with AsyncExitStack() as stack:
         systems = []
-        for where in ("mem", "file"):
+        for name, where, runner in (
+            ("bare/mem", "mem", {}),
+            ("bare/file", "file", {}),
+            ("bare-nosandbox/file", "file", {"workflow_runner": UnsandboxedWorkflowRunner()}),
+        ):
             queue = f"bare-{uuid.uuid4()}"
             worker = Worker(
                 clients[where],
                 task_queue=queue,
                 workflows=[BareChainWorkflow],
                 activities=[bare_noop],
+                **runner,
             )
             await stack.enter_async_context(worker)
-            systems.append(bare_system(f"bare/{where}", clients[where], queue, steps))
+            systems.append(bare_system(name, clients[where], queue, steps))
         queue = f"laminar-{uuid.uuid4()}"
         worker = build_worker(
             clients["file"], task_queue=queue, engine=engine, work_root=root / "work"
         )
         await stack.enter_async_context(worker)
         systems.append(laminar_system("laminar/file", clients["file"], queue, root, steps, False))
+        sandbox_queue = f"laminar-sandbox-{uuid.uuid4()}"
+        sandboxed = build_worker(
+            clients["file"],
+            task_queue=sandbox_queue,
+            engine=engine,
+            work_root=root / "work",
+            sandbox=True,
+        )
+        await stack.enter_async_context(sandboxed)
+        systems.append(
+            laminar_system(
+                "laminar-sandbox/file", clients["file"], sandbox_queue, root, steps, False
+            )
+        )
         if not args.no_local:
             systems.append(
                 laminar_system("laminar-local/file", clients["file"], queue, root, steps, None)
@@ -281,6 +303,10 @@ def report(systems: dict[str, System], args: argparse.Namespace) -> None:
     show("(a) latency laminar/file : bare/file", paired("laminar/file", "bare/file"), "<= 1.20")
     show("    latency laminar/file : bare/mem", paired("laminar/file", "bare/mem"), "<= 1.50")
     show("    latency bare/file : bare/mem", paired("bare/file", "bare/mem"), "(info)")
+    show("    latency laminar/file : bare-nosandbox/file",
+         paired("laminar/file", "bare-nosandbox/file"), "(info)")  # fmt: skip
+    show("    latency laminar-sandbox/file : bare/file",
+         paired("laminar-sandbox/file", "bare/file"), "(info)")  # fmt: skip
     if "laminar-local/file" in systems:
         show("    latency laminar-local/file : bare/file",
              paired("laminar-local/file", "bare/file"), "(info)")  # fmt: skip
@@ -290,6 +316,14 @@ def report(systems: dict[str, System], args: argparse.Namespace) -> None:
     lam, bare = systems["laminar/file"], systems["bare/file"]
     throughput = spread([b / lm for lm, b in zip(lam.bursts, bare.bursts, strict=True)])
     show("(b) throughput laminar/file : bare/file", throughput, ">= 0.80")
+
+    def faster(a: str, b: str) -> tuple[float, float, float]:  # throughput of a : b
+        return spread([y / x for x, y in zip(systems[a].bursts, systems[b].bursts, strict=True)])
+
+    show("    throughput laminar/file : bare-nosandbox/file",
+         faster("laminar/file", "bare-nosandbox/file"), "(info)")  # fmt: skip
+    show("    throughput laminar-sandbox/file : bare/file",
+         faster("laminar-sandbox/file", "bare/file"), "(info)")  # fmt: skip
     print(f"    failed runs: laminar {lam.failed}, bare {bare.failed}  (target 0)")
     for label, database_name in (
         ("laminar+rec/sqlite", "SQLite"),
@@ -303,6 +337,10 @@ def report(systems: dict[str, System], args: argparse.Namespace) -> None:
         show(f"    latency {label} : laminar/file", paired(label, "laminar/file"), "(info)")
         rec_throughput = spread([b / r for r, b in zip(rec.bursts, bare.bursts, strict=True)])
         show(f"(b) throughput {label} : bare/file", rec_throughput, ">= 0.80")
+        show(f"    latency {label} : bare-nosandbox/file",
+             paired(label, "bare-nosandbox/file"), "(info)")  # fmt: skip
+        show(f"    throughput {label} : bare-nosandbox/file",
+             faster(label, "bare-nosandbox/file"), "(info)")  # fmt: skip
         print(f"    failed runs: {rec.failed}  (target 0)")
 
 

@@ -110,6 +110,18 @@ class RunSettings(BaseSettings):
         return value
 
 
+class WorkflowSettings(BaseSettings):
+    """How a worker (`laminar worker`, `laminar run`'s embedded one) runs workflow code."""
+
+    model_config = SettingsConfigDict(env_prefix="LAMINAR_", extra="ignore")
+
+    workflow_sandbox: bool = False
+    """Run workflows in the Temporal SDK's sandbox. Off by default: Laminar's workflows are
+    Laminar's own code (a pipeline's steps never run inside them), the test suite runs them in
+    the sandbox and replays saved histories, and the sandbox costs a third of a worker's CPU
+    per step (bench/overhead.py)."""
+
+
 class SparkSettings(BaseSettings):
     """Where Spark steps run: `LAMINAR_SPARK__MASTER=local[4]`, or a `k8s://https://...`
     master with `LAMINAR_SPARK__KUBERNETES__NAMESPACE`, `..__IMAGE`, `..__SERVICE_ACCOUNT`,
@@ -193,6 +205,7 @@ def known_env_names() -> set[str]:
     models: list[type[BaseSettings]] = [
         RunSettings,
         ServiceSettings,
+        WorkflowSettings,
         SparkSettings,
         FlinkSettings,
         KubernetesJobSettings,

@@ -24,6 +24,14 @@ with workflow.unsafe.imports_passed_through():
     import jinja2.debug
     import jinja2.runtime  # noqa: F401
 
+    # `import workflows.x as x`, not `from workflows import x`: the sandbox passes through only
+    # modules imported by their full name; the `from` form loaded these again in every run.
+    import workflows.control_flow as control_flow
+    import workflows.dag as dag
+    import workflows.for_each as for_each
+    import workflows.pools as pools
+    import workflows.retries as retries
+    import workflows.sensors as sensors
     from activities.names import (
         RECORD_RUN_EVENT,
         RUN_STEP,
@@ -49,7 +57,6 @@ with workflow.unsafe.imports_passed_through():
         StepStatus,
         UpstreamResult,
     )
-    from workflows import control_flow, dag, for_each, pools, retries, sensors
     from workflows.recording import RunRecorder
 
 DEFAULT_HEARTBEAT_TIMEOUT = timedelta(seconds=30)

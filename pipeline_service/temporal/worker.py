@@ -13,7 +13,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkflowRunner
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.artifacts import ArtifactStore
 from activities.backfill import BackfillActivities
@@ -33,7 +34,12 @@ from pipeline_service.db.models import Tenant
 from pipeline_service.metrics import StepMetrics
 from pipeline_service.secrets.crypto import SecretBox
 from pipeline_service.secrets.store import resolve_secrets
-from pipeline_service.settings import FlinkSettings, KubernetesJobSettings, SparkSettings
+from pipeline_service.settings import (
+    FlinkSettings,
+    KubernetesJobSettings,
+    SparkSettings,
+    WorkflowSettings,
+)
 from pipeline_service.temporal.sensor_probes import sensor_probes
 from steps.engines.duckdb import DuckDBEngine
 from steps.flink_job import FlinkOptions
@@ -75,6 +81,7 @@ def build_worker(
     artifacts: ArtifactStore | None = None,
     log_upload_every: timedelta = LOG_UPLOAD_EVERY,
     s3_endpoint: str | None = None,
+    sandbox: bool | None = None,
 ) -> Worker:
     """A worker running pipeline workflows and their steps.
 
@@ -86,6 +93,8 @@ def build_worker(
     pipelines' schedulers, backfills and dependency gates (they start runs through the launcher).
     With `artifacts` (LAMINAR_ARTIFACT_URL) step logs and DuckDB hand-off tables go through it.
     `s3_endpoint` is for sensors on s3:// objects (an S3-compatible store).
+    `sandbox`: run workflows in the SDK's sandbox (default: LAMINAR_WORKFLOW_SANDBOX, off; see
+    `workflow_runner`).
     """
     # LAMINAR_SPARK__* and LAMINAR_FLINK__* from the environment unless given.
     spark = spark or SparkSettings().options()
@@ -158,6 +167,9 @@ def build_worker(
         client,
         task_queue=task_queue,
         workflows=workflows,
+        workflow_runner=workflow_runner(
+            WorkflowSettings().workflow_sandbox if sandbox is None else sandbox
+        ),
         activities=registered,
         max_concurrent_activities=max_concurrent_activities,
         build_id=build_id(),
@@ -168,6 +180,16 @@ def build_worker(
         max_heartbeat_throttle_interval=HEARTBEAT_EVERY,
         default_heartbeat_throttle_interval=HEARTBEAT_EVERY,
     )
+
+
+def workflow_runner(sandbox: bool) -> WorkflowRunner:
+    """The SDK's sandbox re-imports a workflow's module for every run and proxies every
+    `isinstance` and payload conversion inside it: measured, a third of a worker's CPU per
+    step (bench/overhead.py prints Laminar with and without it). It guards workflow code against
+    non-deterministic calls; Laminar's workflows are Laminar's own code (no pipeline code runs in
+    them), and the workflow tests run them sandboxed (tests/integration/scripted.py) and replay
+    saved histories, so production workers run them unsandboxed unless asked."""
+    return SandboxedWorkflowRunner() if sandbox else UnsandboxedWorkflowRunner()
 
 
 def secret_resolver(sessions: sessionmaker[Session], key: str) -> SecretResolver:

@@ -6,6 +6,7 @@ subject, not what the step does."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -31,6 +32,7 @@ from tests.integration.scripted import (
     run_input,
     worker_for,
 )
+from workflows import dag
 from workflows.pipeline_run import PIPELINE_FAILED, PipelineRunWorkflow
 
 
@@ -62,6 +64,42 @@ async def harness(client: Client, tmp_path: Path) -> AsyncIterator[Harness]:
     queue = f"test-{uuid.uuid4()}"
     async with worker_for(client, executor, tmp_path, queue):
         yield Harness(client, executor, queue, tmp_path)
+
+
+_HELPERS = {
+    str(Path(dag.__file__).with_name(f"{name}.py"))
+    for name in ("control_flow", "dag", "for_each", "pools", "recording", "retries", "sensors")
+}
+_helper_runs: list[str] | None = None
+"""While a list: the workflow helper modules whose code was executed (i.e. loaded anew)."""
+
+
+def _on_audit(event: str, args: tuple[Any, ...]) -> None:
+    if _helper_runs is not None and event == "exec":
+        filename = getattr(args[0], "co_filename", None)
+        if filename in _HELPERS:
+            _helper_runs.append(filename)
+
+
+sys.addaudithook(_on_audit)  # (audit hooks cannot be removed: this one is inert when None)
+
+
+async def test_sandbox_shares_the_workflow_helpers_instead_of_loading_them_per_run(
+    harness: Harness,
+) -> None:
+    """The helper modules pipeline_run imports as passed through are the host's, not loaded
+    again in each run's sandbox (`from workflows import dag` did that: the sandbox re-executed
+    them, without bytecode where PYTHONDONTWRITEBYTECODE is set, for every run)."""
+    global _helper_runs
+    definition = pipeline([{"id": "a"}, {"id": "b", "depends_on": ["a"]}])
+    _helper_runs = []
+    try:
+        for _ in range(2):
+            assert (await harness.run(definition)).status == RunStatus.SUCCEEDED
+        loaded = _helper_runs
+    finally:
+        _helper_runs = None
+    assert loaded == []
 
 
 def overlap(a: tuple[float, float], b: tuple[float, float]) -> float:

@@ -95,3 +95,22 @@ def test_logical_dates_and_intervals() -> None:
         latest_interval(None, UTC)
     assert pipeline_cron(None) == (None, UTC)
     assert pipeline_cron(Schedule(cron="@daily")) == ("0 0 * * *", ZoneInfo("UTC"))
+
+
+def test_workflow_sandbox_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LAMINAR_WORKFLOW_SANDBOX: known, off by default, selects the SDK's sandboxed runner."""
+    from temporalio.worker import UnsandboxedWorkflowRunner
+    from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
+
+    from pipeline_service.settings import WorkflowSettings
+    from pipeline_service.temporal.worker import workflow_runner
+
+    env = {"LAMINAR_WORKFLOW_SANDBOX": "true"}
+    assert unknown_env_warnings(env) == []
+    load_run_settings(None, environ=env)  # `laminar run` reads the environment too: not refused
+    monkeypatch.delenv("LAMINAR_WORKFLOW_SANDBOX", raising=False)
+    assert WorkflowSettings().workflow_sandbox is False
+    monkeypatch.setenv("LAMINAR_WORKFLOW_SANDBOX", "true")
+    assert WorkflowSettings().workflow_sandbox is True
+    assert isinstance(workflow_runner(True), SandboxedWorkflowRunner)
+    assert isinstance(workflow_runner(False), UnsandboxedWorkflowRunner)
