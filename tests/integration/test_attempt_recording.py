@@ -50,6 +50,9 @@ def _record(
     sessions: sessionmaker[Session], workflow_id: str
 ) -> tuple[Run, list[StepRun], list[OutboxEvent]]:
     with sessions() as session:
+        # One snapshot for the three reads (PostgreSQL's default gives each statement its own:
+        # a run read just before the recorder's commit beside step rows read just after).
+        session.connection(execution_options={"isolation_level": "SERIALIZABLE"})
         run = session.scalars(select(Run).where(Run.workflow_id == workflow_id)).one()
         steps = list(
             session.scalars(
