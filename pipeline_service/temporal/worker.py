@@ -75,6 +75,7 @@ def build_worker(
     artifacts: ArtifactStore | None = None,
     log_upload_every: timedelta = LOG_UPLOAD_EVERY,
     s3_endpoint: str | None = None,
+    attempts: AttemptRecorder | None = None,
 ) -> Worker:
     """A worker running pipeline workflows and their steps.
 
@@ -85,7 +86,8 @@ def build_worker(
     resolves the tenant secrets steps reference; with `source_dir` too it also runs the
     pipelines' schedulers, backfills and dependency gates (they start runs through the launcher).
     With `artifacts` (LAMINAR_ARTIFACT_URL) step logs and DuckDB hand-off tables go through it.
-    `s3_endpoint` is for sensors on s3:// objects (an S3-compatible store).
+    `s3_endpoint` is for sensors on s3:// objects (an S3-compatible store). `attempts`: the
+    recorder of step attempts (made here if not given), for a caller that flushes it at stop.
     """
     # LAMINAR_SPARK__* and LAMINAR_FLINK__* from the environment unless given.
     spark = spark or SparkSettings().options()
@@ -106,7 +108,8 @@ def build_worker(
         else None
     )
     # Steps of recorded runs hand their attempts' transitions to this (one per worker).
-    attempts = AttemptRecorder(sessions, metrics) if sessions is not None else None
+    if attempts is None and sessions is not None:
+        attempts = AttemptRecorder(sessions, metrics)
     activities = StepActivities(
         executors,
         work_root,
