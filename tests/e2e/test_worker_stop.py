@@ -109,6 +109,9 @@ def test_a_worker_whose_database_is_gone_still_stops_promptly(
 def test_laminar_run_stopped_with_sigterm_writes_the_attempts_that_ended_in_its_grace(
     cli: Cli, tmp_path: Path
 ) -> None:
+    """(Without the flush at stop this passes too, as a rule: the embedded API's shutdown
+    that follows the worker's takes longer than the recorder's 50 ms interval. The flush makes
+    it certain; the `laminar worker` test above fails without it.)"""
     project, marker = write_project(tmp_path, pause=2.5)
     state, port = tmp_path / "state", free_port()
     running = cli.start(
