@@ -217,8 +217,7 @@ class AttemptRecorder:
         again with their next recording on another worker."""
         if self._writer is not None and not self._writer.done():
             self._writer.cancel()  # its events go back to the queue, written here instead
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+            await asyncio.wait([self._writer])
         try:
             async with asyncio.timeout(timeout):
                 while self._pending:
