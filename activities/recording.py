@@ -22,8 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -157,6 +158,8 @@ FLUSH_INTERVAL = 0.05
 """Seconds the background recorder collects attempt events before writing them together."""
 MAX_COMMITTED = 50_000
 """Ids of written events remembered, so the workflow's backstop need not send them again."""
+STOP_FLUSH_TIMEOUT = 5.0
+"""Seconds a stopping worker spends at most writing its queued attempt events."""
 MAX_PENDING = 100_000
 """Attempt events kept while the database does not answer; beyond, the oldest are dropped
 (the workflows record them again with their next recording)."""
@@ -207,27 +210,48 @@ class AttemptRecorder:
     def pending(self) -> int:
         return len(self._pending)
 
-    async def flush(self) -> None:
-        """Write what is queued now (e.g. before the worker stops)."""
-        if self._pending:
-            await self._write_pending()
+    async def flush(self, timeout: float = STOP_FLUSH_TIMEOUT) -> int:
+        """Write what is queued now, trying again while writes fail, for at most `timeout`
+        seconds: when the worker stops, after its last steps ended. Returns how many events
+        are left unwritten (a database that does not answer); their workflows record them
+        again with their next recording on another worker."""
+        if self._writer is not None and not self._writer.done():
+            self._writer.cancel()  # its events go back to the queue, written here instead
+            await asyncio.wait([self._writer])
+        try:
+            async with asyncio.timeout(timeout):
+                while self._pending:
+                    await self._write_pending(_in_daemon_thread)
+        except TimeoutError:
+            log.warning(
+                "attempt recorder: %d events left unwritten after %.0f s (the database does "
+                "not answer); the runs' workflows record them again",
+                len(self._pending),
+                timeout,
+            )
+        return len(self._pending)
 
     async def _write_soon(self) -> None:
         while self._pending:
             await asyncio.sleep(self._interval)
             await self._write_pending()
 
-    async def _write_pending(self) -> None:
+    async def _write_pending(self, in_thread: InThread = asyncio.to_thread) -> None:
         group, self._pending = self._pending, []
         batches: dict[str, list[RunEvent]] = {}
         for workflow_id, event in group:
             batches.setdefault(workflow_id, []).append(event)
         try:
             async with self.lock:
-                results = await asyncio.to_thread(
+                results: list[RecordRunEventsResult] = await in_thread(
                     self._write,
                     [RecordRunEventsInput(workflow_id=w, events=e) for w, e in batches.items()],
                 )
+        except asyncio.CancelledError:
+            # Cancelled by `flush` (or the loop closing): whether the thread's write commits
+            # or not, writing these again records nothing twice.
+            self._pending[:0] = group
+            raise
         except Exception:
             log.warning("attempt recorder: write failed; retrying", exc_info=True)
             self._pending[:0] = group  # keep the order: these came first
@@ -244,6 +268,40 @@ class AttemptRecorder:
 
     def _write(self, batches: list[RecordRunEventsInput]) -> list[RecordRunEventsResult]:
         return write_checked(self._sessions, batches)
+
+
+_T = TypeVar("_T")
+InThread = Callable[..., Coroutine[Any, Any, Any]]
+"""Runs a blocking function in a thread: `asyncio.to_thread`, or `_in_daemon_thread`."""
+
+
+async def _in_daemon_thread(function: Callable[..., _T], *args: Any) -> _T:
+    """`asyncio.to_thread`, in a daemon thread of its own: the interpreter's exit joins the
+    threads of `to_thread`'s pool (and anyio's), so a write hanging on a database that stopped
+    answering would hang the process that gave up on it; this one is left behind."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[_T] = loop.create_future()
+
+    def settle(result: _T | None, error: BaseException | None) -> None:
+        if future.done():  # the caller gave up (cancelled)
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        result: _T | None = None
+        error: BaseException | None = None
+        try:
+            result = function(*args)
+        except BaseException as exc:  # handed to the awaiting task
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="attempt-recorder-flush", daemon=True).start()
+    return await future
 
 
 WRITE_TRIES = 5

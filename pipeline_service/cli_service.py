@@ -244,6 +244,7 @@ async def _worker(
     metrics_port: int | None,
     artifacts: ArtifactStorage | None,
 ) -> None:
+    from activities.recording import AttemptRecorder
     from pipeline_service.db.session import make_engine, session_factory
     from pipeline_service.temporal.worker import build_worker
     from steps.engines.duckdb import DuckDBEngine
@@ -280,14 +281,17 @@ async def _worker(
         source_dir=settings.source_dir,
         bundle_cache=settings.bundle_cache,
     )
+    sessions = session_factory(db)
+    attempts = AttemptRecorder(sessions, metrics)  # flushed at stop, below
     worker_ = build_worker(
         client,
         task_queue=settings.task_queue,
         engine=warehouse,
         work_root=settings.work_dir,
         max_concurrent_activities=max_concurrent_steps,
-        sessions=session_factory(db),
+        sessions=sessions,
         metrics=metrics,
+        attempts=attempts,
         source_dir=settings.source_dir,
         secret_key=settings.secret_key.get_secret_value() if settings.secret_key else None,
         bundle_cache=settings.bundle_cache,
@@ -306,6 +310,14 @@ async def _worker(
         async with worker_:
             await dispatcher.run(stop)
     finally:
+        # The steps that ended during the shutdown grace queued their attempts' ends: written
+        # now, not when their workflows next record on another worker (bounded: the database
+        # may be what is gone).
+        if unwritten := await attempts.flush():
+            console.print(
+                f"[yellow]stopping: {unwritten} step attempt event(s) not written (the database "
+                "does not answer); their runs write them again when a worker next runs them[/]"
+            )
         if notifier is not None:
             notifier_stop, notifier_thread = notifier
             notifier_stop.set()

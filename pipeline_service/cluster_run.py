@@ -41,6 +41,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.names import STATE_QUERY, WORKER_LOST
+from activities.recording import AttemptRecorder
 from pipeline_service.cluster import (
     LAMINAR_LOG,
     WAREHOUSE,
@@ -180,6 +181,11 @@ class PipelineCluster:
             async with flink_for(self.pipeline, state_dir) as flink:
                 if has_flink_steps(self.pipeline):
                     self.console.print(f"  flink       {flink.rest_url}")
+                attempts = (
+                    AttemptRecorder(self._api.sessions, self._api.step_metrics)
+                    if self._api
+                    else None
+                )
                 worker = build_worker(
                     client,
                     task_queue=TASK_QUEUE,
@@ -189,6 +195,7 @@ class PipelineCluster:
                     sticky_timeout=timedelta(seconds=1),
                     sessions=self._api.sessions if self._api else None,
                     metrics=self._api.step_metrics if self._api else None,
+                    attempts=attempts,
                     flink=flink,
                     # The scheduler's activities start runs through the launcher.
                     source_dir=self.source_dir if scheduled else None,
@@ -206,22 +213,19 @@ class PipelineCluster:
                     remote.on_lease_lost = lease_lost
                     if remote.lease_lost is not None:  # lost while the stack was starting
                         self._on_lease_lost(remote.lease_lost)
-                # The worker runs before the run starts, so the start can be eager: the server
-                # hands the first workflow task back in its reply instead of through a poll.
-                async with worker:
-                    if scheduled:
-                        self.started = True
-                        return await self._fire_schedule(client, state)
-                    handle = await self._start_or_resume(client, state)
-                    self.started = True
-                    structlog.contextvars.bind_contextvars(run_id=handle.id)
-                    ui_link = ""
-                    run = handle.run_id or handle.result_run_id or handle.first_execution_run_id
-                    if server.ui_url and run:
-                        workflow_path = f"{quote(handle.id, safe='')}/{run}/history"
-                        ui_link = f"{server.ui_url}/namespaces/default/workflows/{workflow_path}"
-                    self.console.print(f"  run         {handle.id}  {ui_link}")
-                    return await self._follow(handle)
+                try:
+                    # The worker runs before the run starts, so the start can be eager: the
+                    # server hands the first workflow task back in its reply, not a poll's.
+                    async with worker:
+                        if scheduled:
+                            self.started = True
+                            return await self._fire_schedule(client, state)
+                        return await self._start_and_follow(client, state, server)
+                finally:
+                    # Steps that ended in the shutdown grace queued their attempts' ends: into
+                    # the state dir's database before it closes (the run resumes from there).
+                    if attempts is not None:
+                        await attempts.flush()
         finally:
             if self._notifier is not None:
                 await self._stop_notifier(self._notifier)
@@ -232,6 +236,20 @@ class PipelineCluster:
             if self.checkpointer is not None:
                 await self.checkpointer.stop()  # before the warehouse closes under an upload
             engine.close()
+
+    async def _start_and_follow(
+        self, client: Client, state: ClusterState, server: DevServer
+    ) -> int:
+        handle = await self._start_or_resume(client, state)
+        self.started = True
+        structlog.contextvars.bind_contextvars(run_id=handle.id)
+        ui_link = ""
+        run = handle.run_id or handle.result_run_id or handle.first_execution_run_id
+        if server.ui_url and run:
+            workflow_path = f"{quote(handle.id, safe='')}/{run}/history"
+            ui_link = f"{server.ui_url}/namespaces/default/workflows/{workflow_path}"
+        self.console.print(f"  run         {handle.id}  {ui_link}")
+        return await self._follow(handle)
 
     @property
     def fires_schedule(self) -> bool:

@@ -81,6 +81,7 @@ def build_worker(
     artifacts: ArtifactStore | None = None,
     log_upload_every: timedelta = LOG_UPLOAD_EVERY,
     s3_endpoint: str | None = None,
+    attempts: AttemptRecorder | None = None,
     sandbox: bool | None = None,
 ) -> Worker:
     """A worker running pipeline workflows and their steps.
@@ -92,7 +93,8 @@ def build_worker(
     resolves the tenant secrets steps reference; with `source_dir` too it also runs the
     pipelines' schedulers, backfills and dependency gates (they start runs through the launcher).
     With `artifacts` (LAMINAR_ARTIFACT_URL) step logs and DuckDB hand-off tables go through it.
-    `s3_endpoint` is for sensors on s3:// objects (an S3-compatible store).
+    `s3_endpoint` is for sensors on s3:// objects (an S3-compatible store). `attempts`: the
+    recorder of step attempts (made here if not given), for a caller that flushes it at stop.
     `sandbox`: run workflows in the SDK's sandbox (default: LAMINAR_WORKFLOW_SANDBOX, off; see
     `workflow_runner`).
     """
@@ -115,7 +117,8 @@ def build_worker(
         else None
     )
     # Steps of recorded runs hand their attempts' transitions to this (one per worker).
-    attempts = AttemptRecorder(sessions, metrics) if sessions is not None else None
+    if attempts is None and sessions is not None:
+        attempts = AttemptRecorder(sessions, metrics)
     activities = StepActivities(
         executors,
         work_root,

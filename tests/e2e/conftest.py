@@ -237,6 +237,111 @@ def sqlite_server_with_tenant(
     return server, {"LAMINAR_URL": base, "LAMINAR_API_KEY": made.stdout.strip().splitlines()[-1]}
 
 
+@dataclass
+class Platform:
+    """`laminar server` and `laminar worker` processes on one task queue, over a scratch
+    PostgreSQL database and the session's Temporal dev server, with a tenant `acme` and an
+    `operate` key. The server runs in `tmp_path/server`, each worker in `tmp_path/<name>` (its
+    own empty directory, work dir and bundle cache: it has never seen the pipelines' files)."""
+
+    cli: Cli
+    tmp_path: Path
+    env: dict[str, str]
+    """The processes' environment (database, Temporal, admin key, port, task queue, extras)."""
+    base: str
+    server: Background
+    workers: dict[str, Background]
+    client_env: dict[str, str]
+    """The CLI client's environment acting as the tenant (LAMINAR_URL, LAMINAR_API_KEY)."""
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.client_env['LAMINAR_API_KEY']}"}
+
+    def http(self) -> httpx.Client:
+        """An API client acting as the tenant."""
+        return httpx.Client(base_url=self.base, headers=self.auth, timeout=30)
+
+    def start_worker(self, name: str) -> Background:
+        """Start (or start again) worker `name` in its own directory."""
+        home = self.tmp_path / name
+        home.mkdir(exist_ok=True)
+        self.workers[name] = self.cli.start(
+            "worker",
+            env={
+                **self.env,
+                "LAMINAR_WORK_DIR": str(home / "work"),
+                "LAMINAR_BUNDLE_CACHE": str(home / "bundles"),
+            },
+            cwd=home,
+        )
+        return self.workers[name]
+
+    def stop_worker(self, name: str, signum: int = signal.SIGTERM, timeout: float = 30) -> Result:
+        self.workers[name].proc.send_signal(signum)
+        return self.workers[name].wait(timeout)
+
+    def stop(self, *alive: str) -> None:
+        """SIGTERM the server and the workers named (the others were killed or stopped)."""
+        self.server.proc.send_signal(signal.SIGTERM)
+        for name in alive:
+            self.workers[name].proc.send_signal(signal.SIGTERM)
+        for name in alive:
+            self.workers[name].wait(30)
+        self.server.wait(30)
+
+
+@contextlib.contextmanager
+def running_platform(
+    cli: Cli,
+    temporal_address: str,
+    tmp_path: Path,
+    workers: tuple[str, ...] = ("w1", "w2"),
+    env: dict[str, str] | None = None,
+) -> Iterator[Platform]:
+    """`laminar db upgrade`, then the server and `workers` (see `Platform`), with `env` added
+    to every process's environment; the database is dropped on exit."""
+    from pipeline_service.temporal.dev_server import free_port
+    from tests.conftest import scratch_postgres_database
+
+    port = free_port()
+    with scratch_postgres_database() as database_url:
+        shared = {
+            "LAMINAR_DATABASE_URL": database_url,
+            "LAMINAR_TEMPORAL_ADDRESS": temporal_address,
+            "LAMINAR_ADMIN_API_KEY": E2E_ADMIN_KEY,
+            "LAMINAR_HTTP_PORT": str(port),
+            "LAMINAR_TASK_QUEUE": f"e2e-platform-{port}",
+            **(env or {}),
+        }
+        upgraded = cli.run("db", "upgrade", env=shared)
+        assert upgraded.code == 0, upgraded.details
+        server_dir = tmp_path / "server"
+        server_dir.mkdir()
+        server = cli.start(
+            "server",
+            env={
+                **shared,
+                "LAMINAR_WORK_DIR": str(server_dir / "work"),
+                "LAMINAR_BUNDLE_CACHE": str(server_dir / "bundles"),
+            },
+            cwd=server_dir,
+        )
+        base = f"http://127.0.0.1:{port}"
+        platform = Platform(cli, tmp_path, shared, base, server, {}, {})
+        for name in workers:
+            platform.start_worker(name)
+        wait_for(api_up(base), 60, f"the API; server said:\n{server.output()}")
+        admin = {"LAMINAR_URL": base, "LAMINAR_API_KEY": E2E_ADMIN_KEY}
+        assert cli.run("tenants", "create", "acme", env=admin).code == 0
+        made = cli.run("keys", "create", "ops", "--tenant", "acme", "--scope", "operate", env=admin)
+        assert made.code == 0, made.details
+        platform.client_env.update(
+            LAMINAR_URL=base, LAMINAR_API_KEY=made.stdout.strip().splitlines()[-1]
+        )
+        yield platform
+
+
 def wait_for(
     condition: Callable[[], object], timeout: float, what: str, interval: float = 0.1
 ) -> None:

@@ -15,19 +15,16 @@ import shutil
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from pipeline_service.temporal.dev_server import DevServer, free_port
-from tests.conftest import scratch_postgres_database
-from tests.e2e.conftest import Background, Cli, api_up, pid_gone, wait_for
+from pipeline_service.temporal.dev_server import DevServer
+from tests.e2e.conftest import Cli, Platform, pid_gone, running_platform, wait_for
 from tests.s3_standin import S3StandIn
 
-ADMIN = "e2e-admin-key"
 pytestmark = pytest.mark.slow
 
 PRODUCE = """\
@@ -68,75 +65,23 @@ def pipeline_yaml(ledger: Path) -> str:
     )
 
 
-@dataclass
-class Platform:
-    """`laminar server` and two `laminar worker` processes (w1, w2) on one task queue, each
-    worker in its own directory with its own DuckDB warehouse; a tenant's client env."""
-
-    base: str
-    client_env: dict[str, str]
-    workers: dict[str, Background]
-    server: Background
-
-    def stop(self, *alive: str) -> None:
-        self.server.proc.send_signal(signal.SIGTERM)
-        for name in alive:
-            self.workers[name].proc.send_signal(signal.SIGTERM)
-        for name in alive:
-            self.workers[name].wait(30)
-        self.server.wait(30)
-
-
 @contextlib.contextmanager
 def platform(
     cli: Cli, dev_server: DevServer, s3: S3StandIn, tmp_path: Path, project: Path, bucket: str,
     with_store: bool,
 ) -> Iterator[Platform]:  # fmt: skip
-    port = free_port()
-    with scratch_postgres_database() as database_url:
-        env = {
-            "LAMINAR_DATABASE_URL": database_url,
-            "LAMINAR_TEMPORAL_ADDRESS": dev_server.address,
-            "LAMINAR_ADMIN_API_KEY": ADMIN,
-            "LAMINAR_HTTP_PORT": str(port),
-            "LAMINAR_TASK_QUEUE": f"e2e-artifacts-{port}",
+    """The server and two workers (each with its own DuckDB warehouse), with the artifact
+    store or without; the project applied."""
+    store = {}
+    if with_store:
+        store = s3.env() | {
+            "LAMINAR_ARTIFACT_URL": f"s3://{bucket}/artifacts",
+            "LAMINAR_ARTIFACT_LOG_INTERVAL": "1s",
         }
-        if with_store:
-            env |= s3.env() | {
-                "LAMINAR_ARTIFACT_URL": f"s3://{bucket}/artifacts",
-                "LAMINAR_ARTIFACT_LOG_INTERVAL": "1s",
-            }
-        assert cli.run("db", "upgrade", env=env).code == 0
-        server_dir = tmp_path / "server"
-        server_dir.mkdir()
-        server = cli.start(
-            "server",
-            env={**env, "LAMINAR_WORK_DIR": str(server_dir / "work")},
-            cwd=server_dir,
-        )
-        workers: dict[str, Background] = {}
-        for name in ("w1", "w2"):
-            home = tmp_path / name
-            home.mkdir()
-            workers[name] = cli.start(
-                "worker",
-                env={
-                    **env,
-                    "LAMINAR_WORK_DIR": str(home / "work"),
-                    "LAMINAR_BUNDLE_CACHE": str(home / "bundles"),
-                },
-                cwd=home,
-            )
-        base = f"http://127.0.0.1:{port}"
-
-        wait_for(api_up(base), 60, f"the API; server said:\n{server.output()}")
-        admin = {"LAMINAR_URL": base, "LAMINAR_API_KEY": ADMIN}
-        assert cli.run("tenants", "create", "acme", env=admin).code == 0
-        made = cli.run("keys", "create", "ops", "--tenant", "acme", "--scope", "operate", env=admin)
-        client_env = {"LAMINAR_URL": base, "LAMINAR_API_KEY": made.stdout.strip().splitlines()[-1]}
-        applied = cli.run("pipelines", "apply", project, env=client_env)
+    with running_platform(cli, dev_server.address, tmp_path, env=store) as shared:
+        applied = cli.run("pipelines", "apply", project, env=shared.client_env)
         assert applied.code == 0, applied.details
-        yield Platform(base, client_env, workers, server)
+        yield shared
 
 
 def kill_worker(platform: Platform, name: str, home: Path) -> None:
@@ -179,8 +124,7 @@ def test_a_table_crosses_workers_through_the_artifact_store(
                 if line.split(" ", 1)[0] == step and f"/{name}/" in line
             ]
 
-        auth = {"Authorization": f"Bearer {shared.client_env['LAMINAR_API_KEY']}"}
-        with httpx.Client(base_url=shared.base, headers=auth, timeout=30) as http:
+        with shared.http() as http:
             run: dict[str, Any] = http.post("/v1/pipelines/handoff/runs", json={}).json()
             assert "id" in run, run
             wait_for(lambda: ran_on("gate"), 60, "the gate step to start", interval=0.2)
@@ -253,8 +197,7 @@ def test_tables_sql_steps_create_cross_workers_through_the_artifact_store(
     (project / "pipeline.yaml").write_text(sql_pipeline_yaml(ledger, marker))
     bucket = s3.new_bucket()
     with platform(cli, dev_server, s3, tmp_path, project, bucket, True) as shared:
-        auth = {"Authorization": f"Bearer {shared.client_env['LAMINAR_API_KEY']}"}
-        with httpx.Client(base_url=shared.base, headers=auth, timeout=30) as http:
+        with shared.http() as http:
             run: dict[str, Any] = http.post("/v1/pipelines/sql_handoff/runs", json={}).json()
             assert "id" in run, run
             wait_for(marker.exists, 60, "the orders step to run", interval=0.1)

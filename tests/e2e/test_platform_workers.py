@@ -11,14 +11,11 @@ import signal
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from pipeline_service.temporal.dev_server import DevServer, free_port
-from tests.conftest import scratch_postgres_database
-from tests.e2e.conftest import Background, Cli, api_up, pid_gone, wait_for
+from pipeline_service.temporal.dev_server import DevServer
+from tests.e2e.conftest import Cli, pid_gone, running_platform, wait_for
 
-ADMIN = "e2e-admin-key"
 pytestmark = pytest.mark.slow
 
 REPORT = """\
@@ -69,47 +66,11 @@ def test_two_workers_share_a_run_and_survive_a_kill(
     ledger = tmp_path / "ledger.txt"
     ledger.touch()
     (project / "pipeline.yaml").write_text(pipeline_yaml(ledger))
-    port = free_port()
-    with scratch_postgres_database() as database_url:
-        env = {
-            "LAMINAR_DATABASE_URL": database_url,
-            "LAMINAR_TEMPORAL_ADDRESS": dev_server.address,
-            "LAMINAR_ADMIN_API_KEY": ADMIN,
-            "LAMINAR_HTTP_PORT": str(port),
-            "LAMINAR_TASK_QUEUE": f"e2e-workers-{port}",
-        }
-        assert cli.run("db", "upgrade", env=env).code == 0
-        server_dir = tmp_path / "server"
-        server_dir.mkdir()
-        server = cli.start(
-            "server",
-            env={**env, "LAMINAR_BUNDLE_CACHE": str(server_dir / "bundles")},
-            cwd=server_dir,
-        )
-        workers: dict[str, Background] = {}
-        for name in ("w1", "w2"):
-            home = tmp_path / name
-            home.mkdir()
-            workers[name] = cli.start(
-                "worker",
-                env={
-                    **env,
-                    "LAMINAR_WORK_DIR": str(home / "work"),
-                    "LAMINAR_BUNDLE_CACHE": str(home / "bundles"),
-                },
-                cwd=home,  # empty: the worker has never seen the pipeline's files
-            )
-        base = f"http://127.0.0.1:{port}"
-
-        wait_for(api_up(base), 60, f"the API; server said:\n{server.output()}")
-        admin = {"LAMINAR_URL": base, "LAMINAR_API_KEY": ADMIN}
-        assert cli.run("tenants", "create", "acme", env=admin).code == 0
-        made = cli.run("keys", "create", "ops", "--tenant", "acme", "--scope", "operate", env=admin)
-        client_env = {"LAMINAR_URL": base, "LAMINAR_API_KEY": made.stdout.strip().splitlines()[-1]}
-        applied = cli.run("pipelines", "apply", project, env=client_env)
+    with running_platform(cli, dev_server.address, tmp_path) as platform:
+        workers = platform.workers  # in empty directories: they have never seen the files
+        applied = cli.run("pipelines", "apply", project, env=platform.client_env)
         assert applied.code == 0 and "2 files bundled" in applied.stdout, applied.details
-        auth = {"Authorization": f"Bearer {client_env['LAMINAR_API_KEY']}"}
-        with httpx.Client(base_url=base, headers=auth, timeout=30) as http:
+        with platform.http() as http:
             run = http.post("/v1/pipelines/spread/runs", json={}).json()
             assert "id" in run, run
 
@@ -152,7 +113,4 @@ def test_two_workers_share_a_run_and_survive_a_kill(
         assert [a["status"] for a in steps["first"]["attempts"]] == ["SUCCEEDED"]
         for name in ("w1", "w2"):  # nothing of the pipeline in the workers' directories
             assert not list((tmp_path / name).glob("*.py"))
-        server.proc.send_signal(signal.SIGTERM)
-        workers[survivor].proc.send_signal(signal.SIGTERM)
-        workers[survivor].wait(30)
-        server.wait(30)
+        platform.stop(survivor)

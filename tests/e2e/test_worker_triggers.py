@@ -12,16 +12,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from pipeline_service.events.broker import EmbeddedBroker
-from pipeline_service.temporal.dev_server import DevServer, free_port
-from tests.conftest import scratch_postgres_database
-from tests.e2e.conftest import Background, Cli, api_up, wait_for
+from pipeline_service.temporal.dev_server import DevServer
+from tests.e2e.conftest import Background, Cli, running_platform, wait_for
 
-ADMIN = "e2e-admin-key"
 pytestmark = pytest.mark.slow
 # Tansu settles a group join after about the poll interval: keep it short for the test.
 KAFKA_CONFIG = {"session.timeout.ms": 6000, "max.poll.interval.ms": 10000}
@@ -67,33 +64,17 @@ def stop(process: Background) -> None:
 def test_the_worker_consumes_triggers_once_per_message(
     cli: Cli, dev_server: DevServer, tmp_path: Path, kafka_broker: EmbeddedBroker
 ) -> None:
-    port = free_port()
     bootstrap = kafka_broker.bootstrap_servers
     topic = f"orders-{uuid.uuid4().hex[:8]}"
-    with scratch_postgres_database() as database_url:
-        env = {
-            "LAMINAR_DATABASE_URL": database_url,
-            "LAMINAR_TEMPORAL_ADDRESS": dev_server.address,
-            "LAMINAR_ADMIN_API_KEY": ADMIN,
-            "LAMINAR_HTTP_PORT": str(port),
-            "LAMINAR_WORK_DIR": str(tmp_path / "work"),
-            "LAMINAR_TASK_QUEUE": f"e2e-triggers-{port}",
-            "LAMINAR_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "LAMINAR_EVENTS_TOPIC": f"e2e-trigger-events-{port}",
-            "LAMINAR_KAFKA_CONFIG": json.dumps(KAFKA_CONFIG),
-            "LAMINAR_TRIGGERS_REFRESH": "1s",
-        }
-        assert cli.run("db", "upgrade", env=env).code == 0
-        server = cli.start("server", env=env)
-        worker = cli.start("worker", env=env)
-        base = f"http://127.0.0.1:{port}"
-
-        wait_for(api_up(base), 60, f"the API; server said:\n{server.output()}")
-        admin = {"LAMINAR_URL": base, "LAMINAR_API_KEY": ADMIN}
-        assert cli.run("tenants", "create", "acme", env=admin).code == 0
-        made = cli.run("keys", "create", "ops", "--tenant", "acme", "--scope", "operate", env=admin)
-        auth = {"Authorization": f"Bearer {made.stdout.strip().splitlines()[-1]}"}
-        with httpx.Client(base_url=base, headers=auth, timeout=30) as http:
+    kafka = {
+        "LAMINAR_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "LAMINAR_EVENTS_TOPIC": f"e2e-trigger-events-{topic}",
+        "LAMINAR_KAFKA_CONFIG": json.dumps(KAFKA_CONFIG),
+        "LAMINAR_TRIGGERS_REFRESH": "1s",
+    }
+    with running_platform(cli, dev_server.address, tmp_path, ("w1",), kafka) as platform:
+        worker = platform.workers["w1"]
+        with platform.http() as http:
             # The tenant and its trigger appear while the worker runs.
             created = http.post(
                 "/v1/pipelines",
@@ -132,7 +113,7 @@ def test_the_worker_consumes_triggers_once_per_message(
             rewind(bootstrap, group, topic)
             assert max(group_offsets(bootstrap, group, topic).values()) == 0
             produce(bootstrap, topic, {"id": "o2"})
-            worker = cli.start("worker", env=env)
+            worker = platform.start_worker("w1")
             # o1 is read again before o2 (one partition, from offset 0).
             wait_for(lambda: succeeded(2), 90, f"the run of o2; worker said:\n{worker.output()}")
             wait_for(
@@ -143,4 +124,4 @@ def test_the_worker_consumes_triggers_once_per_message(
             params = [r["params"]["order_id"] for r in runs()]
             assert params == ["o1", "o2"], runs()  # the redelivered o1 started no second run
             stop(worker)
-        stop(server)
+        stop(platform.server)

@@ -6,6 +6,9 @@ ids) ahead of that. Real dev server, real SQLite and PostgreSQL (the `sessions` 
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +22,7 @@ from activities.recording import AttemptRecorder, RecordingActivities
 from pipeline_service.db.models import OutboxEvent, Run, StepRun
 from pipeline_service.db.recording import record_run_events
 from pipeline_service.db.runs import insert_run
-from pipeline_service.db.session import transaction
+from pipeline_service.db.session import make_engine, session_factory, transaction
 from schemas.recording import (
     RecordedRunStatus,
     RecordRunEventsInput,
@@ -269,3 +272,55 @@ def test_an_attempts_late_event_changes_nothing_the_workflow_decided(
         "PIPELINE_STARTED", "PIPELINE_STEP_STARTED", "PIPELINE_STARTED",
         "PIPELINE_STEP_CANCELLED", "PIPELINE_FAILED",
     ]  # fmt: skip
+
+
+async def test_flush_at_stop_writes_what_the_background_writer_has_not(
+    sessions: sessionmaker[Session],
+) -> None:
+    """A worker stopping: its recorder holds events its background writer has not written yet
+    (the writer waits out its interval); `flush` writes them now, and cancels that writer."""
+    with transaction(sessions) as session:
+        workflow_id = add_run(session).workflow_id
+    temporal_run, at = str(uuid.uuid4()), datetime.now(UTC)
+    attempts = AttemptRecorder(sessions, interval=NEVER)
+    started = [run_started_event(temporal_run, at),
+               attempt_started_event(temporal_run, "a", "noop", 1, at)]  # fmt: skip
+    attempts.submit(workflow_id, started)
+    attempts.submit(workflow_id, [attempt_ended_event(temporal_run, "a", "noop", 1, at,
+                                                      started_at=at, error="boom")])  # fmt: skip
+    assert attempts.pending == 3
+    assert await attempts.flush() == 0
+    assert attempts.pending == 0 and attempts.written == 3
+    run, rows, events = _record(sessions, workflow_id)
+    assert run.status == "RUNNING"
+    assert [(r.step_id, r.attempt, r.status, r.error) for r in rows] == [("a", 1, "FAILED", "boom")]
+    assert _trail(events) == [
+        ("PIPELINE_STARTED", None, None),
+        ("PIPELINE_STEP_STARTED", "a", 1),
+        ("PIPELINE_STEP_FAILED", "a", 1),
+    ]
+    assert await attempts.flush() == 0  # nothing left: nothing written twice
+    assert len(_record(sessions, workflow_id)[2]) == 3
+
+
+async def test_flush_at_stop_gives_up_on_a_database_that_does_not_answer() -> None:
+    """The database's address accepts connections and never answers (a host gone behind a
+    firewall, a frozen server): the flush gives up after its timeout, with the events left
+    unwritten, instead of holding the worker's stop; its write stays behind in a daemon
+    thread that the interpreter's exit does not wait for."""
+    silent = socket.create_server(("127.0.0.1", 0))  # the kernel accepts; nobody answers
+    engine = make_engine(f"postgresql://postgres@127.0.0.1:{silent.getsockname()[1]}/none")
+    try:
+        attempts = AttemptRecorder(session_factory(engine), interval=NEVER)
+        at = datetime.now(UTC)
+        attempts.submit("acme/p/x", [run_started_event(str(uuid.uuid4()), at)])
+        started = time.monotonic()
+        left = await attempts.flush(timeout=1.0)
+        waited = time.monotonic() - started
+        assert left == 1 and attempts.pending == 1 and attempts.written == 0
+        assert 1.0 <= waited < 3.0, waited
+        stuck = [t for t in threading.enumerate() if t.name == "attempt-recorder-flush"]
+        assert stuck and all(t.daemon for t in stuck)
+    finally:
+        silent.close()
+        engine.dispose()
