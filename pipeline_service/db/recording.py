@@ -91,6 +91,9 @@ _STEP_EVENT = {
 _RUNS: Table = Base.metadata.tables[Run.__tablename__]
 _STEPS: Table = Base.metadata.tables[StepRun.__tablename__]
 _OUTBOX: Table = Base.metadata.tables[OutboxEvent.__tablename__]
+_TENANTS: Table = Base.metadata.tables[Tenant.__tablename__]
+_PIPELINES: Table = Base.metadata.tables[Pipeline.__tablename__]
+_VERSIONS: Table = Base.metadata.tables[PipelineVersion.__tablename__]
 _RUN_FIELDS = ("status", "started_at", "finished_at", "error")
 _STEP_FIELDS = (
     "type",
@@ -106,6 +109,45 @@ _STEP_FIELDS = (
     "marked_by",
     "mark_reason",
 )
+
+# The statements, built once (building one costs more CPU than SQLAlchemy's cached compile).
+_SELECT_RUNS = (
+    select(
+        _RUNS.c.id,
+        _RUNS.c.tenant_id,
+        _RUNS.c.public_id,
+        _RUNS.c.workflow_id,
+        _RUNS.c.logical_date,
+        _RUNS.c.actor,
+        _TENANTS.c.name,
+        _PIPELINES.c.name,
+        _VERSIONS.c.version,
+        *(_RUNS.c[name] for name in _RUN_FIELDS),
+    )
+    .join(_TENANTS, _TENANTS.c.id == _RUNS.c.tenant_id)
+    .join(_PIPELINES, _PIPELINES.c.id == _RUNS.c.pipeline_id)
+    .join(_VERSIONS, _VERSIONS.c.id == _RUNS.c.version_id)
+    .where(_RUNS.c.workflow_id.in_(bindparam("workflow_ids", expanding=True)))
+)
+_SELECT_RECORDED = select(_OUTBOX.c.event_id).where(
+    _OUTBOX.c.event_id.in_(bindparam("event_ids", expanding=True))
+)
+_SELECT_STEPS = select(
+    _STEPS.c.run_id,
+    _STEPS.c.step_id,
+    _STEPS.c.attempt,
+    _STEPS.c.id,
+    *(_STEPS.c[name] for name in _STEP_FIELDS),
+).where(
+    _STEPS.c.run_id.in_(bindparam("run_ids", expanding=True)),
+    _STEPS.c.step_id.in_(bindparam("step_ids", expanding=True)),
+)
+_INSERT_OUTBOX = insert(_OUTBOX)
+_INSERT_STEPS = insert(_STEPS)
+_UPDATE = {
+    table.name: update(table).where(table.c.id == bindparam("row_id")) for table in (_RUNS, _STEPS)
+}
+"""The columns set: the keys of the parameters (the columns that changed)."""
 
 
 @dataclass
@@ -183,17 +225,15 @@ def record_many(
     `assume_new` skips the read of recorded ids: the caller expects none (a batch is recorded
     whole or not at all, so only a retried or replayed one is) and, should the unique event id
     refuse an insert, rolls back and calls again without it."""
+    # The caller's pending ORM changes go first (Core statements do not autoflush).
+    session.flush()
     runs = _read_runs(session, {batch.workflow_id for batch in batches})
     seen: set[str] = set()
     if not assume_new:
         ids = [event.event_id for b in batches if b.workflow_id in runs for event in b.events]
         for chunk in range(0, len(ids), _IN_CHUNK):
             seen.update(
-                session.scalars(
-                    select(_OUTBOX.c.event_id).where(
-                        _OUTBOX.c.event_id.in_(ids[chunk : chunk + _IN_CHUNK])
-                    )
-                )
+                session.scalars(_SELECT_RECORDED, {"event_ids": ids[chunk : chunk + _IN_CHUNK]})
             )
     rows = _read_steps(
         session,
@@ -237,24 +277,7 @@ def record_many(
 
 
 def _read_runs(session: Session, workflow_ids: set[str]) -> dict[str, _RunRow]:
-    found = session.execute(
-        select(
-            _RUNS.c.id,
-            _RUNS.c.tenant_id,
-            _RUNS.c.public_id,
-            _RUNS.c.workflow_id,
-            _RUNS.c.logical_date,
-            _RUNS.c.actor,
-            Tenant.name,
-            Pipeline.name,
-            PipelineVersion.version,
-            *(_RUNS.c[name] for name in _RUN_FIELDS),
-        )
-        .join(Tenant, Tenant.id == _RUNS.c.tenant_id)
-        .join(Pipeline, Pipeline.id == _RUNS.c.pipeline_id)
-        .join(PipelineVersion, PipelineVersion.id == _RUNS.c.version_id)
-        .where(_RUNS.c.workflow_id.in_(workflow_ids))
-    )
+    found = session.execute(_SELECT_RUNS, {"workflow_ids": list(workflow_ids)})
     runs = {}
     for row in found:
         run_id, tenant_id, public_id, workflow_id, logical_date, actor = row[:6]
@@ -280,16 +303,11 @@ def _read_steps(
     if not touched:
         return rows
     found = session.execute(
-        select(
-            _STEPS.c.run_id,
-            _STEPS.c.step_id,
-            _STEPS.c.attempt,
-            _STEPS.c.id,
-            *(_STEPS.c[name] for name in _STEP_FIELDS),
-        ).where(
-            _STEPS.c.run_id.in_({run_id for run_id, _ in touched}),
-            _STEPS.c.step_id.in_({step_id for _, step_id in touched}),
-        )
+        _SELECT_STEPS,
+        {
+            "run_ids": list({run_id for run_id, _ in touched}),
+            "step_ids": list({step_id for _, step_id in touched}),
+        },
     )
     for values in found:
         run_id, step_id, attempt, row_id = values[:4]
@@ -426,11 +444,11 @@ def _write(
     """The outbox rows and the new attempt rows in one INSERT each (in event order: ids and
     `seq` ascend as before); the changed columns of existing rows, one UPDATE per column set."""
     if outbox:
-        session.execute(insert(_OUTBOX), outbox)
+        session.execute(_INSERT_OUTBOX, outbox)
     new = [row for row in rows if row.id is None]
     if new:
         session.execute(
-            insert(_STEPS),
+            _INSERT_STEPS,
             [
                 {
                     "run_id": row.run_id,
@@ -456,7 +474,7 @@ def _update(
         if changes:
             by_columns[tuple(changes)].append({"row_id": row_id, **changes})
     for params in by_columns.values():
-        session.execute(update(table).where(table.c.id == bindparam("row_id")), params)
+        session.execute(_UPDATE[table.name], params)
     if session.identity_map:
         # A caller holding the ORM object of a row written here (e.g. `quotas.end_run`'s run)
         # sees the new values, as it did when this wrote through the ORM.
