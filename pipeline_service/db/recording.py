@@ -225,8 +225,8 @@ def record_many(
     `assume_new` skips the read of recorded ids: the caller expects none (a batch is recorded
     whole or not at all, so only a retried or replayed one is) and, should the unique event id
     refuse an insert, rolls back and calls again without it."""
-    # The caller's pending ORM changes go first (Core statements do not autoflush).
-    session.flush()
+    # Session.execute autoflushes before Core statements too: a caller's pending ORM change
+    # to a run is written before this reads it (tests/integration/test_recording_writes.py).
     runs = _read_runs(session, {batch.workflow_id for batch in batches})
     seen: set[str] = set()
     if not assume_new:

@@ -313,3 +313,17 @@ def test_a_run_held_by_the_caller_shows_what_was_recorded(sessions: sessionmaker
             "CANCELLED", AT, "cancelled while waiting"
         )  # fmt: skip
     assert held.status == "CANCELLED"  # after the commit, from the object as it was left
+
+
+def test_the_callers_pending_changes_are_written_first(sessions: sessionmaker[Session]) -> None:
+    """A change the caller made to the run in its session and not yet flushed is what the
+    recording reads, and the recording's change is not overwritten by it afterwards."""
+    workflow_id = _run(sessions)
+    with transaction(sessions) as session:
+        held = session.scalars(select(Run).where(Run.workflow_id == workflow_id)).one()
+        held.status = "RUNNING"
+        record_run_events(session, RecordRunEventsInput(workflow_id=workflow_id, events=[
+            _step("a", 2, StepStatus.RETRYING),
+        ]))  # fmt: skip
+        assert held.status == "RETRYING"
+    assert _record(sessions, workflow_id)[0].status == "RETRYING"
