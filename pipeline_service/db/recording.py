@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import ARRAY, ColumnElement, Select, Table, any_, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
@@ -110,38 +110,60 @@ _STEP_FIELDS = (
     "mark_reason",
 )
 
-# The statements, built once (building one costs more CPU than SQLAlchemy's cached compile).
-_SELECT_RUNS = (
-    select(
-        _RUNS.c.id,
-        _RUNS.c.tenant_id,
-        _RUNS.c.public_id,
-        _RUNS.c.workflow_id,
-        _RUNS.c.logical_date,
-        _RUNS.c.actor,
-        _TENANTS.c.name,
-        _PIPELINES.c.name,
-        _VERSIONS.c.version,
-        *(_RUNS.c[name] for name in _RUN_FIELDS),
-    )
-    .join(_TENANTS, _TENANTS.c.id == _RUNS.c.tenant_id)
-    .join(_PIPELINES, _PIPELINES.c.id == _RUNS.c.pipeline_id)
-    .join(_VERSIONS, _VERSIONS.c.id == _RUNS.c.version_id)
-    .where(_RUNS.c.workflow_id.in_(bindparam("workflow_ids", expanding=True)))
-)
-_SELECT_RECORDED = select(_OUTBOX.c.event_id).where(
-    _OUTBOX.c.event_id.in_(bindparam("event_ids", expanding=True))
-)
-_SELECT_STEPS = select(
-    _STEPS.c.run_id,
-    _STEPS.c.step_id,
-    _STEPS.c.attempt,
-    _STEPS.c.id,
-    *(_STEPS.c[name] for name in _STEP_FIELDS),
-).where(
-    _STEPS.c.run_id.in_(bindparam("run_ids", expanding=True)),
-    _STEPS.c.step_id.in_(bindparam("step_ids", expanding=True)),
-)
+
+def _one_of(column: ColumnElement[Any], name: str, array: bool) -> ColumnElement[bool]:
+    """`column IN (:name...)`; on PostgreSQL `column = ANY(:name)`: one parameter however many
+    ids, so psycopg reuses its conversion of the statement (it converts a statement of more
+    than 50 parameters anew each time); 4-14% less CPU per run in bench/recording_writes.py."""
+    if array:
+        return column == any_(bindparam(name, type_=ARRAY(column.type)))
+    return column.in_(bindparam(name, expanding=True))
+
+
+@dataclass(frozen=True)
+class _Reads:
+    """The three reads, built once (building a statement costs more CPU than SQLAlchemy's
+    cached compile of it), in the IN form and the PostgreSQL array form."""
+
+    runs: Select[Any]
+    recorded: Select[Any]
+    steps: Select[Any]
+
+    @classmethod
+    def build(cls, array: bool) -> _Reads:
+        runs = (
+            select(
+                _RUNS.c.id,
+                _RUNS.c.tenant_id,
+                _RUNS.c.public_id,
+                _RUNS.c.workflow_id,
+                _RUNS.c.logical_date,
+                _RUNS.c.actor,
+                _TENANTS.c.name,
+                _PIPELINES.c.name,
+                _VERSIONS.c.version,
+                *(_RUNS.c[name] for name in _RUN_FIELDS),
+            )
+            .join(_TENANTS, _TENANTS.c.id == _RUNS.c.tenant_id)
+            .join(_PIPELINES, _PIPELINES.c.id == _RUNS.c.pipeline_id)
+            .join(_VERSIONS, _VERSIONS.c.id == _RUNS.c.version_id)
+            .where(_one_of(_RUNS.c.workflow_id, "workflow_ids", array))
+        )
+        recorded = select(_OUTBOX.c.event_id).where(_one_of(_OUTBOX.c.event_id, "event_ids", array))
+        steps = select(
+            _STEPS.c.run_id,
+            _STEPS.c.step_id,
+            _STEPS.c.attempt,
+            _STEPS.c.id,
+            *(_STEPS.c[name] for name in _STEP_FIELDS),
+        ).where(
+            _one_of(_STEPS.c.run_id, "run_ids", array),
+            _one_of(_STEPS.c.step_id, "step_ids", array),
+        )
+        return cls(runs, recorded, steps)
+
+
+_READS = {array: _Reads.build(array) for array in (False, True)}
 _INSERT_OUTBOX = insert(_OUTBOX)
 _INSERT_STEPS = insert(_STEPS)
 _UPDATE = {
@@ -227,16 +249,18 @@ def record_many(
     refuse an insert, rolls back and calls again without it."""
     # Session.execute autoflushes before Core statements too: a caller's pending ORM change
     # to a run is written before this reads it (tests/integration/test_recording_writes.py).
-    runs = _read_runs(session, {batch.workflow_id for batch in batches})
+    reads = _READS[session.get_bind().dialect.name == "postgresql"]
+    runs = _read_runs(session, reads, {batch.workflow_id for batch in batches})
     seen: set[str] = set()
     if not assume_new:
         ids = [event.event_id for b in batches if b.workflow_id in runs for event in b.events]
         for chunk in range(0, len(ids), _IN_CHUNK):
             seen.update(
-                session.scalars(_SELECT_RECORDED, {"event_ids": ids[chunk : chunk + _IN_CHUNK]})
+                session.scalars(reads.recorded, {"event_ids": ids[chunk : chunk + _IN_CHUNK]})
             )
     rows = _read_steps(
         session,
+        reads,
         {
             (runs[b.workflow_id].id, event.step.step_id)
             for b in batches
@@ -276,8 +300,8 @@ def record_many(
     return results
 
 
-def _read_runs(session: Session, workflow_ids: set[str]) -> dict[str, _RunRow]:
-    found = session.execute(_SELECT_RUNS, {"workflow_ids": list(workflow_ids)})
+def _read_runs(session: Session, reads: _Reads, workflow_ids: set[str]) -> dict[str, _RunRow]:
+    found = session.execute(reads.runs, {"workflow_ids": list(workflow_ids)})
     runs = {}
     for row in found:
         run_id, tenant_id, public_id, workflow_id, logical_date, actor = row[:6]
@@ -297,13 +321,13 @@ def _read_runs(session: Session, workflow_ids: set[str]) -> dict[str, _RunRow]:
 
 
 def _read_steps(
-    session: Session, touched: set[tuple[int, str]]
+    session: Session, reads: _Reads, touched: set[tuple[int, str]]
 ) -> dict[tuple[int, str, int], _StepRow]:
     rows: dict[tuple[int, str, int], _StepRow] = {}
     if not touched:
         return rows
     found = session.execute(
-        _SELECT_STEPS,
+        reads.steps,
         {
             "run_ids": list({run_id for run_id, _ in touched}),
             "step_ids": list({step_id for _, step_id in touched}),
