@@ -8,35 +8,26 @@ attempt and kind: the worker that ran the attempt writes them (in the background
 workflow sends them again as its backstop; whichever comes second is skipped. Callers are the
 `record_run_event` local activity and the workers' `AttemptRecorder` (activities/recording.py).
 
-It writes with SQLAlchemy Core, not the ORM unit of work (whose per-object bookkeeping cost
-more CPU than the database did): one pass over the events computes, in Python, each touched
-run's and step attempt's final columns and the outbox rows; then one INSERT of the outbox
-rows and one of the new attempt rows (executemany), and UPDATEs of the columns that changed.
+One pass over the events computes, in Python, each touched run's and step attempt's final
+columns and the outbox rows; db/recording_rows.py then writes them in a few statements.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ARRAY, ColumnElement, Select, Table, any_, bindparam, insert, select, update
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
-from sqlalchemy.orm.util import identity_key
 
-from pipeline_service.db.models import (
-    Base,
-    OutboxEvent,
-    Pipeline,
-    PipelineVersion,
-    Run,
-    StepRun,
-    Tenant,
+from pipeline_service.db.recording_rows import (
+    RunRow,
+    StepKey,
+    StepRow,
+    read_recorded,
+    read_runs,
+    read_steps,
+    write,
 )
-from pipeline_service.db.runs import RunNames
 from schemas.events import EventType
 from schemas.recording import (
     RUN_FINISHED,
@@ -72,8 +63,6 @@ _FINAL_STEP = {
         StepStatus.COMPENSATION_FAILED,
     )
 }
-_IN_CHUNK = 500
-"""Ids per `IN (...)` read: well under SQLite's and PostgreSQL's parameter limits."""
 _STEP_EVENT = {
     StepStatus.PENDING: EventType.PIPELINE_STEP_STARTED,
     StepStatus.RUNNING: EventType.PIPELINE_STEP_STARTED,
@@ -86,148 +75,6 @@ _STEP_EVENT = {
     StepStatus.COMPENSATED: EventType.PIPELINE_STEP_COMPENSATED,
     StepStatus.COMPENSATION_FAILED: EventType.PIPELINE_STEP_FAILED,
 }
-
-
-_RUNS: Table = Base.metadata.tables[Run.__tablename__]
-_STEPS: Table = Base.metadata.tables[StepRun.__tablename__]
-_OUTBOX: Table = Base.metadata.tables[OutboxEvent.__tablename__]
-_TENANTS: Table = Base.metadata.tables[Tenant.__tablename__]
-_PIPELINES: Table = Base.metadata.tables[Pipeline.__tablename__]
-_VERSIONS: Table = Base.metadata.tables[PipelineVersion.__tablename__]
-_RUN_FIELDS = ("status", "started_at", "finished_at", "error")
-_STEP_FIELDS = (
-    "type",
-    "status",
-    "started_at",
-    "finished_at",
-    "error",
-    "error_type",
-    "rows_affected",
-    "outputs",
-    "tables",
-    "log_path",
-    "marked_by",
-    "mark_reason",
-)
-
-
-def _one_of(column: ColumnElement[Any], name: str, array: bool) -> ColumnElement[bool]:
-    """`column IN (:name...)`; on PostgreSQL `column = ANY(:name)`: one parameter however many
-    ids, so psycopg reuses its conversion of the statement (it converts a statement of more
-    than 50 parameters anew each time); 4-14% less CPU per run in bench/recording_writes.py."""
-    if array:
-        return column == any_(bindparam(name, type_=ARRAY(column.type)))
-    return column.in_(bindparam(name, expanding=True))
-
-
-@dataclass(frozen=True)
-class _Reads:
-    """The three reads, built once (building a statement costs more CPU than SQLAlchemy's
-    cached compile of it), in the IN form and the PostgreSQL array form."""
-
-    runs: Select[Any]
-    recorded: Select[Any]
-    steps: Select[Any]
-
-    @classmethod
-    def build(cls, array: bool) -> _Reads:
-        runs = (
-            select(
-                _RUNS.c.id,
-                _RUNS.c.tenant_id,
-                _RUNS.c.public_id,
-                _RUNS.c.workflow_id,
-                _RUNS.c.logical_date,
-                _RUNS.c.actor,
-                _TENANTS.c.name,
-                _PIPELINES.c.name,
-                _VERSIONS.c.version,
-                *(_RUNS.c[name] for name in _RUN_FIELDS),
-            )
-            .join(_TENANTS, _TENANTS.c.id == _RUNS.c.tenant_id)
-            .join(_PIPELINES, _PIPELINES.c.id == _RUNS.c.pipeline_id)
-            .join(_VERSIONS, _VERSIONS.c.id == _RUNS.c.version_id)
-            .where(_one_of(_RUNS.c.workflow_id, "workflow_ids", array))
-        )
-        recorded = select(_OUTBOX.c.event_id).where(_one_of(_OUTBOX.c.event_id, "event_ids", array))
-        steps = select(
-            _STEPS.c.run_id,
-            _STEPS.c.step_id,
-            _STEPS.c.attempt,
-            _STEPS.c.id,
-            *(_STEPS.c[name] for name in _STEP_FIELDS),
-        ).where(
-            _one_of(_STEPS.c.run_id, "run_ids", array),
-            _one_of(_STEPS.c.step_id, "step_ids", array),
-        )
-        return cls(runs, recorded, steps)
-
-
-_READS = {array: _Reads.build(array) for array in (False, True)}
-_INSERT_OUTBOX = insert(_OUTBOX)
-_INSERT_STEPS = insert(_STEPS)
-_UPDATE = {
-    table.name: update(table).where(table.c.id == bindparam("row_id")) for table in (_RUNS, _STEPS)
-}
-"""The columns set: the keys of the parameters (the columns that changed)."""
-
-
-@dataclass
-class _RunRow:
-    """A run as read, then as the batch's events leave it (`status` ... `error`)."""
-
-    id: int
-    tenant_id: int
-    public_id: str
-    workflow_id: str
-    logical_date: datetime
-    actor: str
-    names: RunNames
-    status: str
-    started_at: datetime | None
-    finished_at: datetime | None
-    error: str | None
-    read: tuple[Any, ...] = ()
-
-    def changes(self) -> dict[str, Any]:
-        return _changes(self, _RUN_FIELDS, self.read)
-
-
-@dataclass
-class _StepRow:
-    """One step attempt row: as read (`id` set) or new, then as the events leave it."""
-
-    run_id: int
-    step_id: str
-    attempt: int
-    id: int | None = None
-    type: str = ""
-    status: str = ""
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    error: str | None = None
-    error_type: str | None = None
-    rows_affected: int | None = None
-    outputs: dict[str, Any] | None = None
-    tables: dict[str, str] | None = None
-    log_path: str | None = None
-    marked_by: str | None = None
-    mark_reason: str | None = None
-    read: tuple[Any, ...] = ()
-
-    def changes(self) -> dict[str, Any]:
-        return _changes(self, _STEP_FIELDS, self.read)
-
-
-def _changes(row: object, fields: tuple[str, ...], read: tuple[Any, ...]) -> dict[str, Any]:
-    """The columns whose value differs from the one read (the ORM's rule: no UPDATE of a
-    column set to its own value, so a concurrent writer's other columns stand)."""
-    changed = {}
-    for name, old in zip(fields, read, strict=True):
-        value = getattr(row, name)
-        if value != old:
-            changed[name] = value
-    return changed
 
 
 def record_run_events(
@@ -249,18 +96,15 @@ def record_many(
     refuse an insert, rolls back and calls again without it."""
     # Session.execute autoflushes before Core statements too: a caller's pending ORM change
     # to a run is written before this reads it (tests/integration/test_recording_writes.py).
-    reads = _READS[session.get_bind().dialect.name == "postgresql"]
-    runs = _read_runs(session, reads, {batch.workflow_id for batch in batches})
+    runs = read_runs(session, {batch.workflow_id for batch in batches})
     seen: set[str] = set()
     if not assume_new:
-        ids = [event.event_id for b in batches if b.workflow_id in runs for event in b.events]
-        for chunk in range(0, len(ids), _IN_CHUNK):
-            seen.update(
-                session.scalars(reads.recorded, {"event_ids": ids[chunk : chunk + _IN_CHUNK]})
-            )
-    rows = _read_steps(
+        seen = read_recorded(
+            session,
+            [event.event_id for b in batches if b.workflow_id in runs for event in b.events],
+        )
+    rows = read_steps(
         session,
-        reads,
         {
             (runs[b.workflow_id].id, event.step.step_id)
             for b in batches
@@ -296,58 +140,11 @@ def record_many(
         results.append(
             RecordRunEventsResult(recorded=recorded, skipped=len(batch.events) - recorded)
         )
-    _write(session, list(runs.values()), list(rows.values()), outbox)
+    write(session, list(runs.values()), list(rows.values()), outbox)
     return results
 
 
-def _read_runs(session: Session, reads: _Reads, workflow_ids: set[str]) -> dict[str, _RunRow]:
-    found = session.execute(reads.runs, {"workflow_ids": list(workflow_ids)})
-    runs = {}
-    for row in found:
-        run_id, tenant_id, public_id, workflow_id, logical_date, actor = row[:6]
-        state = tuple(row[9:])
-        runs[workflow_id] = _RunRow(
-            run_id,
-            tenant_id,
-            public_id,
-            workflow_id,
-            logical_date,
-            actor,
-            RunNames(row[6], row[7], row[8]),
-            **dict(zip(_RUN_FIELDS, state, strict=True)),
-            read=state,
-        )
-    return runs
-
-
-def _read_steps(
-    session: Session, reads: _Reads, touched: set[tuple[int, str]]
-) -> dict[tuple[int, str, int], _StepRow]:
-    rows: dict[tuple[int, str, int], _StepRow] = {}
-    if not touched:
-        return rows
-    found = session.execute(
-        reads.steps,
-        {
-            "run_ids": list({run_id for run_id, _ in touched}),
-            "step_ids": list({step_id for _, step_id in touched}),
-        },
-    )
-    for values in found:
-        run_id, step_id, attempt, row_id = values[:4]
-        state = tuple(values[4:])
-        rows[(run_id, step_id, attempt)] = _StepRow(
-            run_id,
-            step_id,
-            attempt,
-            row_id,
-            **dict(zip(_STEP_FIELDS, state, strict=True)),
-            read=state,
-        )
-    return rows
-
-
-def _applies(run: _RunRow, event: RunEvent, rows: dict[tuple[int, str, int], _StepRow]) -> bool:
+def _applies(run: RunRow, event: RunEvent, rows: dict[StepKey, StepRow]) -> bool:
     if run.status in _FINISHED and (event.run is not None or event.from_attempt):
         # The run's end is recorded already (by the reconciler, when Temporal ended the
         # workflow while this batch was in flight; or an attempt's event that the workflow's
@@ -365,7 +162,7 @@ def _applies(run: _RunRow, event: RunEvent, rows: dict[tuple[int, str, int], _St
     return row is None or row.status not in _FINAL_STEP
 
 
-def _apply_run(run: _RunRow, event: RunEvent, change: RunTransition) -> dict[str, Any]:
+def _apply_run(run: RunRow, event: RunEvent, change: RunTransition) -> dict[str, Any]:
     run.status = change.status.value
     if change.status in (RecordedRunStatus.RUNNING, RecordedRunStatus.RETRYING):
         run.started_at = run.started_at or change.at
@@ -387,15 +184,15 @@ def _apply_run(run: _RunRow, event: RunEvent, change: RunTransition) -> dict[str
 
 
 def _apply_step(
-    run: _RunRow,
+    run: RunRow,
     event: RunEvent,
     change: StepTransition,
-    rows: dict[tuple[int, str, int], _StepRow],
+    rows: dict[StepKey, StepRow],
 ) -> dict[str, Any]:
     key = (run.id, change.step_id, change.attempt)
     row = rows.get(key)
     if row is None:
-        row = rows[key] = _StepRow(run.id, change.step_id, change.attempt)
+        row = rows[key] = StepRow(run.id, change.step_id, change.attempt)
     row.type = change.type
     row.status = change.status.value
     row.started_at = change.started_at or row.started_at
@@ -435,7 +232,7 @@ def _apply_step(
 
 
 def _outbox(
-    run: _RunRow,
+    run: RunRow,
     event: RunEvent,
     type: EventType,
     data: dict[str, Any],
@@ -460,52 +257,6 @@ def _outbox(
         "actor": actor or run.actor,
         "payload": payload,
     }
-
-
-def _write(
-    session: Session, runs: list[_RunRow], rows: list[_StepRow], outbox: list[dict[str, Any]]
-) -> None:
-    """The outbox rows and the new attempt rows in one INSERT each (in event order: ids and
-    `seq` ascend as before); the changed columns of existing rows, one UPDATE per column set."""
-    if outbox:
-        session.execute(_INSERT_OUTBOX, outbox)
-    new = [row for row in rows if row.id is None]
-    if new:
-        session.execute(
-            _INSERT_STEPS,
-            [
-                {
-                    "run_id": row.run_id,
-                    "step_id": row.step_id,
-                    "attempt": row.attempt,
-                    **{name: getattr(row, name) for name in _STEP_FIELDS},
-                }
-                for row in new
-            ],
-        )
-    _update(session, _STEPS, StepRun, [(row.id, row.changes()) for row in rows if row.id])
-    _update(session, _RUNS, Run, [(run.id, run.changes()) for run in runs])
-
-
-def _update(
-    session: Session,
-    table: Table,
-    entity: type[Run] | type[StepRun],
-    changed: list[tuple[int, dict[str, Any]]],
-) -> None:
-    by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
-    for row_id, changes in changed:
-        if changes:
-            by_columns[tuple(changes)].append({"row_id": row_id, **changes})
-    for params in by_columns.values():
-        session.execute(_UPDATE[table.name], params)
-    if session.identity_map:
-        # A caller holding the ORM object of a row written here (e.g. `quotas.end_run`'s run)
-        # sees the new values, as it did when this wrote through the ORM.
-        for row_id, changes in changed:
-            held = session.identity_map.get(identity_key(entity, row_id))
-            for name, value in changes.items() if held is not None else ():
-                set_committed_value(held, name, value)
 
 
 def _ms(start: Any, end: Any) -> int | None:
