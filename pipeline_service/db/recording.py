@@ -7,6 +7,9 @@ attempt's own events (`RunEvent.from_attempt`) have ids derived from the Tempora
 attempt and kind: the worker that ran the attempt writes them (in the background) and the
 workflow sends them again as its backstop; whichever comes second is skipped. Callers are the
 `record_run_event` local activity and the workers' `AttemptRecorder` (activities/recording.py).
+
+One pass over the events computes, in Python, each touched run's and step attempt's final
+columns and the outbox rows; db/recording_rows.py then writes them in a few statements.
 """
 
 from __future__ import annotations
@@ -14,19 +17,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from pipeline_service.db.models import (
-    OutboxEvent,
-    Pipeline,
-    PipelineVersion,
-    Run,
-    StepRun,
-    Tenant,
+from pipeline_service.db.recording_rows import (
+    RunRow,
+    StepKey,
+    StepRow,
+    read_recorded,
+    read_runs,
+    read_steps,
+    write,
 )
-from pipeline_service.db.outbox import add_event
-from pipeline_service.db.runs import RunNames
 from schemas.events import EventType
 from schemas.recording import (
     RUN_FINISHED,
@@ -62,8 +63,6 @@ _FINAL_STEP = {
         StepStatus.COMPENSATION_FAILED,
     )
 }
-_IN_CHUNK = 500
-"""Ids per `IN (...)` read: well under SQLite's and PostgreSQL's parameter limits."""
 _STEP_EVENT = {
     StepStatus.PENDING: EventType.PIPELINE_STEP_STARTED,
     StepStatus.RUNNING: EventType.PIPELINE_STEP_STARTED,
@@ -95,48 +94,30 @@ def record_many(
     `assume_new` skips the read of recorded ids: the caller expects none (a batch is recorded
     whole or not at all, so only a retried or replayed one is) and, should the unique event id
     refuse an insert, rolls back and calls again without it."""
-    workflow_ids = {batch.workflow_id for batch in batches}
-    runs: dict[str, tuple[Run, RunNames]] = {
-        found[0].workflow_id: (found[0], RunNames(found[1], found[2], found[3]))
-        for found in session.execute(
-            select(Run, Tenant.name, Pipeline.name, PipelineVersion.version)
-            .join(Tenant, Tenant.id == Run.tenant_id)
-            .join(Pipeline, Pipeline.id == Run.pipeline_id)
-            .join(PipelineVersion, PipelineVersion.id == Run.version_id)
-            .where(Run.workflow_id.in_(workflow_ids))
-        )
-    }
+    # Session.execute autoflushes before Core statements too: a caller's pending ORM change
+    # to a run is written before this reads it (tests/integration/test_recording_writes.py).
+    runs = read_runs(session, {batch.workflow_id for batch in batches})
     seen: set[str] = set()
     if not assume_new:
-        ids = [event.event_id for b in batches if b.workflow_id in runs for event in b.events]
-        for chunk in range(0, len(ids), _IN_CHUNK):
-            seen.update(
-                session.scalars(
-                    select(OutboxEvent.event_id).where(
-                        OutboxEvent.event_id.in_(ids[chunk : chunk + _IN_CHUNK])
-                    )
-                )
-            )
-    touched = {
-        (runs[b.workflow_id][0].id, event.step.step_id)
-        for b in batches
-        if b.workflow_id in runs
-        for event in b.events
-        if event.step is not None
-    }
-    rows: dict[tuple[int, str, int], StepRun] = {}
-    if touched:
-        for row in session.scalars(
-            select(StepRun).where(
-                StepRun.run_id.in_({run_id for run_id, _ in touched}),
-                StepRun.step_id.in_({step_id for _, step_id in touched}),
-            )
-        ):
-            rows[(row.run_id, row.step_id, row.attempt)] = row
+        seen = read_recorded(
+            session,
+            [event.event_id for b in batches if b.workflow_id in runs for event in b.events],
+        )
+    rows = read_steps(
+        session,
+        {
+            (runs[b.workflow_id].id, event.step.step_id)
+            for b in batches
+            if b.workflow_id in runs
+            for event in b.events
+            if event.step is not None
+        },
+    )
+    outbox: list[dict[str, Any]] = []
     results = []
     for batch in batches:
-        found = runs.get(batch.workflow_id)
-        if found is None:
+        run = runs.get(batch.workflow_id)
+        if run is None:
             # A workflow started outside the service (e.g. by a test or an old client): nothing
             # to attach the events to.
             log.warning(
@@ -146,24 +127,24 @@ def record_many(
             )
             results.append(RecordRunEventsResult(recorded=0, skipped=len(batch.events)))
             continue
-        run, names = found
         recorded = 0
         for event in batch.events:
             if event.event_id in seen or not _applies(run, event, rows):
                 continue
             seen.add(event.event_id)
             if event.run is not None:
-                _apply_run(session, run, names, event, event.run)
+                outbox.append(_apply_run(run, event, event.run))
             if event.step is not None:
-                _apply_step(session, run, names, event, event.step, rows)
+                outbox.append(_apply_step(run, event, event.step, rows))
             recorded += 1
         results.append(
             RecordRunEventsResult(recorded=recorded, skipped=len(batch.events) - recorded)
         )
+    write(session, list(runs.values()), list(rows.values()), outbox)
     return results
 
 
-def _applies(run: Run, event: RunEvent, rows: dict[tuple[int, str, int], StepRun]) -> bool:
+def _applies(run: RunRow, event: RunEvent, rows: dict[StepKey, StepRow]) -> bool:
     if run.status in _FINISHED and (event.run is not None or event.from_attempt):
         # The run's end is recorded already (by the reconciler, when Temporal ended the
         # workflow while this batch was in flight; or an attempt's event that the workflow's
@@ -181,9 +162,7 @@ def _applies(run: Run, event: RunEvent, rows: dict[tuple[int, str, int], StepRun
     return row is None or row.status not in _FINAL_STEP
 
 
-def _apply_run(
-    session: Session, run: Run, names: RunNames, event: RunEvent, change: RunTransition
-) -> None:
+def _apply_run(run: RunRow, event: RunEvent, change: RunTransition) -> dict[str, Any]:
     run.status = change.status.value
     if change.status in (RecordedRunStatus.RUNNING, RecordedRunStatus.RETRYING):
         run.started_at = run.started_at or change.at
@@ -192,10 +171,8 @@ def _apply_run(
         # clock, while a workflow's time stands still through a task of local steps.
         run.finished_at = max(change.at, run.started_at) if run.started_at else change.at
         run.error = change.error
-    _outbox(
-        session,
+    return _outbox(
         run,
-        names,
         event,
         _RUN_EVENT[change.status],
         {
@@ -207,20 +184,15 @@ def _apply_run(
 
 
 def _apply_step(
-    session: Session,
-    run: Run,
-    names: RunNames,
+    run: RunRow,
     event: RunEvent,
     change: StepTransition,
-    rows: dict[tuple[int, str, int], StepRun],
-) -> None:
-    row = rows.get((run.id, change.step_id, change.attempt))
+    rows: dict[StepKey, StepRow],
+) -> dict[str, Any]:
+    key = (run.id, change.step_id, change.attempt)
+    row = rows.get(key)
     if row is None:
-        row = StepRun(
-            run_id=run.id, step_id=change.step_id, attempt=change.attempt, outputs={}, tables={}
-        )
-        rows[(run.id, change.step_id, change.attempt)] = row
-        session.add(row)
+        row = rows[key] = StepRow(run.id, change.step_id, change.attempt)
     row.type = change.type
     row.status = change.status.value
     row.started_at = change.started_at or row.started_at
@@ -237,10 +209,8 @@ def _apply_step(
         run.status = RecordedRunStatus.RETRYING.value
     elif change.status == StepStatus.RUNNING and run.status == RecordedRunStatus.RETRYING.value:
         run.status = RecordedRunStatus.RUNNING.value
-    _outbox(
-        session,
+    return _outbox(
         run,
-        names,
         event,
         _STEP_EVENT[change.status],
         {
@@ -262,33 +232,31 @@ def _apply_step(
 
 
 def _outbox(
-    session: Session,
-    run: Run,
-    names: RunNames,
+    run: RunRow,
     event: RunEvent,
     type: EventType,
     data: dict[str, Any],
     actor: str | None = None,
-) -> None:
+) -> dict[str, Any]:
+    """The outbox row of one event (its columns; `created_at` is the column's default)."""
     payload = {
-        "tenant": names.tenant,
-        "pipeline": names.pipeline,
-        "version": names.version,
+        "tenant": run.names.tenant,
+        "pipeline": run.names.pipeline,
+        "version": run.names.version,
         "run_id": run.public_id,
         "workflow_id": run.workflow_id,
         "logical_date": run.logical_date.isoformat(),
         "time": event.at.isoformat(),
         **data,
     }
-    add_event(
-        session,
-        tenant_id=run.tenant_id,
-        key=run.public_id,
-        type=type,
-        actor=actor or run.actor,
-        payload=payload,
-        event_id=event.event_id,
-    )
+    return {
+        "event_id": event.event_id,
+        "tenant_id": run.tenant_id,
+        "key": run.public_id,
+        "type": type.value,
+        "actor": actor or run.actor,
+        "payload": payload,
+    }
 
 
 def _ms(start: Any, end: Any) -> int | None:

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
 from pipeline_service.db.models import Pipeline, PipelineVersion, Run, StepRun, Tenant
@@ -42,20 +42,25 @@ class NewRun:
 def insert_run(session: Session, new: NewRun) -> tuple[Run, bool]:
     """(the run, True) when this call created it; (the existing run, False) when a run with
     its workflow id exists already — also when a concurrent request wins the race."""
+    # One statement for a new run: INSERT ... ON CONFLICT (workflow_id) DO NOTHING RETURNING.
+    # PostgreSQL makes it wait for a concurrent insert of the same workflow id to commit (then
+    # it inserts nothing) or roll back (then it inserts); SQLite's writers take turns.
+    dialect_insert = (
+        postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    )
+    statement = (
+        dialect_insert(Run)
+        .values(public_id=new_public_id(), **new.__dict__)
+        .on_conflict_do_nothing(index_elements=[Run.workflow_id])
+        .returning(Run)
+    )
+    run = session.scalars(statement).one_or_none()
+    if run is not None:
+        return run, True
     existing = get_run_by_workflow_id(session, new.workflow_id)
-    if existing is not None:
-        return existing, False
-    run = Run(public_id=new_public_id(), **new.__dict__)
-    try:
-        with session.begin_nested():
-            session.add(run)
-    except IntegrityError:
-        # The unique workflow id: another request inserted this run since our look-up.
-        existing = get_run_by_workflow_id(session, new.workflow_id)
-        if existing is None:
-            raise
-        return existing, False
-    return run, True
+    if existing is None:  # inserted and deleted since (its tenant or pipeline, say)
+        raise LookupError(f"run {new.workflow_id} was deleted while it was being created")
+    return existing, False
 
 
 def get_run_by_workflow_id(session: Session, workflow_id: str) -> Run | None:
