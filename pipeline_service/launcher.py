@@ -157,25 +157,30 @@ def _record(
                 request.data_interval_end.isoformat() if request.data_interval_end else None
             ),
         }
-        run, created = insert_run(
-            session,
-            NewRun(
-                tenant_id=request.tenant.id,
-                pipeline_id=pipeline.id,
-                version_id=version.id,
-                workflow_id=workflow_id,
-                status=RecordedRunStatus.QUEUED.value,
-                trigger=request.trigger.value,
-                actor=request.actor,
-                logical_date=logical_date or datetime.now(UTC),
-                params=params,
-                idempotency_key=request.idempotency_key,
-                retry_of_id=request.retry_of_id,
-                replay_of_id=request.replay_of_id,
-                priority=request.priority,
-                submitted_at=submitted_at,
-                launch_options=options,
-            ),
+        run, created = (
+            (existing, False)
+            if existing is not None
+            else insert_run(
+                session,
+                NewRun(
+                    tenant_id=request.tenant.id,
+                    pipeline_id=pipeline.id,
+                    version_id=version.id,
+                    workflow_id=workflow_id,
+                    status=RecordedRunStatus.QUEUED.value,
+                    trigger=request.trigger.value,
+                    actor=request.actor,
+                    logical_date=logical_date or datetime.now(UTC),
+                    params=params,
+                    idempotency_key=request.idempotency_key,
+                    retry_of_id=request.retry_of_id,
+                    replay_of_id=request.replay_of_id,
+                    priority=request.priority,
+                    submitted_at=submitted_at,
+                    launch_options=options,
+                ),
+                looked_up=True,
+            )
         )
         if not created and request.idempotency_key and run.params != params:
             raise LaunchRefused(

@@ -103,8 +103,9 @@ def _attempt(row: StepRun, log_tail: str | None) -> StepAttempt:
     )
 
 
-def _detail(session: Session, run: Run, logs: StepLogs) -> RunDetail:
-    return _detail_of(session, repo.run_view(session, run.id), logs)
+def _detail(session: Session, run_id: int, logs: StepLogs) -> RunDetail:
+    """The detail of a run by its row id (the run itself is read with its view)."""
+    return _detail_of(session, repo.run_view(session, run_id), logs)
 
 
 def _detail_of(session: Session, view: repo.RunView, logs: StepLogs) -> RunDetail:
@@ -255,15 +256,7 @@ async def launch_and_show(
         ) from None
     if launch.created:
         services.metrics.runs_started.labels(request.tenant.name, trigger).inc()
-    logs = services.step_logs
-
-    def answer() -> RunDetail:
-        with services.sessions() as session:
-            run = session.get(Run, launch.run.id)
-            assert run is not None
-            return _detail(session, run, logs)
-
-    return launch.created, await anyio.to_thread.run_sync(answer)
+    return launch.created, await anyio.to_thread.run_sync(_answer, services, launch.run.id)
 
 
 _NOT_BY_HAND = {Trigger.SCHEDULE.value, Trigger.BACKFILL.value, Trigger.DEPENDENCY.value}
@@ -380,20 +373,12 @@ async def cancel(run_id: str, principal: OperatorDep, services: ServicesDep) -> 
         # Never started (recorded, then Temporal was unreachable): it ends here.
         await anyio.to_thread.run_sync(_cancel_unstarted, services, run)
 
-    def answer() -> RunDetail:
-        with services.sessions() as session:
-            fresh = session.get(Run, run.id)
-            assert fresh is not None
-            return _detail(session, fresh, services.step_logs)
-
-    return await anyio.to_thread.run_sync(answer)
+    return await anyio.to_thread.run_sync(_answer, services, run.id)
 
 
 def _answer(services: Services, run_id: int) -> RunDetail:
     with services.sessions() as session:
-        fresh = session.get(Run, run_id)
-        assert fresh is not None
-        return _detail(session, fresh, services.step_logs)
+        return _detail(session, run_id, services.step_logs)
 
 
 def _cancel_waiting(services: Services, run: Run, actor: str) -> bool:
