@@ -61,8 +61,12 @@ def _ms(start: datetime | None, end: datetime | None) -> int | None:
 
 
 def _public(view: repo.RunView) -> RunPublic:
+    return RunPublic(**_public_fields(view))
+
+
+def _public_fields(view: repo.RunView) -> dict[str, Any]:
     run = view.run
-    return RunPublic(
+    return dict(
         id=run.public_id,
         pipeline=view.pipeline,
         version=view.version,
@@ -110,10 +114,7 @@ def _detail(session: Session, run_id: int, logs: StepLogs) -> RunDetail:
 
 def _detail_of(session: Session, view: repo.RunView, logs: StepLogs) -> RunDetail:
     run = view.run
-    attempts: dict[str, list[StepRun]] = {}
     rows = repo.step_runs(session, run)
-    for row in rows:
-        attempts.setdefault(row.step_id, []).append(row)
     tails = logs.tails(view.tenant, run.workflow_id, rows)
     waits: dict[str, PoolWaitPublic] = {}
     if run.status not in RUN_FINISHED:
@@ -122,6 +123,19 @@ def _detail_of(session: Session, view: repo.RunView, logs: StepLogs) -> RunDetai
             waits[activity_id.split("#", 1)[0]] = PoolWaitPublic(
                 pool=wait.pool, since=wait.since, position=wait.position
             )
+    return _assemble(view, rows, tails, waits)
+
+
+def _assemble(
+    view: repo.RunView,
+    rows: list[StepRun],
+    tails: dict[tuple[str, int], str | None],
+    waits: dict[str, PoolWaitPublic],
+) -> RunDetail:
+    """The detail of a run from its view, its step attempts, their log tails and pool waits."""
+    attempts: dict[str, list[StepRun]] = {}
+    for row in rows:
+        attempts.setdefault(row.step_id, []).append(row)
     steps = []
     for step in view.steps:
         ids = [step["id"]]
@@ -140,7 +154,7 @@ def _detail_of(session: Session, view: repo.RunView, logs: StepLogs) -> RunDetai
                     waiting_for_pool=waits.get(step_id),
                 )
             )
-    return RunDetail(**_public(view).model_dump(), steps=steps)
+    return RunDetail(**_public_fields(view), steps=steps)
 
 
 def refused(exc: LaunchRefused) -> ProblemError:
@@ -256,6 +270,9 @@ async def launch_and_show(
         ) from None
     if launch.created:
         services.metrics.runs_started.labels(request.tenant.name, trigger).inc()
+    if launch.recorded is not None:
+        # Just recorded: no step has an attempt or waits for a pool yet; nothing to read.
+        return True, _assemble(launch.recorded, [], {}, {})
     return launch.created, await anyio.to_thread.run_sync(_answer, services, launch.run.id)
 
 
