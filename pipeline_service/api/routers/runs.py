@@ -117,7 +117,8 @@ def _detail_of(session: Session, view: repo.RunView, logs: StepLogs) -> RunDetai
     rows = repo.step_runs(session, run)
     tails = logs.tails(view.tenant, run.workflow_id, rows)
     waits: dict[str, PoolWaitPublic] = {}
-    if run.status not in RUN_FINISHED:
+    # Only steps that name a pool wait for one (workflows/pools.py).
+    if run.status not in RUN_FINISHED and any(step.get("pool") for step in view.steps):
         for activity_id, wait in waiting_steps(session, run.workflow_id).items():
             # `step`, or `step#n` for a later execution of it (a retry from the workflow).
             waits[activity_id.split("#", 1)[0]] = PoolWaitPublic(
