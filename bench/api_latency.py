@@ -114,6 +114,7 @@ async def main(args: argparse.Namespace) -> None:
             for cmd in ("server", "worker")
         ]
         try:
+            args.load_before = os.getloadavg()[0]
             server_cpu = [psutil.Process(procs[0].pid)]
             await run_load(
                 f"http://127.0.0.1:{port}", url.replace("+psycopg", ""), args, server_cpu
@@ -241,7 +242,12 @@ async def run_load(
     print(
         f"\nAPI latency, open loop, {args.seconds:g} s per phase, PostgreSQL, "
         f"`laminar server --workers {args.workers}`, aiohttp client ({args.connections} "
-        f"connections), {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}"
+        f"connections), {os.cpu_count()} cores, load average {args.load_before:.1f} before, "
+        f"{os.getloadavg()[0]:.1f} after"
+    )
+    print(
+        "CPU ms/req is the figure that survives a shared machine; latencies there include "
+        "waiting for the neighbours' processes"
     )
     print(
         f"raw SQL read of the same run row (psycopg, sequential): "

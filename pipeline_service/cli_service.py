@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import tempfile
 import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 
+from pipeline_service.metrics import MULTIPROC_ENV
 from pipeline_service.settings import ServiceSettings
 
 if TYPE_CHECKING:
@@ -178,8 +182,11 @@ def server(
     host: Annotated[str | None, typer.Option(help="Interface (LAMINAR_HTTP_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (LAMINAR_HTTP_PORT, 8092).")] = None,
     workers: Annotated[
-        int, typer.Option(min=1, help="Server processes (each serves the whole API).")
-    ] = 1,
+        int | None,
+        typer.Option(
+            min=1, help="Server processes, each serving the whole API (LAMINAR_SERVER_WORKERS, 1)."
+        ),
+    ] = None,
 ) -> None:
     """Serve the REST API (OpenAPI at /docs) over LAMINAR_DATABASE_URL and Temporal."""
     import uvicorn
@@ -210,17 +217,35 @@ def server(
         f"laminar API on http://{host or settings.http_host}:{port or settings.http_port} "
         f"(docs at /docs); database {engine.url!r}; temporal {settings.temporal_address}"
     )
-    uvicorn.run(
-        create_app(settings, dispatch=True)
-        if workers == 1
-        else "pipeline_service.api.app:app_from_settings",
-        factory=workers > 1,
-        workers=workers if workers > 1 else None,
-        host=host or settings.http_host,
-        port=port or settings.http_port,
-        log_level="warning",
-        access_log=False,
-    )
+    workers = workers or settings.server_workers
+    with metrics_directory(workers):
+        uvicorn.run(
+            create_app(settings, dispatch=True)
+            if workers == 1
+            else "pipeline_service.api.app:app_from_settings",
+            factory=workers > 1,
+            workers=workers if workers > 1 else None,
+            host=host or settings.http_host,
+            port=port or settings.http_port,
+            log_level="warning",
+            access_log=False,
+        )
+
+
+@contextlib.contextmanager
+def metrics_directory(workers: int) -> Iterator[None]:
+    """With several server processes, prometheus-client's multiprocess mode: each process
+    writes its counts under PROMETHEUS_MULTIPROC_DIR (a fresh directory, or the operator's)
+    and /metrics, answered by any one of them, sums them all."""
+    if workers == 1 or os.environ.get(MULTIPROC_ENV):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="laminar-metrics-") as directory:
+        os.environ[MULTIPROC_ENV] = directory  # read by the worker processes at import
+        try:
+            yield
+        finally:
+            del os.environ[MULTIPROC_ENV]
 
 
 def worker(

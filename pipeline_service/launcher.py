@@ -31,8 +31,8 @@ from pipeline_service.db import pools, quotas
 from pipeline_service.db.base import utcnow
 from pipeline_service.db.models import Pipeline, PipelineVersion, Run, Tenant
 from pipeline_service.db.outbox import add_event
-from pipeline_service.db.pipelines import get_pipeline, get_version
-from pipeline_service.db.runs import NewRun, get_run_by_workflow_id, insert_run
+from pipeline_service.db.pipelines import get_pipeline_version
+from pipeline_service.db.runs import NewRun, RunView, get_run_by_workflow_id, insert_run
 from pipeline_service.db.session import transaction
 from pipeline_service.db.tenants import get_tenant
 from schemas.events import EventType
@@ -97,6 +97,9 @@ class Launch:
     run: Run
     created: bool
     """False: the request named a run that exists already (same date or idempotency key)."""
+    recorded: RunView | None = None
+    """A created run's view as just recorded (when it links no other run): what an answer
+    shows without reading the run again."""
 
     @property
     def waiting(self) -> bool:
@@ -122,14 +125,14 @@ def _record(
     bundle_cache: Path | None,
 ) -> tuple[Launch, RunInput | None]:
     with transaction(sessions) as session:
-        pipeline = get_pipeline(session, request.tenant.id, request.pipeline)
-        if pipeline is None:
+        found = get_pipeline_version(session, request.tenant.id, request.pipeline, request.version)
+        if found is None:
             raise LaunchRefused(404, f"pipeline '{request.pipeline}' not found")
+        pipeline, version = found
         if pipeline.status in (PipelineStatus.PAUSED.value, PipelineStatus.ARCHIVED.value):
             raise LaunchRefused(
                 409, f"pipeline '{pipeline.name}' is {pipeline.status.lower()}; runs cannot start"
             )
-        version = get_version(session, pipeline, request.version or pipeline.current_version)
         if version is None:
             raise LaunchRefused(404, f"version {request.version} of '{pipeline.name}' not found")
         checked_in, source = run_source(session, pipeline, version, source_dir, bundle_cache)
@@ -157,25 +160,29 @@ def _record(
                 request.data_interval_end.isoformat() if request.data_interval_end else None
             ),
         }
-        run, created = insert_run(
-            session,
-            NewRun(
-                tenant_id=request.tenant.id,
-                pipeline_id=pipeline.id,
-                version_id=version.id,
-                workflow_id=workflow_id,
-                status=RecordedRunStatus.QUEUED.value,
-                trigger=request.trigger.value,
-                actor=request.actor,
-                logical_date=logical_date or datetime.now(UTC),
-                params=params,
-                idempotency_key=request.idempotency_key,
-                retry_of_id=request.retry_of_id,
-                replay_of_id=request.replay_of_id,
-                priority=request.priority,
-                submitted_at=submitted_at,
-                launch_options=options,
-            ),
+        run, created = (
+            (existing, False)
+            if existing is not None
+            else insert_run(
+                session,
+                NewRun(
+                    tenant_id=request.tenant.id,
+                    pipeline_id=pipeline.id,
+                    version_id=version.id,
+                    workflow_id=workflow_id,
+                    status=RecordedRunStatus.QUEUED.value,
+                    trigger=request.trigger.value,
+                    actor=request.actor,
+                    logical_date=logical_date or datetime.now(UTC),
+                    params=params,
+                    idempotency_key=request.idempotency_key,
+                    retry_of_id=request.retry_of_id,
+                    replay_of_id=request.replay_of_id,
+                    priority=request.priority,
+                    submitted_at=submitted_at,
+                    launch_options=options,
+                ),
+            )
         )
         if not created and request.idempotency_key and run.params != params:
             raise LaunchRefused(
@@ -205,10 +212,24 @@ def _record(
                     f"dropped from the full queue of tenant '{request.tenant.name}' "
                     f"(overflow policy drop_oldest) for the newer run {run.public_id}",
                 )
+        recorded = (
+            RunView(
+                run,
+                pipeline.name,
+                version.version,
+                None,
+                None,
+                request.tenant.name,
+                list(version.definition.get("steps") or []),
+            )
+            if created and run.retry_of_id is None and run.replay_of_id is None
+            else None
+        )
+        launch = Launch(run, created, recorded)
         if run.submitted_at is None:
-            return Launch(run, created), None
+            return launch, None
         run_input = build_run_input(request.tenant, pipeline, run, definition, source)
-    return Launch(run, created), run_input
+    return launch, run_input
 
 
 def run_payload(

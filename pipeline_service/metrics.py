@@ -5,9 +5,10 @@ worker), on the worker's registry."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
@@ -17,6 +18,8 @@ from pipeline_service.db.models import Run, Tenant
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 STEP_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""Set (by `laminar server --workers N`, N > 1): counts live in files there, one per process."""
 
 
 class RunCounts(Collector):
@@ -60,8 +63,20 @@ class ApiMetrics:
             ["tenant", "trigger"],
             registry=self.registry,
         )
-        if sessions is not None:
-            self.registry.register(RunCounts(sessions))
+        self.run_counts = RunCounts(sessions) if sessions is not None else None
+        if self.run_counts is not None:
+            self.registry.register(self.run_counts)
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format: this process's counts, or with several server processes
+        (MULTIPROC_ENV set) the sum of every process's, whichever process answers."""
+        if not os.environ.get(MULTIPROC_ENV):
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        if self.run_counts is not None:
+            registry.register(self.run_counts)
+        return generate_latest(registry)
 
 
 class StepMetrics:

@@ -335,6 +335,8 @@ class ServiceSettings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = Field(8092, ge=1, le=65535)
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    server_workers: int = Field(1, ge=1, le=64)
+    """`laminar server` processes on the port (each with its own connection pool)."""
     source_dir: Path = Field(default_factory=Path.cwd)
     """Where the scripts of pipelines stored through the API resolve (until code bundles)."""
     work_dir: Path = Field(

@@ -10,11 +10,16 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+
+DATABASE_RETRY_AFTER = 5
+"""Seconds a client is asked to wait when the database refuses connections (Retry-After)."""
 
 
 class ProblemBody(BaseModel):
@@ -128,6 +133,26 @@ def install_handlers(app: FastAPI) -> None:
             422, f"the request is not valid: {summary}", instance=request.url.path, errors=errors
         )
 
+    @app.exception_handler(PoolTimeoutError)
+    @app.exception_handler(OperationalError)
+    async def on_database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        reason = database_unavailable(exc)
+        if reason is None:
+            return await on_unexpected(request, exc)
+        # One line, no traceback: the cause is outside this process.
+        log.warning(
+            "database unavailable on %s %s: %s",
+            request.method,
+            request.url.path,
+            str(getattr(exc, "orig", None) or exc).strip().replace("\n", " "),
+        )
+        return problem_response(
+            503,
+            f"the database is not taking requests now ({reason}); try again shortly",
+            instance=request.url.path,
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER)},
+        )
+
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
@@ -136,3 +161,25 @@ def install_handlers(app: FastAPI) -> None:
             "internal error; the server log has the details",
             instance=request.url.path,
         )
+
+
+def database_unavailable(exc: Exception) -> str | None:
+    """Why the database cannot serve now (it refuses or drops connections, e.g. "too many
+    clients"; the connection pool is exhausted; SQLite is locked by another writer), or None
+    when `exc` is some other error (a bug: 500)."""
+    if isinstance(exc, PoolTimeoutError):
+        return "every pooled connection is in use"
+    if not isinstance(exc, OperationalError):
+        return None
+    if exc.connection_invalidated:
+        return "the connection was lost"
+    original = exc.orig
+    module = type(original).__module__
+    if module.startswith("psycopg"):
+        # psycopg's OperationalError: connection failures, too many clients, shutdown, and
+        # SQLSTATE classes 08 (connection), 53 (resources), 57 (operator intervention). The
+        # answer names no host or role; the server log has the database's own words.
+        return "it refuses connections or is overloaded"
+    if module == "sqlite3" and "locked" in str(original):
+        return "another writer holds the SQLite database"
+    return None

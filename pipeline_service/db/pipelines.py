@@ -26,6 +26,23 @@ def get_pipeline(session: Session, tenant_id: int, name: str) -> Pipeline | None
     ).one_or_none()
 
 
+def get_pipeline_version(
+    session: Session, tenant_id: int, name: str, number: int | None = None
+) -> tuple[Pipeline, PipelineVersion | None] | None:
+    """The tenant's pipeline and its version `number` (default: the current one) in one
+    query; None: no such pipeline; (pipeline, None): no such version."""
+    wanted = Pipeline.current_version if number is None else number
+    row = session.execute(
+        select(Pipeline, PipelineVersion)
+        .outerjoin(
+            PipelineVersion,
+            (PipelineVersion.pipeline_id == Pipeline.id) & (PipelineVersion.version == wanted),
+        )
+        .where(Pipeline.tenant_id == tenant_id, Pipeline.name == name)
+    ).one_or_none()
+    return None if row is None else (row[0], row[1])
+
+
 def list_pipelines(
     session: Session,
     tenant_id: int,

@@ -78,9 +78,15 @@ def get_quota(session: Session, tenant_id: int) -> Quota:
 
 
 def lock_quota(session: Session, tenant_id: int) -> Quota:
-    """The tenant's quota, with the tenant's row locked until the transaction ends."""
-    session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
-    return get_quota(session, tenant_id)
+    """The tenant's quota, with the tenant's row locked until the transaction ends (one
+    statement: the lock and the quota row)."""
+    row = session.execute(
+        select(Tenant.id, TenantQuota)
+        .outerjoin(TenantQuota, TenantQuota.tenant_id == Tenant.id)
+        .where(Tenant.id == tenant_id)
+        .with_for_update(of=Tenant)
+    ).one_or_none()
+    return quota_of(row[1] if row is not None else None)
 
 
 def set_quota(session: Session, tenant_id: int, quota: Quota, *, actor: str) -> TenantQuota:

@@ -6,7 +6,7 @@ import asyncio
 
 import anyio.to_thread
 from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
 from pipeline_service.api.deps import ServicesDep
@@ -47,4 +47,4 @@ async def ready(services: ServicesDep, response: Response) -> dict[str, str]:
 
 @router.get("/metrics", include_in_schema=False)
 def metrics(services: ServicesDep) -> Response:
-    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(services.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -22,7 +22,7 @@ from pipeline_service.api.routers.runs import (
     launch_and_show,
 )
 from pipeline_service.db import runs as repo
-from pipeline_service.db.models import PipelineVersion, Run, StepRun
+from pipeline_service.db.models import PipelineVersion, StepRun
 from pipeline_service.db.recording import record_run_events
 from pipeline_service.db.session import transaction
 from pipeline_service.launcher import LaunchRequest
@@ -159,6 +159,4 @@ def mark_step(
     with transaction(services.sessions) as session:
         record_run_events(session, batch)
     with services.sessions() as session:
-        fresh = session.get(Run, run.id)
-        assert fresh is not None
-        return _detail(session, fresh, services.step_logs)
+        return _detail(session, run.id, services.step_logs)

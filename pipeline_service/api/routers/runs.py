@@ -61,8 +61,12 @@ def _ms(start: datetime | None, end: datetime | None) -> int | None:
 
 
 def _public(view: repo.RunView) -> RunPublic:
+    return RunPublic(**_public_fields(view))
+
+
+def _public_fields(view: repo.RunView) -> dict[str, Any]:
     run = view.run
-    return RunPublic(
+    return dict(
         id=run.public_id,
         pipeline=view.pipeline,
         version=view.version,
@@ -103,24 +107,36 @@ def _attempt(row: StepRun, log_tail: str | None) -> StepAttempt:
     )
 
 
-def _detail(session: Session, run: Run, logs: StepLogs) -> RunDetail:
-    return _detail_of(session, repo.run_view(session, run.id), logs)
+def _detail(session: Session, run_id: int, logs: StepLogs) -> RunDetail:
+    """The detail of a run by its row id (the run itself is read with its view)."""
+    return _detail_of(session, repo.run_view(session, run_id), logs)
 
 
 def _detail_of(session: Session, view: repo.RunView, logs: StepLogs) -> RunDetail:
     run = view.run
-    attempts: dict[str, list[StepRun]] = {}
     rows = repo.step_runs(session, run)
-    for row in rows:
-        attempts.setdefault(row.step_id, []).append(row)
     tails = logs.tails(view.tenant, run.workflow_id, rows)
     waits: dict[str, PoolWaitPublic] = {}
-    if run.status not in RUN_FINISHED:
+    # Only steps that name a pool wait for one (workflows/pools.py).
+    if run.status not in RUN_FINISHED and any(step.get("pool") for step in view.steps):
         for activity_id, wait in waiting_steps(session, run.workflow_id).items():
             # `step`, or `step#n` for a later execution of it (a retry from the workflow).
             waits[activity_id.split("#", 1)[0]] = PoolWaitPublic(
                 pool=wait.pool, since=wait.since, position=wait.position
             )
+    return _assemble(view, rows, tails, waits)
+
+
+def _assemble(
+    view: repo.RunView,
+    rows: list[StepRun],
+    tails: dict[tuple[str, int], str | None],
+    waits: dict[str, PoolWaitPublic],
+) -> RunDetail:
+    """The detail of a run from its view, its step attempts, their log tails and pool waits."""
+    attempts: dict[str, list[StepRun]] = {}
+    for row in rows:
+        attempts.setdefault(row.step_id, []).append(row)
     steps = []
     for step in view.steps:
         ids = [step["id"]]
@@ -139,7 +155,7 @@ def _detail_of(session: Session, view: repo.RunView, logs: StepLogs) -> RunDetai
                     waiting_for_pool=waits.get(step_id),
                 )
             )
-    return RunDetail(**_public(view).model_dump(), steps=steps)
+    return RunDetail(**_public_fields(view), steps=steps)
 
 
 def refused(exc: LaunchRefused) -> ProblemError:
@@ -255,15 +271,10 @@ async def launch_and_show(
         ) from None
     if launch.created:
         services.metrics.runs_started.labels(request.tenant.name, trigger).inc()
-    logs = services.step_logs
-
-    def answer() -> RunDetail:
-        with services.sessions() as session:
-            run = session.get(Run, launch.run.id)
-            assert run is not None
-            return _detail(session, run, logs)
-
-    return launch.created, await anyio.to_thread.run_sync(answer)
+    if launch.recorded is not None:
+        # Just recorded: no step has an attempt or waits for a pool yet; nothing to read.
+        return True, _assemble(launch.recorded, [], {}, {})
+    return launch.created, await anyio.to_thread.run_sync(_answer, services, launch.run.id)
 
 
 _NOT_BY_HAND = {Trigger.SCHEDULE.value, Trigger.BACKFILL.value, Trigger.DEPENDENCY.value}
@@ -380,20 +391,12 @@ async def cancel(run_id: str, principal: OperatorDep, services: ServicesDep) -> 
         # Never started (recorded, then Temporal was unreachable): it ends here.
         await anyio.to_thread.run_sync(_cancel_unstarted, services, run)
 
-    def answer() -> RunDetail:
-        with services.sessions() as session:
-            fresh = session.get(Run, run.id)
-            assert fresh is not None
-            return _detail(session, fresh, services.step_logs)
-
-    return await anyio.to_thread.run_sync(answer)
+    return await anyio.to_thread.run_sync(_answer, services, run.id)
 
 
 def _answer(services: Services, run_id: int) -> RunDetail:
     with services.sessions() as session:
-        fresh = session.get(Run, run_id)
-        assert fresh is not None
-        return _detail(session, fresh, services.step_logs)
+        return _detail(session, run_id, services.step_logs)
 
 
 def _cancel_waiting(services: Services, run: Run, actor: str) -> bool:
