@@ -94,6 +94,14 @@ class _Reads:
             .join(_VERSIONS, _VERSIONS.c.id == _RUNS.c.version_id)
             .where(_one_of(_RUNS.c.workflow_id, "workflow_ids", array))
         )
+        if array:
+            # PostgreSQL: lock the runs' rows (in id order, so two writers never deadlock) until
+            # this transaction ends. Writers of one run (a worker's recorder, another worker's,
+            # the workflow's recording, the reconciler) then take turns and each decides on the
+            # run as the one before left it: without the lock, a late "run started" read a run
+            # as RUNNING while the reconciler ended it, and wrote RUNNING over FAILED. SQLite
+            # needs none: its writers take turns from BEGIN IMMEDIATE on.
+            runs = runs.order_by(_RUNS.c.id).with_for_update(of=_RUNS)
         recorded = select(_OUTBOX.c.event_id).where(_one_of(_OUTBOX.c.event_id, "event_ids", array))
         steps = select(
             _STEPS.c.run_id,

@@ -4,6 +4,7 @@ run, step attempt and outbox rows."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -18,6 +19,7 @@ from pipeline_service.db.session import transaction
 from schemas.recording import (
     RecordedRunStatus,
     RecordRunEventsInput,
+    RecordRunEventsResult,
     RunEvent,
     RunTransition,
     StepTransition,
@@ -327,3 +329,47 @@ def test_the_callers_pending_changes_are_written_first(sessions: sessionmaker[Se
         ]))  # fmt: skip
         assert held.status == "RETRYING"
     assert _record(sessions, workflow_id)[0].status == "RETRYING"
+
+
+def test_two_writers_of_one_run_take_turns_and_the_first_end_stands(
+    sessions: sessionmaker[Session],
+) -> None:
+    """A run's end (say, by the reconciler) and a late "run started" from a step's worker, in two
+    transactions at once: the second reads the run as the first left it. On PostgreSQL the first
+    holds the run's row until it commits (without that, the late start read QUEUED, waited at
+    its UPDATE, then wrote RUNNING over FAILED); SQLite's writers take turns from BEGIN on."""
+    workflow_id = _run(sessions)
+    ended = RecordRunEventsInput(
+        workflow_id=workflow_id,
+        events=[_run_change(RecordedRunStatus.FAILED, error="terminated in Temporal")],
+    )
+    late_start = RecordRunEventsInput(
+        workflow_id=workflow_id, events=[run_started_event(str(uuid.uuid4()), AT)]
+    )
+    outcome: list[object] = []
+
+    def late() -> None:
+        try:
+            with transaction(sessions) as session:
+                outcome.extend(record_many(session, [late_start]))
+        except Exception as exc:  # the assertion below shows it
+            outcome.append(exc)
+
+    first = sessions()
+    try:
+        first.begin()
+        record_many(first, [ended])
+        other = threading.Thread(target=late)
+        other.start()
+        other.join(0.5)
+        assert other.is_alive()  # waits for the first writer (a lock, or SQLite's BEGIN)
+        first.commit()
+    finally:
+        first.close()
+    other.join(10)
+    assert not other.is_alive()
+    (result,) = outcome
+    assert isinstance(result, RecordRunEventsResult) and result.recorded == 0
+    run, _, events = _record(sessions, workflow_id)
+    assert (run.status, run.error, run.started_at) == ("FAILED", "terminated in Temporal", None)
+    assert [e.type for e in events] == ["PIPELINE_FAILED"]
