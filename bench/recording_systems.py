@@ -69,21 +69,7 @@ def recorded_run(
     now = datetime.now(UTC)
 
     def add_row(workflow_id: str) -> None:
-        with transaction(sessions) as session:
-            insert_run(
-                session,
-                NewRun(
-                    tenant_id=ids[0],
-                    pipeline_id=ids[2],
-                    version_id=ids[3],
-                    workflow_id=workflow_id,
-                    status="QUEUED",
-                    trigger="manual",
-                    actor="bench",
-                    logical_date=now,
-                    params={},
-                ),
-            )
+        add_run_row(sessions, (ids[0], ids[2], ids[3]), workflow_id, now)
 
     async def run() -> Any:
         workflow_id = f"{ids[1]}/{definition.name}/{uuid.uuid4()}"
@@ -99,10 +85,36 @@ def recorded_run(
     return run
 
 
+def add_run_row(
+    sessions: sessionmaker[Session],
+    ids: tuple[int, int, int],
+    workflow_id: str,
+    logical_date: datetime,
+) -> None:
+    """A queued manual run's first row, as the launcher writes it; `ids`: tenant, pipeline and
+    version ids."""
+    tenant_id, pipeline_id, version_id = ids
+    with transaction(sessions) as session:
+        insert_run(
+            session,
+            NewRun(
+                tenant_id=tenant_id,
+                pipeline_id=pipeline_id,
+                version_id=version_id,
+                workflow_id=workflow_id,
+                status="QUEUED",
+                trigger="manual",
+                actor="bench",
+                logical_date=logical_date,
+                params={},
+            ),
+        )
+
+
 def recorded_steps(sessions: sessionmaker[Session]) -> int:
     """Step attempt rows written (to check that the recording systems really recorded)."""
     with sessions() as session:
         return int(session.execute(text("SELECT count(*) FROM step_runs")).scalar_one())
 
 
-__all__ = ["database", "recorded_run", "recorded_steps", "session_factory"]
+__all__ = ["add_run_row", "database", "recorded_run", "recorded_steps", "session_factory"]

@@ -35,12 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from overhead import chain_pipeline
-from recording_systems import database, session_factory
+from recording_systems import add_run_row, database, session_factory
 from sqlalchemy.orm import Session, sessionmaker
 
 from activities.recording import RecordingActivities, write_checked
 from pipeline_service.db.pipelines import create_pipeline
-from pipeline_service.db.runs import NewRun, insert_run
 from pipeline_service.db.session import transaction
 from pipeline_service.db.tenants import create_tenant
 from schemas.recording import (
@@ -59,21 +58,7 @@ def _runs(sessions: sessionmaker[Session], ids: tuple[int, int, int], count: int
     now = datetime.now(UTC)
     workflow_ids = [f"bench/chain/{uuid.uuid4()}" for _ in range(count)]
     for workflow_id in workflow_ids:
-        with transaction(sessions) as session:
-            insert_run(
-                session,
-                NewRun(
-                    tenant_id=ids[0],
-                    pipeline_id=ids[1],
-                    version_id=ids[2],
-                    workflow_id=workflow_id,
-                    status="QUEUED",
-                    trigger="manual",
-                    actor="bench",
-                    logical_date=now,
-                    params={},
-                ),
-            )
+        add_run_row(sessions, ids, workflow_id, now)
     return workflow_ids
 
 
