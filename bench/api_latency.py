@@ -16,6 +16,7 @@ than the server at these rates on 2 cores, and then measures itself). Targets: p
 (read), <= 150 ms (trigger).
 
     .venv/bin/python bench/api_latency.py [--load 200/20 --load 100/10] [--seconds 30]
+        [--workers 2] [--runs-elsewhere]   # --runs-elsewhere: stop the worker after seeding
 """
 
 from __future__ import annotations
@@ -116,8 +117,17 @@ async def main(args: argparse.Namespace) -> None:
         try:
             args.load_before = os.getloadavg()[0]
             server_cpu = [psutil.Process(procs[0].pid)]
+
+            def stop_worker() -> None:
+                procs[1].send_signal(signal.SIGTERM)
+                procs[1].wait(30)
+
             await run_load(
-                f"http://127.0.0.1:{port}", url.replace("+psycopg", ""), args, server_cpu
+                f"http://127.0.0.1:{port}",
+                url.replace("+psycopg", ""),
+                args,
+                server_cpu,
+                stop_worker if args.runs_elsewhere else None,
             )
             for cmd in ("server", "worker"):
                 errors = (root / f"{cmd}.log").read_text(errors="replace").count("Traceback")
@@ -146,8 +156,13 @@ def cpu_seconds(processes: list[psutil.Process]) -> float:
 
 
 async def run_load(
-    base: str, database_url: str, args: argparse.Namespace, server: list[psutil.Process]
+    base: str,
+    database_url: str,
+    args: argparse.Namespace,
+    server: list[psutil.Process],
+    stop_worker: Callable[[], None] | None,
 ) -> None:
+    """`stop_worker`: called once the seeded runs have finished (--runs-elsewhere)."""
     connector = aiohttp.TCPConnector(limit=args.connections)
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(base, connector=connector, timeout=timeout) as http:
@@ -193,6 +208,17 @@ async def run_load(
 
         for _ in range(100):  # warm-up
             await read()
+        if stop_worker is not None:
+            deadline = time.monotonic() + 60
+            for run_id in ids:  # read runs that finished, as without the option
+                while True:
+                    async with http.get(f"/v1/runs/{run_id}", headers=auth) as answer:
+                        if (await answer.json())["status"] == "SUCCEEDED":
+                            break
+                    if time.monotonic() > deadline:
+                        raise SystemExit(f"seeded run {run_id} did not finish within 60 s")
+                    await asyncio.sleep(0.1)
+            stop_worker()
         raw = raw_sql_read(database_url, ids)
         rows: list[Row] = []
         for load in args.load:
@@ -244,6 +270,12 @@ async def run_load(
         f"`laminar server --workers {args.workers}`, aiohttp client ({args.connections} "
         f"connections), {os.cpu_count()} cores, load average {args.load_before:.1f} before, "
         f"{os.getloadavg()[0]:.1f} after"
+        + (
+            "; the worker stopped after seeding (--runs-elsewhere): triggered runs wait in "
+            "Temporal, their steps run nowhere on this machine"
+            if args.runs_elsewhere
+            else "; triggered runs run on a worker on this machine"
+        )
     )
     print(
         "CPU ms/req is the figure that survives a shared machine; latencies there include "
@@ -311,6 +343,12 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--workers", type=int, default=1, help="`laminar server` processes")
     parser.add_argument("--connections", type=int, default=100, help="client connection limit")
+    parser.add_argument(
+        "--runs-elsewhere",
+        action="store_true",
+        help="stop the worker once the seeded runs finished: triggered runs then wait in "
+        "Temporal, as when workers have nodes of their own (the API's cost alone)",
+    )
     parser.add_argument("--logs", type=Path, help="copy the server's and worker's logs here")
     arguments = parser.parse_args()
     arguments.load = arguments.load or ["200/20"]
