@@ -299,14 +299,14 @@ async def _worker(
     async def temporal_client() -> Client:
         return client
 
+    sessions = session_factory(db)
     dispatcher = RunDispatcher(
-        session_factory(db),
+        sessions,
         temporal_client,
         task_queue=settings.task_queue,
         source_dir=settings.source_dir,
         bundle_cache=settings.bundle_cache,
     )
-    sessions = session_factory(db)
     attempts = AttemptRecorder(sessions, metrics)  # flushed at stop, below
     worker_ = build_worker(
         client,

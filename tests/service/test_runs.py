@@ -120,6 +120,11 @@ async def test_cancel_reaches_the_running_step(service: Service) -> None:
     while (await tenant.http.get(f"/v1/runs/{run_id}")).json()["steps"][0]["status"] != "RUNNING":
         assert time.monotonic() < deadline
         await asyncio.sleep(0.1)
+    # A running run is neither retried nor replayed (only finished ones are).
+    for action, path in (("retry", "retry"), ("replay", "quarantine/any_check/replay")):
+        refused = await tenant.http.post(f"/v1/runs/{run_id}/{path}", json={})
+        assert refused.status_code == 409, refused.text
+        assert f"is RUNNING: {action} a finished run" in refused.json()["detail"]
     response = await tenant.http.post(f"/v1/runs/{run_id}/cancel")
     assert response.status_code == 202, response.text
     run = await wait_finished(tenant, run_id, timeout=30)

@@ -12,14 +12,12 @@ from pipeline_service.api.models import Request, RunDetail
 from pipeline_service.api.problems import ProblemError
 from pipeline_service.api.routers.runs import (
     IDEMPOTENCY_KEY_PATTERN,
-    _run,
+    finished_run,
     follow_up,
     launch_and_show,
 )
-from pipeline_service.db.models import PipelineVersion
 from pipeline_service.launcher import LaunchRequest
 from schemas.pipeline import PipelineDefinition, QualityStep
-from schemas.recording import RUN_FINISHED
 from schemas.run import ReplaySource
 
 router = APIRouter(tags=["runs"])
@@ -80,12 +78,7 @@ async def replay(
 
     def plan() -> LaunchRequest:
         with services.sessions() as session:
-            run = _run(session, tenant.id, run_id)
-            if run.status not in RUN_FINISHED:
-                raise ProblemError(409, f"run {run_id} is {run.status}: replay a finished run")
-            version = session.get(PipelineVersion, run.version_id)
-            assert version is not None
-            definition = PipelineDefinition.model_validate(version.definition)
+            run, definition = finished_run(session, tenant.id, run_id, "replay")
             source = replay_source(definition, run.workflow_id, check, body.step)
             return follow_up(
                 session,

@@ -18,15 +18,15 @@ from pipeline_service.api.routers.runs import (
     IDEMPOTENCY_KEY_PATTERN,
     _detail,
     _run,
+    finished_run,
     follow_up,
     launch_and_show,
 )
 from pipeline_service.db import runs as repo
-from pipeline_service.db.models import PipelineVersion, StepRun
+from pipeline_service.db.models import StepRun
 from pipeline_service.db.recording import record_run_events
 from pipeline_service.db.session import transaction
 from pipeline_service.launcher import LaunchRequest
-from schemas.pipeline import PipelineDefinition
 from schemas.recording import (
     RUN_FINISHED,
     RecordedRunStatus,
@@ -74,16 +74,11 @@ async def retry(
 
     def plan() -> LaunchRequest:
         with services.sessions() as session:
-            run = _run(session, tenant.id, run_id)
-            if run.status not in RUN_FINISHED:
-                raise ProblemError(409, f"run {run_id} is {run.status}: retry a finished run")
+            run, definition = finished_run(session, tenant.id, run_id, "retry")
             if body.from_step is None and run.status == RecordedRunStatus.SUCCEEDED.value:
                 raise ProblemError(
                     409, f"run {run_id} succeeded: give from_step to run part of it again"
                 )
-            version = session.get(PipelineVersion, run.version_id)
-            assert version is not None
-            definition = PipelineDefinition.model_validate(version.definition)
             graph = dag.dependencies(definition.steps)
             again: set[str] = set()
             if body.from_step is not None:

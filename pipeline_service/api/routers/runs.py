@@ -35,13 +35,14 @@ from pipeline_service.api.services import Services
 from pipeline_service.api.step_logs import StepLogs
 from pipeline_service.db import quotas
 from pipeline_service.db import runs as repo
-from pipeline_service.db.models import Run, StepRun, Tenant
+from pipeline_service.db.models import PipelineVersion, Run, StepRun, Tenant
 from pipeline_service.db.pipelines import get_pipeline
 from pipeline_service.db.pools import waiting_steps
 from pipeline_service.db.recording import record_run_events
 from pipeline_service.db.session import transaction
 from pipeline_service.launcher import LaunchRefused, LaunchRequest, launch_run, workflow_id_for
 from schemas.loading import PipelineValidationError
+from schemas.pipeline import PipelineDefinition
 from schemas.recording import (
     RUN_FINISHED,
     RecordedRunStatus,
@@ -168,6 +169,19 @@ def _run(session: Session, tenant_id: int, run_id: str) -> Run:
     if run is None:
         raise not_found(f"run '{run_id}'")
     return run
+
+
+def finished_run(
+    session: Session, tenant_id: int, run_id: str, action: str
+) -> tuple[Run, PipelineDefinition]:
+    """The tenant's finished run and the definition of the version it ran, for `action` (retry,
+    replay): a run still going gets 409."""
+    run = _run(session, tenant_id, run_id)
+    if run.status not in RUN_FINISHED:
+        raise ProblemError(409, f"run {run_id} is {run.status}: {action} a finished run")
+    version = session.get(PipelineVersion, run.version_id)
+    assert version is not None
+    return run, PipelineDefinition.model_validate(version.definition)
 
 
 def follow_up(
