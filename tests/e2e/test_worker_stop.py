@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 from pipeline_service.db.session import make_engine
 from pipeline_service.temporal.dev_server import DevServer, free_port
 from tests.conftest import POSTGRES_URL
-from tests.e2e.conftest import Cli, api_up, running_platform, wait_for
+from tests.e2e.conftest import Cli, Platform, api_up, running_platform, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -55,16 +55,25 @@ def hold_running(http: httpx.Client, run_id: str) -> bool:
     return steps_of(http.get(f"/v1/runs/{run_id}").json()).get("hold") == ["RUNNING"]
 
 
+def start_held(
+    cli: Cli, platform: Platform, http: httpx.Client, project: Path, marker: Path
+) -> str:
+    """Apply the project and trigger it: the run's id, once `hold` runs and the recorder has
+    written its attempt's start."""
+    assert cli.run("pipelines", "apply", project, env=platform.client_env).code == 0
+    run_id: str = http.post("/v1/pipelines/held/runs", json={}).json()["id"]
+    wait_for(marker.exists, 60, "the hold step to start")
+    wait_for(lambda: hold_running(http, run_id), 30, "the attempt's start recorded")
+    return run_id
+
+
 def test_a_worker_stopped_with_sigterm_writes_the_attempts_that_ended_in_its_grace(
     cli: Cli, dev_server: DevServer, tmp_path: Path
 ) -> None:
     project, marker = write_project(tmp_path, pause=3)
     with running_platform(cli, dev_server.address, tmp_path, ("w1",)) as platform:
-        assert cli.run("pipelines", "apply", project, env=platform.client_env).code == 0
         with platform.http() as http:
-            run_id = http.post("/v1/pipelines/held/runs", json={}).json()["id"]
-            wait_for(marker.exists, 60, "the hold step to start")
-            wait_for(lambda: hold_running(http, run_id), 30, "the attempt's start recorded")
+            run_id = start_held(cli, platform, http, project, marker)
             # Stopped mid-step: the step finishes within the worker's shutdown grace (10 s).
             stopped = platform.stop_worker("w1", signal.SIGTERM)
             assert stopped.code == 0 and "Traceback" not in stopped.output, stopped.details
@@ -85,11 +94,8 @@ def test_a_worker_whose_database_is_gone_still_stops_promptly(
     stopping worker cannot write its end and gives up after a few seconds, saying so."""
     project, marker = write_project(tmp_path, pause=2)
     with running_platform(cli, dev_server.address, tmp_path, ("w1",)) as platform:
-        assert cli.run("pipelines", "apply", project, env=platform.client_env).code == 0
         with platform.http() as http:
-            run_id = http.post("/v1/pipelines/held/runs", json={}).json()["id"]
-            wait_for(marker.exists, 60, "the hold step to start")
-            wait_for(lambda: hold_running(http, run_id), 30, "the attempt's start recorded")
+            start_held(cli, platform, http, project, marker)
         database = make_url(platform.env["LAMINAR_DATABASE_URL"]).database
         admin = make_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
         try:
