@@ -176,10 +176,12 @@ def database_unavailable(exc: Exception) -> str | None:
     original = exc.orig
     module = type(original).__module__
     if module.startswith("psycopg"):
-        # psycopg's OperationalError: connection failures, too many clients, shutdown, and
-        # SQLSTATE classes 08 (connection), 53 (resources), 57 (operator intervention). The
-        # answer names no host or role; the server log has the database's own words.
-        return "it refuses connections or is overloaded"
+        # psycopg's OperationalError: connection failures, too many clients, shutdown,
+        # SQLSTATE classes 08 (connection), 53 (resources), 57 (operator intervention: also a
+        # cancelled statement) and 40 (a transaction rolled back: deadlock, serialization).
+        # All pass; trying again is the remedy for each. The answer names no host or role;
+        # the server log has the database's own words.
+        return "it refuses connections, is overloaded or rolled the transaction back"
     if module == "sqlite3" and "locked" in str(original):
         return "another writer holds the SQLite database"
     return None
