@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from activities.artifacts import log_key, run_prefix
-from pipeline_service.db.models import StepRun
+from pipeline_service.db.runs import StepRecord
 from pipeline_service.storage.artifacts import ArtifactStorage
 from pipeline_service.storage.store import StorageError
 
@@ -25,11 +25,11 @@ class StepLogs:
         self.artifacts = artifacts
 
     def tails(
-        self, tenant: str, run_id: str, rows: Iterable[StepRun]
+        self, tenant: str, run_id: str, rows: Iterable[StepRecord]
     ) -> dict[tuple[str, int], str | None]:
         """(step id, attempt) -> the log's tail, None where there is none."""
         found: dict[tuple[str, int], str | None] = {}
-        remote: list[StepRun] = []
+        remote: list[StepRecord] = []
         for row in rows:
             found[(row.step_id, row.attempt)] = tail = _local_tail(row.log_path, self.work_dir)
             if tail is None:
@@ -39,7 +39,7 @@ class StepLogs:
         return found
 
     def _stored_tails(
-        self, tenant: str, run_id: str, rows: list[StepRun]
+        self, tenant: str, run_id: str, rows: list[StepRecord]
     ) -> dict[tuple[str, int], str | None]:
         assert self.artifacts is not None
         tails: dict[tuple[str, int], str | None] = {}

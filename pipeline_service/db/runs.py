@@ -6,13 +6,13 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, cast
 
-from sqlalchemy import Select, select
+from sqlalchemy import Connection, Row, Select, Table, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
-from pipeline_service.db.models import Pipeline, PipelineVersion, Run, StepRun, Tenant
+from pipeline_service.db.models import Base, Pipeline, PipelineVersion, Run, StepRun, Tenant
 
 
 def new_public_id() -> str:
@@ -123,12 +123,51 @@ def run_names(session: Session, run: Run) -> RunNames:
     return RunNames(row[0], row[1], row[2])
 
 
+class RunRecord(Protocol):
+    """A run's columns as the API answers with them: an ORM `Run`, or a row of `runs` read
+    with SQLAlchemy Core (the run read, the API's hottest request, skips the ORM)."""
+
+    id: int
+    public_id: str
+    workflow_id: str
+    status: str
+    trigger: str
+    actor: str
+    logical_date: datetime
+    params: dict[str, Any]
+    launch_options: dict[str, Any] | None
+    priority: int
+    submitted_at: datetime | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+
+
+class StepRecord(Protocol):
+    """A step attempt's columns: an ORM `StepRun` or a row of `step_runs` (see RunRecord)."""
+
+    step_id: str
+    attempt: int
+    status: str
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    error_type: str | None
+    rows_affected: int | None
+    outputs: dict[str, Any] | None
+    tables: dict[str, str] | None
+    log_path: str | None
+    marked_by: str | None
+    mark_reason: str | None
+
+
 @dataclass(frozen=True)
 class RunView:
     """A run with what its API answer names: pipeline, version number, the runs it retries or
     replays, its tenant and (for the detail view) its version's step list. Read in one query."""
 
-    run: Run
+    run: RunRecord
     pipeline: str
     version: int
     retry_of: str | None
@@ -137,55 +176,87 @@ class RunView:
     steps: list[dict[str, Any]]
 
 
+_RUNS: Table = Base.metadata.tables[Run.__tablename__]
+_STEP_RUNS: Table = Base.metadata.tables[StepRun.__tablename__]
+_PIPELINES: Table = Base.metadata.tables[Pipeline.__tablename__]
+_VERSIONS: Table = Base.metadata.tables[PipelineVersion.__tablename__]
+_TENANTS: Table = Base.metadata.tables[Tenant.__tablename__]
+
+
 def _view_query(*, steps: bool) -> Select[Any]:
-    retried, replayed = aliased(Run, name="retried"), aliased(Run, name="replayed")
+    """A run's columns, then its view's (`_view`): Core, not the ORM, whose per-row
+    bookkeeping was most of a run read's CPU."""
+    retried, replayed = _RUNS.alias("retried"), _RUNS.alias("replayed")
     columns: list[Any] = [
-        Run,
-        Pipeline.name,
-        PipelineVersion.version,
-        retried.public_id,
-        replayed.public_id,
-        Tenant.name,
+        *_RUNS.c,
+        _PIPELINES.c.name,
+        _VERSIONS.c.version,
+        retried.c.public_id,
+        replayed.c.public_id,
+        _TENANTS.c.name,
     ]
     if steps:
-        columns.append(PipelineVersion.definition["steps"])
+        columns.append(_VERSIONS.c.definition["steps"])
     return (
         select(*columns)
-        .join(Pipeline, Pipeline.id == Run.pipeline_id)
-        .join(PipelineVersion, PipelineVersion.id == Run.version_id)
-        .join(Tenant, Tenant.id == Run.tenant_id)
-        .outerjoin(retried, retried.id == Run.retry_of_id)
-        .outerjoin(replayed, replayed.id == Run.replay_of_id)
+        .join(_PIPELINES, _PIPELINES.c.id == _RUNS.c.pipeline_id)
+        .join(_VERSIONS, _VERSIONS.c.id == _RUNS.c.version_id)
+        .join(_TENANTS, _TENANTS.c.id == _RUNS.c.tenant_id)
+        .outerjoin(retried, retried.c.id == _RUNS.c.retry_of_id)
+        .outerjoin(replayed, replayed.c.id == _RUNS.c.replay_of_id)
     )
 
 
-# Built once: statements are immutable, and building one (its two aliases of `runs` copy every
-# column with its foreign keys and event listeners) took half the CPU of a run read.
-_VIEW_WITH_STEPS = _view_query(steps=True)
+# Built once, with bound parameters: statements are immutable, and SQLAlchemy keeps the cache
+# key of a statement object it has executed, so each read skips building and keying its query.
 _VIEW = _view_query(steps=False)
+_VIEW_BY_ID = _view_query(steps=True).where(_RUNS.c.id == bindparam("run_id"))
+_VIEW_BY_PUBLIC_ID = _view_query(steps=True).where(
+    _RUNS.c.tenant_id == bindparam("tenant_id"), _RUNS.c.public_id == bindparam("public_id")
+)
+_STEPS_OF_RUN = (
+    select(_STEP_RUNS).where(_STEP_RUNS.c.run_id == bindparam("run_id")).order_by(_STEP_RUNS.c.id)
+)
+_RUN_COLUMNS = len(_RUNS.c)
+
+Reader = Session | Connection
+"""Where a view is read: a request's session, or (the run read) a pooled connection."""
 
 
-def _view(row: Any, steps: bool) -> RunView:
-    return RunView(row[0], row[1], row[2], row[3], row[4], row[5], (row[6] or []) if steps else [])
+def _view(row: Row[Any], steps: bool) -> RunView:
+    extra = row[_RUN_COLUMNS:]
+    return RunView(
+        cast(RunRecord, row),
+        extra[0],
+        extra[1],
+        extra[2],
+        extra[3],
+        extra[4],
+        (extra[5] or []) if steps else [],
+    )
 
 
-def run_view(session: Session, run_id: int) -> RunView:
+def run_view(reader: Reader, run_id: int) -> RunView:
     """The view of a run by its row id, with its version's steps."""
-    row = session.execute(_VIEW_WITH_STEPS.where(Run.id == run_id)).one()
-    return _view(row, True)
+    return _view(reader.execute(_VIEW_BY_ID, {"run_id": run_id}).one(), True)
 
 
-def get_run_view(session: Session, tenant_id: int, public_id: str) -> RunView | None:
+def get_run_view(reader: Reader, tenant_id: int, public_id: str) -> RunView | None:
     """The view of the tenant's run (None: no such run in this tenant), with its steps."""
-    query = _VIEW_WITH_STEPS.where(Run.tenant_id == tenant_id, Run.public_id == public_id)
-    row = session.execute(query).one_or_none()
+    params = {"tenant_id": tenant_id, "public_id": public_id}
+    row = reader.execute(_VIEW_BY_PUBLIC_ID, params).one_or_none()
     return None if row is None else _view(row, True)
+
+
+def step_records(reader: Reader, run_id: int) -> list[StepRecord]:
+    """A run's step attempts in the order they were recorded, as rows (not ORM objects)."""
+    return cast(list[StepRecord], reader.execute(_STEPS_OF_RUN, {"run_id": run_id}).all())
 
 
 def run_views(session: Session, runs: list[Run]) -> list[RunView]:
     """Views of `runs` (without steps), in their order: one query for the page."""
     if not runs:
         return []
-    rows = session.execute(_VIEW.where(Run.id.in_([r.id for r in runs])))
-    by_id = {row[0].id: _view(row, False) for row in rows}
+    rows = session.execute(_VIEW.where(_RUNS.c.id.in_([r.id for r in runs])))
+    by_id = {row.id: _view(row, False) for row in rows}
     return [by_id[r.id] for r in runs]

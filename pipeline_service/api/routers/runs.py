@@ -35,7 +35,7 @@ from pipeline_service.api.services import Services
 from pipeline_service.api.step_logs import StepLogs
 from pipeline_service.db import quotas
 from pipeline_service.db import runs as repo
-from pipeline_service.db.models import PipelineVersion, Run, StepRun, Tenant
+from pipeline_service.db.models import PipelineVersion, Run, Tenant
 from pipeline_service.db.pipelines import get_pipeline
 from pipeline_service.db.pools import waiting_steps
 from pipeline_service.db.recording import record_run_events
@@ -90,7 +90,7 @@ def _public_fields(view: repo.RunView) -> dict[str, Any]:
     )
 
 
-def _attempt(row: StepRun, log_tail: str | None) -> StepAttempt:
+def _attempt(row: repo.StepRecord, log_tail: str | None) -> StepAttempt:
     return StepAttempt(
         attempt=row.attempt,
         status=row.status,
@@ -108,18 +108,19 @@ def _attempt(row: StepRun, log_tail: str | None) -> StepAttempt:
     )
 
 
-def _detail(session: Session, run_id: int, logs: StepLogs) -> RunDetail:
+def _detail(reader: repo.Reader, run_id: int, logs: StepLogs) -> RunDetail:
     """The detail of a run by its row id (the run itself is read with its view)."""
-    return _detail_of(session, repo.run_view(session, run_id), logs)
+    return _detail_of(reader, repo.run_view(reader, run_id), logs)
 
 
-def _detail_of(session: Session, view: repo.RunView, logs: StepLogs) -> RunDetail:
+def _detail_of(reader: repo.Reader, view: repo.RunView, logs: StepLogs) -> RunDetail:
     run = view.run
-    rows = repo.step_runs(session, run)
+    rows = repo.step_records(reader, run.id)
     tails = logs.tails(view.tenant, run.workflow_id, rows)
     waits: dict[str, PoolWaitPublic] = {}
     # Only steps that name a pool wait for one (workflows/pools.py).
     if run.status not in RUN_FINISHED and any(step.get("pool") for step in view.steps):
+        session = reader if isinstance(reader, Session) else Session(reader)
         for activity_id, wait in waiting_steps(session, run.workflow_id).items():
             # `step`, or `step#n` for a later execution of it (a retry from the workflow).
             waits[activity_id.split("#", 1)[0]] = PoolWaitPublic(
@@ -130,12 +131,12 @@ def _detail_of(session: Session, view: repo.RunView, logs: StepLogs) -> RunDetai
 
 def _assemble(
     view: repo.RunView,
-    rows: list[StepRun],
+    rows: list[repo.StepRecord],
     tails: dict[tuple[str, int], str | None],
     waits: dict[str, PoolWaitPublic],
 ) -> RunDetail:
     """The detail of a run from its view, its step attempts, their log tails and pool waits."""
-    attempts: dict[str, list[StepRun]] = {}
+    attempts: dict[str, list[repo.StepRecord]] = {}
     for row in rows:
         attempts.setdefault(row.step_id, []).append(row)
     steps = []
@@ -371,13 +372,13 @@ async def get_run(run_id: str, principal: ReaderDep, services: ServicesDep) -> R
     tenant_id, logs = tenant_of(principal).id, services.step_logs
 
     def load() -> RunDetail:
-        # The session opens and closes within this one thread hop: two queries, and no pooled
-        # connection stays checked out while the request waits for another thread.
-        with services.sessions() as session:
-            view = repo.get_run_view(session, tenant_id, run_id)
+        # A pooled connection (no ORM session: two Core queries), checked out and back within
+        # this one thread hop, so none stays out while the request waits for another thread.
+        with services.engine.connect() as connection:
+            view = repo.get_run_view(connection, tenant_id, run_id)
             if view is None:
                 raise not_found(f"run '{run_id}'")
-            return _detail_of(session, view, logs)
+            return _detail_of(connection, view, logs)
 
     return await anyio.to_thread.run_sync(load)
 
