@@ -4,10 +4,12 @@ cancel, idempotency."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
-from sqlalchemy import func, select
+import pytest
+from sqlalchemy import func, select, text
 
 from pipeline_service.db.models import OutboxEvent, Run
 from tests.service.conftest import Service, Tenant
@@ -178,3 +180,34 @@ async def test_health_and_metrics(service: Service) -> None:
     assert (
         'laminar_api_request_seconds_count{method="POST",route="/v1/pipelines/{name}/runs"' in text
     )
+
+
+async def test_run_reads_keep_the_connections_prepared_statements(service: Service) -> None:
+    """psycopg forgets a connection's prepared statements at every ROLLBACK; a run read ends
+    its transaction with COMMIT, so after a few reads on a connection PostgreSQL runs the run's
+    query from a prepared statement instead of planning it again for every read."""
+    if service.kind != "postgresql":
+        pytest.skip("prepared statements are PostgreSQL's")
+    tenant = await service.tenant()
+    await tenant.apply({"name": "prepared", "steps": [{"id": "a", "type": "noop"}]})
+    response = await tenant.http.post("/v1/pipelines/prepared/runs", json={})
+    assert response.status_code == 201, response.text
+    run_id = response.json()["id"]
+    await wait_finished(tenant, run_id)
+    engine = service.app.state.services.engine
+    # psycopg prepares a statement at its 5th execution on a connection; the pool hands out
+    # its idle connections in turn, so read enough times for each to reach that.
+    for _ in range(6 * (engine.pool.checkedin() + 1)):
+        assert (await tenant.http.get(f"/v1/runs/{run_id}")).status_code == 200
+    idle = engine.pool.checkedin()
+    prepared = 0
+    with contextlib.ExitStack() as held:  # every idle connection at once: each one's own
+        for connection in [held.enter_context(engine.connect()) for _ in range(idle)]:
+            prepared += connection.execute(
+                text(
+                    "SELECT count(*) FROM pg_prepared_statements "
+                    "WHERE statement LIKE '%FROM runs JOIN pipelines%'"
+                )
+            ).scalar_one()
+            connection.rollback()
+    assert prepared >= 1, f"no connection of {idle} kept the run read prepared"

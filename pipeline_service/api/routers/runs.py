@@ -371,16 +371,23 @@ async def get_run(run_id: str, principal: ReaderDep, services: ServicesDep) -> R
     """The run with every step and every attempt of it (errors, durations, log tail)."""
     tenant_id, logs = tenant_of(principal).id, services.step_logs
 
-    def load() -> RunDetail:
+    def load() -> RunDetail | None:
         # A pooled connection (no ORM session: two Core queries), checked out and back within
         # this one thread hop, so none stays out while the request waits for another thread.
         with services.engine.connect() as connection:
             view = repo.get_run_view(connection, tenant_id, run_id)
-            if view is None:
-                raise not_found(f"run '{run_id}'")
-            return _detail_of(connection, view, logs)
+            detail = None if view is None else _detail_of(connection, view, logs)
+            # Ended by COMMIT, not the ROLLBACK of a connection given back mid-transaction:
+            # psycopg forgets a connection's prepared statements at every rollback, and
+            # without them PostgreSQL plans the run's six-table query anew for every read
+            # (most of the database's CPU per read; bench/api_latency.py).
+            connection.commit()
+            return detail
 
-    return await anyio.to_thread.run_sync(load)
+    detail = await anyio.to_thread.run_sync(load)
+    if detail is None:
+        raise not_found(f"run '{run_id}'")
+    return detail
 
 
 @router.post("/v1/runs/{run_id}/cancel", status_code=202, response_model=RunDetail)
@@ -410,8 +417,10 @@ async def cancel(run_id: str, principal: OperatorDep, services: ServicesDep) -> 
 
 
 def _answer(services: Services, run_id: int) -> RunDetail:
-    with services.sessions() as session:
-        return _detail(session, run_id, services.step_logs)
+    with services.engine.connect() as connection:
+        detail = _detail(connection, run_id, services.step_logs)
+        connection.commit()  # keeps the connection's prepared statements (see get_run)
+        return detail
 
 
 def _cancel_waiting(services: Services, run: Run, actor: str) -> bool:
