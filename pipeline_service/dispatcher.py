@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 
 STALLED_AFTER = timedelta(seconds=15)
 """A slot taken this long ago without the workflow recording its start gets its start again."""
+REPAIR_PAGE = 100
+"""Stalled runs looked at per repair pass (the next pass goes on after the last one)."""
+MAX_STARTED = 50_000
+"""Workflow ids this dispatcher knows it has started, remembered so as not to start again."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,13 @@ class RunDispatcher:
         self.bundle_cache = bundle_cache
         self.task_queue, self.source_dir, self.interval = task_queue, source_dir, interval
         self._last_repair = 0.0
+        self._repair_after = 0
+        """The last run id the previous repair pass looked at (0: start from the oldest)."""
+        self._started: dict[str, None] = {}
+        """Workflow ids whose start this dispatcher sent (and Temporal took): a run whose
+        workflow waits for a worker looks stalled too, and starting it again is a no-op that
+        cost a definition's validation and a Temporal call per run on every pass (each
+        server and worker process repairs, every 5 s, while workers are busy or away)."""
 
     async def run(self, stop: asyncio.Event) -> None:
         """Dispatch every `interval` seconds until `stop` is set; errors are logged, not fatal
@@ -78,12 +89,18 @@ class RunDispatcher:
         submissions = await anyio.to_thread.run_sync(self._take_slots)
         if not submissions:
             return 0
+        await self._start(submissions)
+        return len(submissions)
+
+    async def _start(self, submissions: list[Submission]) -> None:
         client = await self.temporal()
         for submission in submissions:
             await start_workflow(
                 client, submission.run, submission.run_input, task_queue=self.task_queue
             )
-        return len(submissions)
+            self._started[submission.run.workflow_id] = None
+        while len(self._started) > MAX_STARTED:
+            del self._started[next(iter(self._started))]
 
     def _take_slots(self) -> list[Submission]:
         with self.sessions() as session:
@@ -137,7 +154,17 @@ class RunDispatcher:
         def stalled() -> list[Submission]:
             found = []
             with self.sessions() as session:
-                for run in quotas.stalled_submissions(session, utcnow() - STALLED_AFTER):
+                runs = quotas.stalled_submissions(
+                    session,
+                    utcnow() - STALLED_AFTER,
+                    after_id=self._repair_after,
+                    limit=REPAIR_PAGE,
+                )
+                # A full page: the next pass goes on after it; else it starts over.
+                self._repair_after = runs[-1].id if len(runs) == REPAIR_PAGE else 0
+                for run in runs:
+                    if run.workflow_id in self._started:
+                        continue
                     try:
                         run_input = self._run_input(session, run)
                     except (PipelineValidationError, BundleError):
@@ -147,9 +174,5 @@ class RunDispatcher:
 
         submissions = await anyio.to_thread.run_sync(stalled)
         if submissions:
-            client = await self.temporal()
-            for submission in submissions:
-                await start_workflow(
-                    client, submission.run, submission.run_input, task_queue=self.task_queue
-                )
+            await self._start(submissions)
         return len(submissions)

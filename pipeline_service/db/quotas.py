@@ -212,9 +212,12 @@ def end_run(session: Session, run: Run, status: RecordedRunStatus, reason: str) 
     )
 
 
-def stalled_submissions(session: Session, before: datetime, limit: int = 100) -> list[Run]:
-    """Runs given a slot before `before` whose workflow has not recorded its start: the
-    process that took the slot may have died before starting the workflow."""
+def stalled_submissions(
+    session: Session, before: datetime, *, after_id: int = 0, limit: int = 100
+) -> list[Run]:
+    """Runs given a slot before `before` whose workflow has not recorded its start (the
+    process that took the slot may have died before starting the workflow), by row id from
+    `after_id` on."""
     return list(
         session.scalars(
             select(Run)
@@ -222,6 +225,7 @@ def stalled_submissions(session: Session, before: datetime, limit: int = 100) ->
                 Run.status == RecordedRunStatus.QUEUED.value,
                 Run.submitted_at.is_not(None),
                 Run.submitted_at < before,
+                Run.id > after_id,
             )
             .order_by(Run.id)
             .limit(limit)
