@@ -103,7 +103,10 @@ class RunDispatcher:
             del self._started[next(iter(self._started))]
 
     def _take_slots(self) -> list[Submission]:
-        with self.sessions() as session:
+        # Read-only, but ended by COMMIT: psycopg forgets a connection's prepared statements
+        # at every ROLLBACK, and this runs every `interval` on a connection the API's reads
+        # share.
+        with transaction(self.sessions) as session:
             tenants = quotas.tenants_with_waiting_runs(session)
         taken: list[Submission] = []
         for tenant_id in tenants:
@@ -153,7 +156,7 @@ class RunDispatcher:
 
         def stalled() -> list[Submission]:
             found = []
-            with self.sessions() as session:
+            with transaction(self.sessions) as session:  # COMMIT: see _take_slots
                 runs = quotas.stalled_submissions(
                     session,
                     utcnow() - STALLED_AFTER,
