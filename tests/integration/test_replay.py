@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 from temporalio.client import Client, WorkflowFailureError, WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from pipeline_service.db.migrate import upgrade
 from pipeline_service.db.pools import set_pool
 from pipeline_service.db.session import make_engine, session_factory, transaction
+from pipeline_service.temporal.client import data_converter
 from schemas.run import RunStepInput
 from tests.integration.scripted import (
     Behavior,
@@ -248,7 +248,7 @@ async def test_replay_saved_child_history(name: str) -> None:
     path = HISTORIES / f"{name}.json"
     if not path.exists():
         pytest.fail(f"{path} is missing: record its parent with LAMINAR_RECORD_HISTORIES=1")
-    replayer = Replayer(workflows=[PipelineRunWorkflow], data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=[PipelineRunWorkflow], data_converter=data_converter)
     await replayer.replay_workflow(WorkflowHistory.from_json(name, path.read_text()))
 
 
@@ -259,7 +259,7 @@ async def test_replay_saved_history(name: str, client: Client, tmp_path: Path) -
         if not os.environ.get("LAMINAR_RECORD_HISTORIES"):
             pytest.fail(f"{path} is missing: record it with LAMINAR_RECORD_HISTORIES=1")
         await _record(client, tmp_path, name)
-    replayer = Replayer(workflows=[PipelineRunWorkflow], data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=[PipelineRunWorkflow], data_converter=data_converter)
     history = WorkflowHistory.from_json(name, path.read_text())
     await replayer.replay_workflow(history)
 
@@ -279,7 +279,7 @@ def test_a_step_is_given_the_tables_its_ancestors_wrote() -> None:
             patches += [p.data for p in details["patch-data"].payloads]
         if event.HasField("activity_task_scheduled_event_attributes"):
             payloads = event.activity_task_scheduled_event_attributes.input.payloads
-            (step_input,) = pydantic_data_converter.payload_converter.from_payloads(
+            (step_input,) = data_converter.payload_converter.from_payloads(
                 list(payloads), [RunStepInput]
             )
             given[step_input.step.id] = step_input.handoff_tables
