@@ -91,6 +91,8 @@ RETENTION = timedelta(days=7)
 """Finished deliveries are kept this long (as the relay keeps sent outbox rows)."""
 MAX_SLA_DATES = 100
 """Deadlines checked per pipeline and round (the oldest first); the rest wait for the next."""
+MAX_CACHED_RULES = 10_000
+"""Pipeline versions whose notification rules a notifier keeps (the oldest go first)."""
 
 PENDING, SENT, FAILED = "PENDING", "SENT", "FAILED"
 
@@ -131,7 +133,9 @@ class Notifier:
         self.batch_size = batch_size
         bind = sessions.kw.get("bind")
         self._is_postgres = bind is not None and bind.dialect.name == "postgresql"
-        self._rules: dict[int, list[NotificationRule]] = {}
+        self._rules: dict[tuple[int, str, int], list[NotificationRule]] = {}
+        """Notification rules by (tenant id, pipeline, version): a version never changes and
+        pipelines are archived, never deleted, so no event needs its version read twice."""
         self._slas: dict[int, tuple[Sla, Schedule] | None] = {}
         self._last_prune = 0.0
 
@@ -255,27 +259,30 @@ class Notifier:
         pipeline, version = row.payload.get("pipeline"), row.payload.get("version")
         if not isinstance(pipeline, str) or not isinstance(version, int):
             return []
-        found = session.execute(
-            select(PipelineVersion.id, PipelineVersion.definition)
+        key = (row.tenant_id, pipeline, version)
+        cached = self._rules.get(key)
+        if cached is not None:
+            return cached
+        definition = session.scalar(
+            select(PipelineVersion.definition)
             .join(Pipeline, Pipeline.id == PipelineVersion.pipeline_id)
             .where(
                 Pipeline.tenant_id == row.tenant_id,
                 Pipeline.name == pipeline,
                 PipelineVersion.version == version,
             )
-        ).one_or_none()
-        if found is None:
+        )
+        if definition is None:
             return []
-        version_id, definition = found
-        if version_id not in self._rules:
-            try:
-                self._rules[version_id] = _RULES.validate_python(
-                    definition.get("notifications") or []
-                )
-            except ValidationError:
-                log.warning("pipeline %s v%s: unreadable notifications", pipeline, version)
-                self._rules[version_id] = []
-        return self._rules[version_id]
+        try:
+            rules = _RULES.validate_python(definition.get("notifications") or [])
+        except ValidationError:
+            log.warning("pipeline %s v%s: unreadable notifications", pipeline, version)
+            rules = []
+        if len(self._rules) >= MAX_CACHED_RULES:
+            del self._rules[next(iter(self._rules))]
+        self._rules[key] = rules
+        return rules
 
     @staticmethod
     def _warned(session: Session, row: OutboxEvent) -> bool:
