@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio.to_thread
-from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import bindparam, func, select
+from sqlalchemy.orm import Session, aliased, sessionmaker
 from temporalio import activity
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
@@ -18,7 +18,7 @@ from activities.names import CHECK_DEPENDENCIES, FAIL_DEPENDENT, LAUNCH_DEPENDEN
 from pipeline_service.db.models import Pipeline, Run, Tenant
 from pipeline_service.db.outbox import add_event
 from pipeline_service.db.pipelines import current_definitions, get_pipeline, get_version
-from pipeline_service.db.runs import NewRun, get_run_by_workflow_id, insert_run
+from pipeline_service.db.runs import NewRun, insert_run
 from pipeline_service.db.session import transaction
 from pipeline_service.db.tenants import get_tenant
 from pipeline_service.launcher import (
@@ -196,6 +196,8 @@ class DownstreamNotifier:
 
     def __init__(self, sessions: sessionmaker[Session], client: Client, *, task_queue: str) -> None:
         self.sessions, self.client, self.task_queue = sessions, client, task_queue
+        self._dependants: dict[int, tuple[list[Any], dict[str, list[tuple[str, Any]]]]] = {}
+        """Per tenant: the stamp its pipelines had, and who depends on whom then."""
 
     async def __call__(self, batch: RecordRunEventsInput) -> None:
         if not any(
@@ -210,27 +212,66 @@ class DownstreamNotifier:
             log.exception("could not notify the downstreams of %s", batch.workflow_id)
 
     def _gates(self, workflow_id: str) -> list[tuple[GateInput, UpstreamSignal]]:
-        with self.sessions() as session:
-            run = get_run_by_workflow_id(session, workflow_id)
-            if run is None:
+        # Committed, not rolled back: psycopg forgets a connection's prepared statements at
+        # every rollback, and this runs after every successful run.
+        with transaction(self.sessions) as session:
+            found = session.execute(_RUN_AND_STAMP, {"workflow_id": workflow_id}).one_or_none()
+            if found is None:
                 return []
-            upstream = session.get(Pipeline, run.pipeline_id)
-            tenant = session.get(Tenant, run.tenant_id)
-            assert upstream is not None and tenant is not None
-            rows = current_definitions(session, run.tenant_id)
-            logical_date = run.logical_date.astimezone(UTC)
-            signal = UpstreamSignal(pipeline=upstream.name, logical_date=logical_date)
-            gates = []
-            for name, definition in rows:
-                upstreams = {d.get("pipeline") for d in definition.get("depends_on") or []}
-                if upstream.name not in upstreams:
-                    continue
-                interval = downstream_interval(definition, logical_date)
-                gate = GateInput(
-                    tenant=tenant.name,
-                    pipeline=name,
-                    logical_date=interval.start,
-                    interval_end=interval.end,
-                )
-                gates.append((gate, signal))
-            return gates
+            tenant_id, tenant, upstream, logical_date, *stamp = found
+            dependants = self._dependants.get(tenant_id)
+            if dependants is None or dependants[0] != stamp:
+                dependants = (stamp, _dependants(current_definitions(session, tenant_id)))
+                self._dependants[tenant_id] = dependants
+        logical_date = logical_date.astimezone(UTC)
+        signal = UpstreamSignal(pipeline=upstream, logical_date=logical_date)
+        gates = []
+        for name, definition in dependants[1].get(upstream, []):
+            interval = downstream_interval(definition, logical_date)
+            gate = GateInput(
+                tenant=tenant,
+                pipeline=name,
+                logical_date=interval.start,
+                interval_end=interval.end,
+            )
+            gates.append((gate, signal))
+        return gates
+
+
+def _dependants(
+    rows: list[tuple[str, dict[str, Any]]],
+) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """Upstream pipeline -> the (name, definition) of each pipeline that depends on it."""
+    found: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for name, definition in rows:
+        for upstream in {d.get("pipeline") for d in definition.get("depends_on") or []}:
+            if isinstance(upstream, str):
+                found.setdefault(upstream, []).append((name, definition))
+    return found
+
+
+_TENANT_PIPELINES = aliased(Pipeline, name="stamped")
+_RUN_AND_STAMP = (
+    select(
+        Run.tenant_id,
+        Tenant.name,
+        Pipeline.name,
+        Run.logical_date,
+        # What the tenant's current definitions depend on: a new version raises the sum of
+        # current versions; archiving or restoring a pipeline moves its updated_at.
+        select(func.count(_TENANT_PIPELINES.id))
+        .where(_TENANT_PIPELINES.tenant_id == Run.tenant_id)
+        .scalar_subquery(),
+        select(func.sum(_TENANT_PIPELINES.current_version))
+        .where(_TENANT_PIPELINES.tenant_id == Run.tenant_id)
+        .scalar_subquery(),
+        select(func.max(_TENANT_PIPELINES.updated_at))
+        .where(_TENANT_PIPELINES.tenant_id == Run.tenant_id)
+        .scalar_subquery(),
+    )
+    .join(Pipeline, Pipeline.id == Run.pipeline_id)
+    .join(Tenant, Tenant.id == Run.tenant_id)
+    .where(Run.workflow_id == bindparam("workflow_id"))
+)
+"""A run's tenant and upstream names and logical date, with a stamp of its tenant's
+pipelines: the notifier reads the tenant's definitions again only when the stamp moves."""
