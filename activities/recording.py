@@ -109,16 +109,25 @@ class RecordingActivities:
                         if not future.done():
                             future.set_exception(exc)
                     else:
-                        if not future.done():
-                            future.set_result(result)
+                        self._settle(batch, future, result)
                 continue
             for (batch, future), result in zip(group, results, strict=True):
-                if not future.done():  # the activity may have been cancelled (timed out)
-                    future.set_result(result)
-                if self._metrics is not None and result.recorded:
-                    self._observe(batch)
-                if self._after_run_finished is not None and result.recorded:
-                    self._notify(batch)
+                self._settle(batch, future, result)
+
+    def _settle(
+        self,
+        batch: RecordRunEventsInput,
+        future: asyncio.Future[RecordRunEventsResult],
+        result: RecordRunEventsResult,
+    ) -> None:
+        """A batch written: its answer, its metrics, and what follows a finished run (also
+        when it was written on its own, after its group's write failed)."""
+        if not future.done():  # the activity may have been cancelled (timed out)
+            future.set_result(result)
+        if self._metrics is not None and result.recorded:
+            self._observe(batch)
+        if self._after_run_finished is not None and result.recorded:
+            self._notify(batch)
 
     def _notify(self, batch: RecordRunEventsInput) -> None:
         assert self._after_run_finished is not None

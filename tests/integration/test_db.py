@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,7 @@ from pipeline_service.db.tenants import Scope, create_api_key, create_tenant, re
 from schemas.recording import (
     RecordedRunStatus,
     RecordRunEventsInput,
+    RecordRunEventsResult,
     RunEvent,
     RunTransition,
     StepTransition,
@@ -253,3 +255,43 @@ def test_events_of_an_unknown_workflow_are_dropped(sessions: sessionmaker[Sessio
     with transaction(sessions) as session:
         result = record_run_events(session, batch)
     assert (result.recorded, result.skipped) == (0, 6)
+
+
+async def test_a_batch_written_alone_after_its_group_failed_still_follows_up(
+    sessions: sessionmaker[Session],
+) -> None:
+    """When a group write fails, its batches are written one by one; a finished run among them
+    still gets what follows its end (the downstream notice), as in a group write."""
+    if sessions.kw["bind"].dialect.name != "postgresql":
+        pytest.skip("the failing write: PostgreSQL refuses a value too long for its column")
+    with transaction(sessions) as session:
+        good, bad = add_run(session).workflow_id, add_run(session).workflow_id
+    at = datetime(2026, 2, 1, 12, tzinfo=UTC)
+    too_long = StepTransition(
+        step_id="a",
+        type="noop",
+        attempt=1,
+        status=StepStatus.FAILED,
+        started_at=at,
+        finished_at=at,
+        error="boom",
+        error_type="E" * 300,  # the column holds 200
+    )
+    broken = RecordRunEventsInput(
+        workflow_id=bad, events=[RunEvent(event_id=str(uuid.uuid4()), at=at, step=too_long)]
+    )
+    followed: list[str] = []
+
+    async def after_run_finished(batch: RecordRunEventsInput) -> None:
+        followed.append(batch.workflow_id)
+
+    recording = RecordingActivities(sessions, after_run_finished=after_run_finished)
+    outcomes = await asyncio.gather(
+        recording.record_run_event(broken),
+        recording.record_run_event(_batch(good, at)),  # queued behind it: one group
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[0], Exception), outcomes
+    assert isinstance(outcomes[1], RecordRunEventsResult) and outcomes[1].recorded == 6
+    await asyncio.sleep(0)  # the follow-up runs as a task
+    assert followed == [good]
