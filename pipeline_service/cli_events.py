@@ -14,7 +14,13 @@ from typing import Annotated, Any
 import typer
 
 from pipeline_service.cli_client import DEFAULT_URL, Api, Key, Url
-from pipeline_service.cli_service import _connect_temporal, _fail, _settings, console
+from pipeline_service.cli_service import (
+    _connect_temporal,
+    _fail,
+    _settings,
+    console,
+    service_settings,
+)
 from pipeline_service.events.metrics import RelayMetrics
 from pipeline_service.settings import ServiceSettings
 
@@ -32,7 +38,7 @@ def relay(
     from pipeline_service.db.session import make_engine
     from pipeline_service.events.relay import EventRelay
 
-    settings = _settings()
+    settings = service_settings()
     if not settings.kafka_bootstrap_servers:
         raise _fail("LAMINAR_KAFKA_BOOTSTRAP_SERVERS is not set: there is no Kafka to relay to")
     engine = make_engine(settings.database_url)
@@ -61,7 +67,7 @@ def triggers(
     group per tenant: `laminar-triggers-<tenant>`)."""
     import asyncio
 
-    settings = _settings()
+    settings = service_settings()
     if not settings.kafka_bootstrap_servers:
         raise _fail("LAMINAR_KAFKA_BOOTSTRAP_SERVERS is not set: there is no Kafka to read")
     try:

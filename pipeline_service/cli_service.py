@@ -41,6 +41,15 @@ def _settings() -> ServiceSettings:
         raise typer.Exit(2) from None
 
 
+def service_settings() -> ServiceSettings:
+    """The settings of a long-running process, with its logs configured (service_logging.py)."""
+    from pipeline_service.service_logging import configure_service_logging
+
+    settings = _settings()
+    configure_service_logging(settings)
+    return settings
+
+
 def artifact_storage(settings: ServiceSettings) -> ArtifactStorage | None:
     """The artifact store of LAMINAR_ARTIFACT_URL, or None; exits with why if unusable."""
     from pipeline_service.storage.artifacts import ArtifactStorage
@@ -194,8 +203,9 @@ def server(
     from pipeline_service.api.app import create_app
     from pipeline_service.db.migrate import current_revision, head_revision
     from pipeline_service.db.session import make_engine
+    from pipeline_service.service_logging import service_log_config
 
-    settings = _settings()
+    settings = service_settings()
     engine = make_engine(settings.database_url)
     try:
         revision = current_revision(engine)
@@ -227,7 +237,8 @@ def server(
             workers=workers if workers > 1 else None,
             host=host or settings.http_host,
             port=port or settings.http_port,
-            log_level="warning",
+            log_config=service_log_config(settings),
+            log_level=None,  # the config's: LAMINAR_LOG_LEVEL
             access_log=False,
         )
 
@@ -255,7 +266,7 @@ def worker(
     ] = None,
 ) -> None:
     """Run pipeline workflows and their steps from the task queue; any number may run."""
-    settings = _settings()
+    settings = service_settings()
     artifacts = artifact_storage(settings)
     try:
         asyncio.run(_worker(settings, max_concurrent_steps, metrics_port, artifacts))

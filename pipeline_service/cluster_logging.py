@@ -70,7 +70,9 @@ def _drop_noise(
     return event
 
 
-def formatter(fmt: LogFormat) -> logging.Formatter:
+def formatter(fmt: LogFormat, *, plain_tracebacks: bool = False) -> logging.Formatter:
+    """Records as text or JSON lines; `plain_tracebacks`: Python's own traceback text in
+    text lines (not rich's boxes, which a service's log collector would show as noise)."""
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -88,7 +90,13 @@ def formatter(fmt: LogFormat) -> logging.Formatter:
             structlog.processors.EventRenamer("message"),
         ]
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0)
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=False,
+            pad_event_to=0,
+            exception_formatter=structlog.dev.plain_traceback
+            if plain_tracebacks
+            else structlog.dev.default_exception_formatter,
+        )
         tail = []
     return structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,

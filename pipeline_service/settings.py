@@ -391,3 +391,13 @@ class ServiceSettings(BaseSettings):
     timeout, terminate); 0 turns reconciliation off."""
     reconcile_after: Duration = timedelta(minutes=1)
     """Only runs queued or running for longer than this are reconciled."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Long-running processes (server, worker, events relay/triggers): records at this level
+    and above go to stderr, timestamped."""
+    log_format: Literal["text", "json"] | None = None
+    """`json`: those records as JSON lines; unset or `text`: plain lines."""
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value

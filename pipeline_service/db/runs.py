@@ -16,8 +16,11 @@ from pipeline_service.db.models import Base, Pipeline, PipelineVersion, Run, Ste
 
 
 def new_public_id() -> str:
-    """Opaque and URL-safe; says nothing about the tenant, pipeline or order of runs."""
-    return secrets.token_urlsafe(12)
+    """Opaque and URL-safe; says nothing about the tenant, pipeline or order of runs. Never
+    starts with `-`: `laminar runs show -7Xb...` would take the id for an option (1 run in 64)."""
+    while (public_id := secrets.token_urlsafe(12)).startswith("-"):
+        pass
+    return public_id
 
 
 @dataclass(frozen=True)

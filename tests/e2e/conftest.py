@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -249,10 +249,10 @@ class Platform:
     env: dict[str, str]
     """The processes' environment (database, Temporal, admin key, port, task queue, extras)."""
     base: str
-    server: Background
     workers: dict[str, Background]
     client_env: dict[str, str]
     """The CLI client's environment acting as the tenant (LAMINAR_URL, LAMINAR_API_KEY)."""
+    server: Background = field(init=False)
 
     @property
     def auth(self) -> dict[str, str]:
@@ -261,6 +261,24 @@ class Platform:
     def http(self) -> httpx.Client:
         """An API client acting as the tenant."""
         return httpx.Client(base_url=self.base, headers=self.auth, timeout=30)
+
+    def start_server(self) -> Background:
+        """Start (or start again) the server in `tmp_path/server`; ready once `wait_ready`."""
+        home = self.tmp_path / "server"
+        home.mkdir(exist_ok=True)
+        self.server = self.cli.start(
+            "server",
+            env={
+                **self.env,
+                "LAMINAR_WORK_DIR": str(home / "work"),
+                "LAMINAR_BUNDLE_CACHE": str(home / "bundles"),
+            },
+            cwd=home,
+        )
+        return self.server
+
+    def wait_ready(self) -> None:
+        wait_for(api_up(self.base), 60, f"the API; server said:\n{self.server.output()}")
 
     def start_worker(self, name: str) -> Background:
         """Start (or start again) worker `name` in its own directory."""
@@ -316,22 +334,12 @@ def running_platform(
         }
         upgraded = cli.run("db", "upgrade", env=shared)
         assert upgraded.code == 0, upgraded.details
-        server_dir = tmp_path / "server"
-        server_dir.mkdir()
-        server = cli.start(
-            "server",
-            env={
-                **shared,
-                "LAMINAR_WORK_DIR": str(server_dir / "work"),
-                "LAMINAR_BUNDLE_CACHE": str(server_dir / "bundles"),
-            },
-            cwd=server_dir,
-        )
         base = f"http://127.0.0.1:{port}"
-        platform = Platform(cli, tmp_path, shared, base, server, {}, {})
+        platform = Platform(cli, tmp_path, shared, base, {}, {})
+        platform.start_server()
         for name in workers:
             platform.start_worker(name)
-        wait_for(api_up(base), 60, f"the API; server said:\n{server.output()}")
+        platform.wait_ready()
         admin = {"LAMINAR_URL": base, "LAMINAR_API_KEY": E2E_ADMIN_KEY}
         assert cli.run("tenants", "create", "acme", env=admin).code == 0
         made = cli.run("keys", "create", "ops", "--tenant", "acme", "--scope", "operate", env=admin)

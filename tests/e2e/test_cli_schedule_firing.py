@@ -1,6 +1,13 @@
 """`laminar run` without `--once` keeps firing the pipeline's schedule until Ctrl-C, and a
 restarted `laminar run` catches up per `catchup` (the scheduler's cursor lives in the state
-dir's Temporal database). A seconds cron (`* * * * * */2`: every 2 s) keeps the tests short."""
+dir's Temporal database). A seconds cron (every 2 or 4 s) keeps the tests short.
+
+A catch-up runs the missed intervals one after another, and while the previous run still
+runs the scheduler looks again every 2 s (workflows/schedule.py BUFFER_POLL): on a loaded
+machine, where a run outlasts the launch of the next, that is about one run per 2 s. So the
+catch-up test fires every 4 s: catching up takes about half the downtime (which includes the
+restart of `laminar run`, tens of seconds under load). Every 2 s it took as long as the
+downtime, past its 90 s wait at load ~12."""
 
 from __future__ import annotations
 
@@ -12,10 +19,9 @@ from pathlib import Path
 
 from tests.e2e.conftest import Background, Cli, wait_for
 
-EVERY = timedelta(seconds=2)
 PIPELINE = """\
 name: ticking
-schedule: {{cron: "* * * * * */2", catchup: {catchup}}}  # overlap: skip (the default)
+schedule: {{cron: "* * * * * */{every}", catchup: {catchup}}}  # overlap: skip (the default)
 steps:
   - id: record
     type: python
@@ -29,13 +35,13 @@ with open({path!r}, "a") as f:
 """
 
 
-def ticking(tmp_path: Path, catchup: bool) -> tuple[Path, Path]:
+def ticking(tmp_path: Path, catchup: bool, every: timedelta) -> tuple[Path, Path]:
     pipeline_dir = tmp_path / "pipeline"
     pipeline_dir.mkdir()
     runs = tmp_path / "runs.txt"
     (pipeline_dir / "record.py").write_text(RECORD.format(path=str(runs)))
     (pipeline_dir / "pipeline.yaml").write_text(
-        PIPELINE.format(catchup="true" if catchup else "false")
+        PIPELINE.format(catchup="true" if catchup else "false", every=every.seconds)
     )
     return pipeline_dir / "pipeline.yaml", runs
 
@@ -59,15 +65,16 @@ def stop(running: Background) -> str:
     return result.output
 
 
-def assert_consecutive(rows: list[tuple[datetime, datetime, datetime]]) -> None:
+def assert_consecutive(rows: list[tuple[datetime, datetime, datetime]], every: timedelta) -> None:
     for logical, start, end in rows:
-        assert logical == start and end - start == EVERY, rows
+        assert logical == start and end - start == every, rows
     for (_, _, end), (_, start, _) in itertools.pairwise(rows):
         assert start == end, f"a gap or a repeat between intervals: {rows}"
 
 
 def test_run_keeps_firing_and_catches_up_every_missed_interval(cli: Cli, tmp_path: Path) -> None:
-    pipeline, runs = ticking(tmp_path, catchup=True)
+    every = timedelta(seconds=4)
+    pipeline, runs = ticking(tmp_path, catchup=True, every=every)
     args = ("run", "--no-ui", pipeline, "-s", tmp_path / "state")
     running = cli.start(*args)
     wait_for(lambda: running.output().count("run SUCCEEDED") >= 3, 90, "three scheduled runs")
@@ -78,8 +85,8 @@ def test_run_keeps_firing_and_catches_up_every_missed_interval(cli: Cli, tmp_pat
     assert len(shown) >= 3, first
     assert first.count("run SUCCEEDED") >= 3, first
     before = recorded(runs)
-    assert_consecutive(before)
-    time.sleep(6)  # about three intervals pass with nothing running
+    assert_consecutive(before, every)
+    time.sleep(8)  # two intervals or more end with nothing running
     down_until = datetime.now(before[-1][0].tzinfo)
     running = cli.start(*args)
     wait_for(
@@ -88,18 +95,19 @@ def test_run_keeps_firing_and_catches_up_every_missed_interval(cli: Cli, tmp_pat
     stop(running)
     after = recorded(runs)
     # Every interval from before the stop through the downtime ran, once and in order.
-    assert_consecutive(after)
+    assert_consecutive(after, every)
     assert sum(1 for _, _, end in after[len(before) :] if end <= down_until) >= 2, after
 
 
 def test_without_catchup_a_restart_runs_only_the_latest_interval(cli: Cli, tmp_path: Path) -> None:
-    pipeline, runs = ticking(tmp_path, catchup=False)
+    every = timedelta(seconds=2)
+    pipeline, runs = ticking(tmp_path, catchup=False, every=every)
     args = ("run", "--no-ui", pipeline, "-s", tmp_path / "state")
     running = cli.start(*args)
     wait_for(lambda: len(recorded(runs)) >= 2, 90, "two scheduled runs")
     stop(running)
     before = recorded(runs)
-    assert_consecutive(before)
+    assert_consecutive(before, every)
     time.sleep(7)
     restarted_at = datetime.now(before[-1][0].tzinfo)
     running = cli.start(*args)
@@ -109,7 +117,7 @@ def test_without_catchup_a_restart_runs_only_the_latest_interval(cli: Cli, tmp_p
     resumed = after[len(before)]
     # The first run after the restart is the latest complete interval at the restart: the
     # intervals of the downtime before it were not run.
-    assert resumed[1] - before[-1][2] >= 2 * EVERY, after
-    assert restarted_at - EVERY - timedelta(seconds=1) <= resumed[2], (restarted_at, after)
-    assert_consecutive(after[len(before) :])
+    assert resumed[1] - before[-1][2] >= 2 * every, after
+    assert restarted_at - every - timedelta(seconds=1) <= resumed[2], (restarted_at, after)
+    assert_consecutive(after[len(before) :], every)
     assert len({row[0] for row in after}) == len(after)  # no interval ran twice

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import signal
 import subprocess
 import time
@@ -94,6 +95,10 @@ def test_server_and_worker_processes_run_a_pipeline(
             # The worker reconciles runs that Temporal ended on its own: quickly, for the test.
             "LAMINAR_RECONCILE_INTERVAL": "500ms",
             "LAMINAR_RECONCILE_AFTER": "0s",
+            # Logs as JSON lines on stderr: a logged warning's traceback (the Temporal SDK's
+            # for the terminated run's step) stays inside its record, so a traceback at the
+            # start of a line is one a crash printed.
+            "LAMINAR_LOG_FORMAT": "json",
         }
         refused = cli.run("server", env=env)
         assert refused.code == 2 and "laminar db upgrade" in refused.stderr, refused.details
@@ -193,4 +198,8 @@ def test_server_and_worker_processes_run_a_pipeline(
         for proc in (server, worker):
             proc.proc.send_signal(signal.SIGTERM)
             result = proc.wait(20)
-            assert "Traceback" not in result.output, result.output
+            assert not re.search("^Traceback", result.output, re.M), result.output
+            logged = [json.loads(line) for line in result.stderr.splitlines()]
+            assert all({"timestamp", "level", "message"} <= set(r) for r in logged), logged
+        # The reconciler's record of the terminated run reached the worker's log.
+        assert any(r["logger"] == "pipeline_service.reconciler" for r in logged), logged

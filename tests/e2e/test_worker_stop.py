@@ -7,6 +7,7 @@ RUNNING). With the database gone, the stop gives up on those events after a few 
 
 from __future__ import annotations
 
+import re
 import signal
 import sqlite3
 import time
@@ -109,6 +110,12 @@ def test_a_worker_whose_database_is_gone_still_stops_promptly(
         # 2 s of step, 5 s of flush attempts and the rest of the stop (seen: 17 s), not a hang.
         assert elapsed < 45, stopped.details
         assert "1 step attempt event(s) not written" in stopped.output, stopped.details
+        # The recorder's warnings reach the operator: timestamped lines on stderr.
+        stamp = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[.\d]*Z \[warning\s*\] "
+        for message in ("attempt recorder: write failed; retrying", "events left unwritten"):
+            assert re.search(stamp + ".*" + re.escape(message), stopped.stderr, re.M), (
+                stopped.details
+            )
         platform.stop()
 
 

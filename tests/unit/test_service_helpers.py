@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from pipeline_service.api.positions import locate
+from pipeline_service.db.runs import new_public_id
 from pipeline_service.launcher import workflow_id_for
 
 TEXT = """\
@@ -36,3 +37,9 @@ def test_workflow_ids_are_one_per_date_or_key() -> None:
     assert workflow_id_for("t", "p", None, "deploy-1") == "t/p/key:deploy-1"
     a, b = workflow_id_for("t", "p", None, None), workflow_id_for("t", "p", None, None)
     assert a != b and a.startswith("t/p/manual__")
+
+
+def test_run_ids_never_look_like_a_command_line_option() -> None:
+    ids = [new_public_id() for _ in range(2000)]  # 1 in 64 would start with "-"
+    assert not [i for i in ids if i.startswith("-")] and len(set(ids)) == len(ids)
+    assert all(len(i) == 16 for i in ids)
