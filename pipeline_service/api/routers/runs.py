@@ -120,8 +120,12 @@ def _detail_of(reader: repo.Reader, view: repo.RunView, logs: StepLogs) -> RunDe
     waits: dict[str, PoolWaitPublic] = {}
     # Only steps that name a pool wait for one (workflows/pools.py).
     if run.status not in RUN_FINISHED and any(step.get("pool") for step in view.steps):
-        session = reader if isinstance(reader, Session) else Session(reader)
-        for activity_id, wait in waiting_steps(session, run.workflow_id).items():
+        if isinstance(reader, Session):
+            waiting = waiting_steps(reader, run.workflow_id)
+        else:  # the pool's rows through the ORM, in the connection's transaction
+            with Session(reader) as session:
+                waiting = waiting_steps(session, run.workflow_id)
+        for activity_id, wait in waiting.items():
             # `step`, or `step#n` for a later execution of it (a retry from the workflow).
             waits[activity_id.split("#", 1)[0]] = PoolWaitPublic(
                 pool=wait.pool, since=wait.since, position=wait.position
