@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -167,6 +168,8 @@ FLUSH_INTERVAL = 0.05
 """Seconds the background recorder collects attempt events before writing them together."""
 MAX_COMMITTED = 50_000
 """Ids of written events remembered, so the workflow's backstop need not send them again."""
+FAILURE_LOG_EVERY = 30.0
+"""Seconds between the recorder's lines about writes failing while the database is away."""
 STOP_FLUSH_TIMEOUT = 5.0
 """Seconds a stopping worker spends at most writing its queued attempt events."""
 MAX_PENDING = 100_000
@@ -201,6 +204,9 @@ class AttemptRecorder:
         """Ids of the events this recorder knows to be in the database (the latest ones)."""
         self.lock = asyncio.Lock()
         """Held while this worker writes run state (this recorder or `record_run_event`)."""
+        self._failures = 0
+        """Background writes failed in a row (the database is away)."""
+        self._failure_logged = 0.0
 
     def submit(self, workflow_id: str, events: list[RunEvent]) -> None:
         self._pending.extend((workflow_id, event) for event in events)
@@ -261,11 +267,32 @@ class AttemptRecorder:
             # or not, writing these again records nothing twice.
             self._pending[:0] = group
             raise
-        except Exception:
-            log.warning("attempt recorder: write failed; retrying", exc_info=True)
+        except Exception as exc:
+            # The first failure with its traceback; while the database stays away, one line
+            # per FAILURE_LOG_EVERY seconds, not a traceback per retry (every 0.5 s).
+            now = time.monotonic()
+            if not self._failures:
+                log.warning(
+                    "attempt recorder: write failed; retrying (%d events held)",
+                    len(group),
+                    exc_info=True,
+                )
+                self._failure_logged = now
+            elif now - self._failure_logged >= FAILURE_LOG_EVERY:
+                log.warning(
+                    "attempt recorder: writes still failing (%d in a row, %d events held): %s",
+                    self._failures + 1,
+                    len(group),
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                )
+                self._failure_logged = now
+            self._failures += 1
             self._pending[:0] = group  # keep the order: these came first
             await asyncio.sleep(self._interval * 10)
             return
+        if self._failures:
+            log.info("attempt recorder: writing again after %d failed writes", self._failures)
+            self._failures = 0
         self.written += sum(r.recorded for r in results)
         self._committed.update((event.event_id, None) for _, event in group)
         while len(self._committed) > MAX_COMMITTED:

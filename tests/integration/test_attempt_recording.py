@@ -6,6 +6,7 @@ ids) ahead of that. Real dev server, real SQLite and PostgreSQL (the `sessions` 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
 import time
@@ -13,12 +14,15 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from temporalio.api.enums.v1 import EventType as HistoryEventType
 from temporalio.client import Client, WorkflowHandle
 
+from activities import recording
 from activities.recording import AttemptRecorder, RecordingActivities
+from pipeline_service.db.migrate import upgrade
 from pipeline_service.db.models import OutboxEvent, Run, StepRun
 from pipeline_service.db.recording import record_run_events
 from pipeline_service.db.runs import insert_run
@@ -323,4 +327,35 @@ async def test_flush_at_stop_gives_up_on_a_database_that_does_not_answer() -> No
         assert stuck and all(t.daemon for t in stuck)
     finally:
         silent.close()
+        engine.dispose()
+
+
+async def test_a_database_away_costs_one_traceback_then_a_line_now_and_then(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the database is away the recorder retries every 10 intervals: the first failure
+    is logged with its traceback, later ones as one line per FAILURE_LOG_EVERY (not a
+    traceback per retry), and the first write that succeeds again says so."""
+    monkeypatch.setattr(recording, "FAILURE_LOG_EVERY", 0.3)
+    place = tmp_path / "not-yet"  # SQLite cannot open a file in a directory that is missing
+    engine = make_engine(f"sqlite:///{place / 'laminar.db'}")
+    attempts = AttemptRecorder(session_factory(engine), interval=0.01)  # retries every 0.1 s
+    caplog.set_level(logging.INFO, logger=recording.__name__)
+    try:
+        attempts.submit("acme/p/x", [run_started_event(str(uuid.uuid4()), datetime.now(UTC))])
+        await asyncio.sleep(1.0)  # about ten failed writes
+        lines = [r for r in caplog.records if "attempt recorder" in r.getMessage()]
+        first, *later = lines
+        assert first.getMessage().startswith("attempt recorder: write failed; retrying")
+        assert first.exc_info is not None
+        assert 1 <= len(later) <= 4, [r.getMessage() for r in lines]
+        assert all("still failing" in r.getMessage() and not r.exc_info for r in later)
+        place.mkdir()  # the database is back (migrated)
+        upgrade(engine)
+        deadline = time.monotonic() + 5
+        while attempts.pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert attempts.pending == 0
+        assert "writing again after" in caplog.records[-1].getMessage()
+    finally:
         engine.dispose()
