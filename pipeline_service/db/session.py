@@ -21,6 +21,9 @@ def normalize_url(url: str) -> str:
 
 def make_engine(url: str, **options: Any) -> Engine:
     url = normalize_url(url)
+    # A failed statement's error names its SQL, not its values: they can be a run's params,
+    # a sealed secret or a key's hash, and errors reach logs and 503 answers' log lines.
+    options.setdefault("hide_parameters", True)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False}, **options)
         _configure_sqlite(engine)

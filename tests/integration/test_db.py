@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, func, inspect, select
+from sqlalchemy import Engine, func, inspect, select, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from activities.recording import RecordingActivities
@@ -295,3 +296,15 @@ async def test_a_batch_written_alone_after_its_group_failed_still_follows_up(
     assert isinstance(outcomes[1], RecordRunEventsResult) and outcomes[1].recorded == 6
     await asyncio.sleep(0)  # the follow-up runs as a task
     assert followed == [good]
+
+
+def test_database_errors_do_not_show_the_statements_values(tmp_path: Path) -> None:
+    """A failed statement's error (which reaches logs) names its SQL, not the values bound
+    to it: they can be a run's params, a sealed secret or a key's hash."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'laminar.db'}")
+    try:
+        with pytest.raises(OperationalError) as raised, engine.connect() as connection:
+            connection.execute(text("SELECT * FROM missing WHERE x = :x"), {"x": "s3cr3t-value"})
+        assert "missing" in str(raised.value) and "s3cr3t-value" not in str(raised.value)
+    finally:
+        engine.dispose()
