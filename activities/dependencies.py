@@ -212,8 +212,7 @@ class DownstreamNotifier:
             log.exception("could not notify the downstreams of %s", batch.workflow_id)
 
     def _gates(self, workflow_id: str) -> list[tuple[GateInput, UpstreamSignal]]:
-        # Committed, not rolled back: psycopg forgets a connection's prepared statements at
-        # every rollback, and this runs after every successful run.
+        # Committed though read-only (see `transaction`): it runs after every successful run.
         with transaction(self.sessions) as session:
             found = session.execute(_RUN_AND_STAMP, {"workflow_id": workflow_id}).one_or_none()
             if found is None:
@@ -251,6 +250,13 @@ def _dependants(
 
 
 _TENANT_PIPELINES = aliased(Pipeline, name="stamped")
+
+
+def _over_tenant(aggregate: Any) -> Any:
+    """`aggregate` over the pipelines of the run's tenant."""
+    return select(aggregate).where(_TENANT_PIPELINES.tenant_id == Run.tenant_id).scalar_subquery()
+
+
 _RUN_AND_STAMP = (
     select(
         Run.tenant_id,
@@ -259,15 +265,14 @@ _RUN_AND_STAMP = (
         Run.logical_date,
         # What the tenant's current definitions depend on: a new version raises the sum of
         # current versions; archiving or restoring a pipeline moves its updated_at.
-        select(func.count(_TENANT_PIPELINES.id))
-        .where(_TENANT_PIPELINES.tenant_id == Run.tenant_id)
-        .scalar_subquery(),
-        select(func.sum(_TENANT_PIPELINES.current_version))
-        .where(_TENANT_PIPELINES.tenant_id == Run.tenant_id)
-        .scalar_subquery(),
-        select(func.max(_TENANT_PIPELINES.updated_at))
-        .where(_TENANT_PIPELINES.tenant_id == Run.tenant_id)
-        .scalar_subquery(),
+        *map(
+            _over_tenant,
+            [
+                func.count(_TENANT_PIPELINES.id),
+                func.sum(_TENANT_PIPELINES.current_version),
+                func.max(_TENANT_PIPELINES.updated_at),
+            ],
+        ),
     )
     .join(Pipeline, Pipeline.id == Run.pipeline_id)
     .join(Tenant, Tenant.id == Run.tenant_id)

@@ -103,9 +103,7 @@ class RunDispatcher:
             del self._started[next(iter(self._started))]
 
     def _take_slots(self) -> list[Submission]:
-        # Read-only, but ended by COMMIT: psycopg forgets a connection's prepared statements
-        # at every ROLLBACK, and this runs every `interval` on a connection the API's reads
-        # share.
+        # Read-only, but committed (see `transaction`): it runs every `interval`.
         with transaction(self.sessions) as session:
             tenants = quotas.tenants_with_waiting_runs(session)
         taken: list[Submission] = []
@@ -156,7 +154,7 @@ class RunDispatcher:
 
         def stalled() -> list[Submission]:
             found = []
-            with transaction(self.sessions) as session:  # COMMIT: see _take_slots
+            with transaction(self.sessions) as session:
                 runs = quotas.stalled_submissions(
                     session,
                     utcnow() - STALLED_AFTER,

@@ -63,6 +63,11 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A session whose work commits on success and rolls back on any exception."""
+    """A session whose work commits on success and rolls back on any exception.
+
+    Hot read-only paths use it too (or `Engine.begin()` for Core reads), not a session closed
+    without a commit: SQLAlchemy ends that with a ROLLBACK, and psycopg forgets a connection's
+    prepared statements at every rollback, so PostgreSQL would plan their queries anew each
+    time (the run read's six-table query: 1.0 ms of database CPU per read instead of 0.2)."""
     with factory() as session, session.begin():
         yield session

@@ -377,16 +377,11 @@ async def get_run(run_id: str, principal: ReaderDep, services: ServicesDep) -> R
 
     def load() -> RunDetail | None:
         # A pooled connection (no ORM session: two Core queries), checked out and back within
-        # this one thread hop, so none stays out while the request waits for another thread.
-        with services.engine.connect() as connection:
+        # this one thread hop, so none stays out while the request waits for another thread;
+        # committed, not rolled back (see db/session.py's `transaction`).
+        with services.engine.begin() as connection:
             view = repo.get_run_view(connection, tenant_id, run_id)
-            detail = None if view is None else _detail_of(connection, view, logs)
-            # Ended by COMMIT, not the ROLLBACK of a connection given back mid-transaction:
-            # psycopg forgets a connection's prepared statements at every rollback, and
-            # without them PostgreSQL plans the run's six-table query anew for every read
-            # (most of the database's CPU per read; bench/api_latency.py).
-            connection.commit()
-            return detail
+            return None if view is None else _detail_of(connection, view, logs)
 
     detail = await anyio.to_thread.run_sync(load)
     if detail is None:
@@ -421,10 +416,8 @@ async def cancel(run_id: str, principal: OperatorDep, services: ServicesDep) -> 
 
 
 def _answer(services: Services, run_id: int) -> RunDetail:
-    with services.engine.connect() as connection:
-        detail = _detail(connection, run_id, services.step_logs)
-        connection.commit()  # keeps the connection's prepared statements (see get_run)
-        return detail
+    with services.engine.begin() as connection:  # committed: see get_run
+        return _detail(connection, run_id, services.step_logs)
 
 
 def _cancel_waiting(services: Services, run: Run, actor: str) -> bool:
